@@ -147,11 +147,11 @@ pub struct Loaded {
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Loaded, ConfigError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Builds the configuration from any set of variables; tests pass a map here.
-    pub fn from_iter<I>(vars: I) -> Result<Loaded, ConfigError>
+    pub fn from_vars<I>(vars: I) -> Result<Loaded, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
     {
@@ -399,7 +399,7 @@ mod tests {
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
-        Config::from_iter(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -499,7 +499,7 @@ mod tests {
             ("POD_NAME", "p"),
         ];
         let first = load(&vars).expect("valid").config.to_string();
-        let again = Config::from_iter(first.lines().filter_map(|l| {
+        let again = Config::from_vars(first.lines().filter_map(|l| {
             l.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         }))
