@@ -8,6 +8,7 @@ pub mod collector;
 pub mod config;
 pub mod fetch;
 pub mod health;
+pub mod inject;
 pub mod metrics;
 pub mod process;
 pub mod server;
