@@ -392,7 +392,7 @@ pub fn inject(
             let Some(port) = free_port(&spec) else {
                 return refuse(
                     SkipReason::PortConflict,
-                    format!("no free port to move the metrics of container {name:?} to"),
+                    format!("no free port to move the metrics of container {name} to"),
                 );
             };
             let manager = containers_mut(&mut spec)
@@ -403,20 +403,23 @@ pub fn inject(
                 "KSIT_UPSTREAM_METRICS_URL",
                 format!("http://127.0.0.1:{port}/metrics"),
             );
-            status += &format!(", metrics of container {name:?} moved to 127.0.0.1:{port}");
+            status += &format!(", metrics of container {name} moved to 127.0.0.1:{port}");
         }
         [name] => {
             return refuse(
                 SkipReason::PortConflict,
                 format!(
-                    "container {name:?} binds its metrics on port {METRICS_PORT} and {TAKEOVER_ANNOTATION}=false"
+                    "container {name} binds its metrics on port {METRICS_PORT} and {TAKEOVER_ANNOTATION}=false"
                 ),
             );
         }
         names => {
             return refuse(
                 SkipReason::PortConflict,
-                format!("containers {names:?} all bind their metrics on port {METRICS_PORT}"),
+                format!(
+                    "containers {} all bind their metrics on port {METRICS_PORT}",
+                    names.join(", ")
+                ),
             );
         }
     }
@@ -626,14 +629,14 @@ fn find_conflict(spec: &PodSpec) -> Option<(SkipReason, String)> {
             if port.container_port == METRICS_PORT && is_tcp(port) {
                 return Some((
                     SkipReason::PortConflict,
-                    format!("container {name:?} declares containerPort {METRICS_PORT}"),
+                    format!("container {name} declares containerPort {METRICS_PORT}"),
                 ));
             }
             if port.name.as_deref() == Some(METRICS_PORT_NAME) {
                 return Some((
                     SkipReason::NameConflict,
                     format!(
-                        "container {name:?} declares a port named {METRICS_PORT_NAME:?} ({})",
+                        "container {name} declares a port named {METRICS_PORT_NAME} ({})",
                         port.container_port
                     ),
                 ));
@@ -642,7 +645,7 @@ fn find_conflict(spec: &PodSpec) -> Option<(SkipReason, String)> {
         if let Some((_, arg)) = bound_ports(c).find(|(port, _)| *port == METRICS_PORT) {
             return Some((
                 SkipReason::PortConflict,
-                format!("container {name:?} binds port {METRICS_PORT} ({arg:?})"),
+                format!("container {name} binds port {METRICS_PORT} ({arg:?})"),
             ));
         }
         let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
@@ -654,7 +657,7 @@ fn find_conflict(spec: &PodSpec) -> Option<(SkipReason, String)> {
             if *port == IntOrString::Int(METRICS_PORT) {
                 return Some((
                     SkipReason::PortConflict,
-                    format!("container {name:?} has a probe on port {METRICS_PORT}"),
+                    format!("container {name} has a probe on port {METRICS_PORT}"),
                 ));
             }
         }
@@ -961,7 +964,7 @@ mod tests {
         assert_eq!(
             status,
             Some(
-                r#"skipped: port_conflict: container "manager" binds its metrics on port 8080 and ksit.io/metrics-takeover=false"#
+                "skipped: port_conflict: container manager binds its metrics on port 8080 and ksit.io/metrics-takeover=false"
             )
         );
         // Nothing but the status annotation changed.
