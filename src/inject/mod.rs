@@ -450,6 +450,13 @@ pub fn inject(
     let sidecar = sidecar_container(cfg, mode, env.collect());
 
     let mut warnings = Vec::new();
+    // Containers do not see each other's processes unless the pod shares one PID namespace.
+    if annotation("ksit.io/process-match").is_some() && spec.share_process_namespace != Some(true) {
+        warnings.push(
+            "ksit.io/process-match only sees the sidecar's own processes unless the pod sets shareProcessNamespace: true"
+                .to_string(),
+        );
+    }
     let mut new = pod.clone();
     match mode {
         SidecarMode::Native => spec
@@ -1150,14 +1157,24 @@ mod tests {
             ("ksit.io/health-urls", "http://127.0.0.1:8083/healthz"),
             ("ksit.io/unknown", "ignored"),
         ]));
-        let out = injected(inject(
-            &p,
-            &BTreeMap::new(),
-            &InjectorConfig {
-                default_opt_in: true,
-                ..cfg()
-            },
-        ));
+        let offline = InjectorConfig {
+            default_opt_in: true,
+            ..cfg()
+        };
+        let Outcome::Injected { pod: out, warnings } = inject(&p, &BTreeMap::new(), &offline)
+        else {
+            panic!("an opted-in pod is injected");
+        };
+        assert_eq!(
+            warnings.len(),
+            1,
+            "process matching needs a shared PID namespace"
+        );
+        p.spec.as_mut().expect("spec").share_process_namespace = Some(true);
+        let Outcome::Injected { warnings, .. } = inject(&p, &BTreeMap::new(), &offline) else {
+            panic!("an opted-in pod is injected");
+        };
+        assert_eq!(warnings, Vec::<String>::new());
         let names: Vec<_> = sidecar(&out)
             .env
             .iter()
