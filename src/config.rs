@@ -91,6 +91,31 @@ impl ConfigError {
     }
 }
 
+/// Whether to read the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeMode {
+    Auto,
+    On,
+    Off,
+}
+
+/// Which sidecar exports the Integration and IntegrationTarget series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrMetrics {
+    Leader,
+    Always,
+    Never,
+}
+
+/// Namespaces whose KSIT objects are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespaces {
+    /// The pod's own namespace (or the kubeconfig's default when not in a pod).
+    Own,
+    All,
+    List(Vec<String>),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -115,6 +140,12 @@ pub struct Config {
     pub probe_timeout: Duration,
     pub component: Option<String>,
     pub log_format: LogFormat,
+    pub kubernetes: KubeMode,
+    pub watch_namespaces: Namespaces,
+    pub leader_lease: String,
+    pub cr_metrics: CrMetrics,
+    pub ocm_clusters: bool,
+    pub max_objects: usize,
     pub pod_name: Option<String>,
     pub pod_namespace: Option<String>,
     pub node_name: Option<String>,
@@ -132,6 +163,12 @@ struct Raw {
     ksit_probe_timeout: Option<String>,
     ksit_component: Option<String>,
     ksit_log_format: Option<String>,
+    ksit_kubernetes: Option<String>,
+    ksit_watch_namespaces: Option<String>,
+    ksit_leader_lease: Option<String>,
+    ksit_cr_metrics: Option<String>,
+    ksit_ocm_clusters: Option<String>,
+    ksit_max_objects: Option<String>,
     pod_name: Option<String>,
     pod_namespace: Option<String>,
     node_name: Option<String>,
@@ -261,6 +298,69 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         Some("json") => LogFormat::Json,
         Some(v) => return Err(ConfigError::new("KSIT_LOG_FORMAT", v, "`text` or `json`")),
     };
+    let kubernetes = match non_empty(raw.ksit_kubernetes).as_deref() {
+        None | Some("auto") => KubeMode::Auto,
+        Some("true") => KubeMode::On,
+        Some("false") => KubeMode::Off,
+        Some(v) => {
+            return Err(ConfigError::new(
+                "KSIT_KUBERNETES",
+                v,
+                "`auto`, `true` or `false`",
+            ));
+        }
+    };
+    let watch_namespaces = match non_empty(raw.ksit_watch_namespaces) {
+        None => Namespaces::Own,
+        Some(v) if v == "*" => Namespaces::All,
+        Some(v) => {
+            let list: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if let Some(bad) = list.iter().find(|n| !is_dns_label(n)) {
+                return Err(ConfigError::new(
+                    "KSIT_WATCH_NAMESPACES",
+                    &v,
+                    format!(
+                        "`*` or a comma list of namespace names; `{bad}` is not a namespace name"
+                    ),
+                ));
+            }
+            Namespaces::List(list)
+        }
+    };
+    let cr_metrics = match non_empty(raw.ksit_cr_metrics).as_deref() {
+        None | Some("leader") => CrMetrics::Leader,
+        Some("always") => CrMetrics::Always,
+        Some("never") => CrMetrics::Never,
+        Some(v) => {
+            return Err(ConfigError::new(
+                "KSIT_CR_METRICS",
+                v,
+                "`leader`, `always` or `never`",
+            ));
+        }
+    };
+    let ocm_clusters = match non_empty(raw.ksit_ocm_clusters).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(ConfigError::new(
+                "KSIT_OCM_CLUSTERS",
+                v,
+                "`true` or `false`",
+            ));
+        }
+    };
+    let max_objects = match non_empty(raw.ksit_max_objects) {
+        None => 1000,
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ConfigError::new("KSIT_MAX_OBJECTS", &v, "a whole number of at least 1")
+        })?,
+    };
     Ok(Config {
         listen_addr,
         health_targets,
@@ -271,6 +371,12 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         probe_timeout,
         component: non_empty(raw.ksit_component),
         log_format,
+        kubernetes,
+        watch_namespaces,
+        leader_lease: non_empty(raw.ksit_leader_lease).unwrap_or_else(|| "ksit.io".to_string()),
+        cr_metrics,
+        ocm_clusters,
+        max_objects,
         pod_name: non_empty(raw.pod_name),
         pod_namespace: non_empty(raw.pod_namespace),
         node_name: non_empty(raw.node_name),
@@ -295,6 +401,16 @@ fn duration(
                 "a duration of at least 10ms such as `10s`, `500ms` or `1m`",
             )
         })
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 fn parse_http_url(var: &'static str, v: &str) -> Result<Uri, ConfigError> {
@@ -388,6 +504,27 @@ impl fmt::Display for Config {
             LogFormat::Json => "json",
         };
         writeln!(f, "KSIT_LOG_FORMAT={log_format}")?;
+        let kubernetes = match self.kubernetes {
+            KubeMode::Auto => "auto",
+            KubeMode::On => "true",
+            KubeMode::Off => "false",
+        };
+        writeln!(f, "KSIT_KUBERNETES={kubernetes}")?;
+        let namespaces = match &self.watch_namespaces {
+            Namespaces::Own => String::new(),
+            Namespaces::All => "*".to_string(),
+            Namespaces::List(l) => l.join(","),
+        };
+        writeln!(f, "KSIT_WATCH_NAMESPACES={namespaces}")?;
+        writeln!(f, "KSIT_LEADER_LEASE={}", self.leader_lease)?;
+        let cr = match self.cr_metrics {
+            CrMetrics::Leader => "leader",
+            CrMetrics::Always => "always",
+            CrMetrics::Never => "never",
+        };
+        writeln!(f, "KSIT_CR_METRICS={cr}")?;
+        writeln!(f, "KSIT_OCM_CLUSTERS={}", self.ocm_clusters)?;
+        writeln!(f, "KSIT_MAX_OBJECTS={}", self.max_objects)?;
         writeln!(f, "POD_NAME={}", opt(&self.pod_name))?;
         writeln!(f, "POD_NAMESPACE={}", opt(&self.pod_namespace))?;
         write!(f, "NODE_NAME={}", opt(&self.node_name))
@@ -449,6 +586,11 @@ mod tests {
             ("KSIT_PROBE_INTERVAL", "ten seconds"),
             ("KSIT_PROBE_TIMEOUT", "0s"),
             ("KSIT_LOG_FORMAT", "yaml"),
+            ("KSIT_KUBERNETES", "maybe"),
+            ("KSIT_WATCH_NAMESPACES", "ksit-system,Bad_NS"),
+            ("KSIT_CR_METRICS", "sometimes"),
+            ("KSIT_OCM_CLUSTERS", "yes"),
+            ("KSIT_MAX_OBJECTS", "0"),
         ];
         for (var, value) in cases {
             let e = load(&[(var, value)]).expect_err(var);
@@ -496,6 +638,9 @@ mod tests {
             ("KSIT_PROCESS_MATCH", "^manager$"),
             ("KSIT_PROBE_INTERVAL", "5s"),
             ("KSIT_LOG_FORMAT", "json"),
+            ("KSIT_WATCH_NAMESPACES", "a, b"),
+            ("KSIT_CR_METRICS", "always"),
+            ("KSIT_OCM_CLUSTERS", "true"),
             ("POD_NAME", "p"),
         ];
         let first = load(&vars).expect("valid").config.to_string();

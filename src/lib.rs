@@ -9,6 +9,7 @@ pub mod config;
 pub mod fetch;
 pub mod health;
 pub mod inject;
+pub mod kube;
 pub mod metrics;
 pub mod process;
 pub mod server;

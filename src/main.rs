@@ -110,6 +110,7 @@ fn serve() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let kube_client = ksit_exporter::kube::client(config.kubernetes).await?;
     let listener = server::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on KSIT_LISTEN_ADDR={}", config.listen_addr))?;
@@ -151,6 +152,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             metrics.clone(),
             readiness.expect_one(),
         ));
+    }
+
+    if let Some(client) = kube_client {
+        // Not part of readiness: /readyz means "can serve /metrics", which never waits on the API.
+        ksit_exporter::kube::spawn(client, (&config).into(), metrics.clone());
     }
 
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "serving /metrics");

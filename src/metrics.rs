@@ -13,7 +13,8 @@ use bytes::Bytes;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// A family whose samples a collector computes whole (upstream histograms, counters read from
@@ -114,6 +115,225 @@ pub struct Metrics {
     pub own_process: Mirror,
     /// `ksit_reconcile_duration_seconds` and `ksit_reconcile_total`, from the upstream.
     reconcile: Mirror,
+
+    pub kube: KubeMetrics,
+}
+
+/// The series the Kubernetes collectors write.
+pub struct KubeMetrics {
+    pub up: IntGauge,
+    pub objects: IntGaugeVec,
+    pub objects_dropped: IntCounterVec,
+
+    pub component_info: GaugeVec,
+    pub pod_phase: GaugeVec,
+    pub container_ready: GaugeVec,
+    /// `ksit_component_container_restarts_total`, a counter the kubelet keeps.
+    container_restarts: Mirror,
+    pub container_last_terminated: GaugeVec,
+    pub replicas: GaugeVec,
+    pub leader: IntGauge,
+
+    pub cluster_status: GaugeVec,
+    pub cluster_condition: GaugeVec,
+    pub cluster_last_sync: GaugeVec,
+
+    pub integration_info: GaugeVec,
+    pub integration_phase: GaugeVec,
+    pub integration_condition: GaugeVec,
+    pub integration_cluster_connected: GaugeVec,
+    pub integration_last_reconcile: GaugeVec,
+    pub integration_generation_lag: GaugeVec,
+}
+
+const CONTAINER_RESTARTS: &str = "ksit_component_container_restarts_total";
+const CONTAINER_RESTARTS_HELP: &str =
+    "Restarts of each container of the component's pod, as the kubelet counts them.";
+
+/// Label sets of the object series; `cluster`, `pod`, `service`, `instance` and `job` are left to
+/// Prometheus (external and target labels), so objects use `cluster_name`, `target`, `integration`.
+const CLUSTER_LABELS: &[&str] = &["source", "namespace", "target", "cluster_name"];
+const INTEGRATION_LABELS: &[&str] = &["namespace", "integration"];
+
+impl KubeMetrics {
+    fn new(reg: &mut impl FnMut(Box<dyn Collector>)) -> Self {
+        fn gauge(
+            reg: &mut impl FnMut(Box<dyn Collector>),
+            name: &str,
+            help: &str,
+            labels: &[&str],
+        ) -> IntGaugeVec {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric");
+            reg(Box::new(g.clone()));
+            g
+        }
+        fn float(
+            reg: &mut impl FnMut(Box<dyn Collector>),
+            name: &str,
+            help: &str,
+            labels: &[&str],
+        ) -> GaugeVec {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("static metric");
+            reg(Box::new(g.clone()));
+            g
+        }
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            CLUSTER_LABELS.iter().chain(extra).copied().collect()
+        };
+        let integration = |extra: &[&'static str]| -> Vec<&'static str> {
+            INTEGRATION_LABELS.iter().chain(extra).copied().collect()
+        };
+
+        let up = IntGauge::new(
+            "ksit_exporter_kube_up",
+            "1 when the Kubernetes API server last answered the exporter, 0 when it could not be reached.",
+        )
+        .expect("static metric");
+        reg(Box::new(up.clone()));
+        let objects = gauge(
+            reg,
+            "ksit_exporter_kube_objects",
+            "Objects of each kind the exporter watches.",
+            &["kind"],
+        );
+        let objects_dropped = IntCounterVec::new(
+            Opts::new(
+                "ksit_exporter_kube_objects_dropped_total",
+                "Objects left out of the series because KSIT_MAX_OBJECTS was reached, counted once each.",
+            ),
+            &["kind"],
+        )
+        .expect("static metric");
+        reg(Box::new(objects_dropped.clone()));
+        let leader = IntGauge::new(
+            "ksit_component_leader",
+            "1 when this pod holds the component's leader Lease (KSIT_LEADER_LEASE).",
+        )
+        .expect("static metric");
+        reg(Box::new(leader.clone()));
+        let container_restarts = Mirror::new(vec![desc(
+            CONTAINER_RESTARTS,
+            CONTAINER_RESTARTS_HELP,
+            &["container"],
+        )]);
+        reg(Box::new(container_restarts.clone()));
+        Self {
+            up,
+            objects,
+            objects_dropped,
+            component_info: float(
+                reg,
+                "ksit_component_info",
+                "The component beside this exporter; always 1. The pod name comes as the target's pod label.",
+                &["component", "node", "workload_kind", "workload"],
+            ),
+            pod_phase: float(
+                reg,
+                "ksit_component_pod_phase",
+                "The component pod's phase, one-hot.",
+                &["phase"],
+            ),
+            container_ready: float(
+                reg,
+                "ksit_component_container_ready",
+                "1 when the container of the component's pod is ready.",
+                &["container"],
+            ),
+            container_restarts,
+            container_last_terminated: float(
+                reg,
+                "ksit_component_container_last_terminated_reason",
+                "Why the container last terminated (OOMKilled, Error, Completed, ...); 1 for the last reason.",
+                &["container", "reason"],
+            ),
+            replicas: float(
+                reg,
+                "ksit_component_replicas",
+                "Replicas of the component's workload (Deployment or StatefulSet) by state: desired, ready, available, updated.",
+                &["state"],
+            ),
+            leader,
+            cluster_status: float(
+                reg,
+                "ksit_cluster_status",
+                "1 when the managed cluster is ready (IntegrationTarget status.ready, or ManagedCluster Available), else 0.",
+                &with(&[]),
+            ),
+            cluster_condition: float(
+                reg,
+                "ksit_cluster_condition",
+                "Conditions of the managed cluster, one-hot over True, False and Unknown.",
+                &with(&["condition", "status"]),
+            ),
+            cluster_last_sync: float(
+                reg,
+                "ksit_cluster_last_sync_timestamp_seconds",
+                "Unix time of the IntegrationTarget's status.lastSyncTime.",
+                &with(&[]),
+            ),
+            integration_info: float(
+                reg,
+                "ksit_integration_info",
+                "Each Integration, its type and whether it is enabled; always 1.",
+                &integration(&["type", "enabled"]),
+            ),
+            integration_phase: float(
+                reg,
+                "ksit_integration_status_phase",
+                "The Integration's status.phase, one-hot over Initializing, Running, Failed and Succeeded.",
+                &integration(&["type", "phase"]),
+            ),
+            integration_condition: float(
+                reg,
+                "ksit_integration_condition",
+                "Conditions of the Integration, one-hot over True, False and Unknown.",
+                &integration(&["condition", "status"]),
+            ),
+            integration_cluster_connected: float(
+                reg,
+                "ksit_integration_cluster_connected",
+                "1 when the Integration reports the target cluster connected (status.clusterStatuses).",
+                &integration(&["cluster_name"]),
+            ),
+            integration_last_reconcile: float(
+                reg,
+                "ksit_integration_last_reconcile_timestamp_seconds",
+                "Unix time of the Integration's status.lastReconcileTime.",
+                &integration(&[]),
+            ),
+            integration_generation_lag: float(
+                reg,
+                "ksit_integration_generation_lag",
+                "metadata.generation minus status.observedGeneration: above 0, the controller has not caught up.",
+                &integration(&[]),
+            ),
+        }
+    }
+
+    /// Sets the restart counters of the component's containers.
+    pub fn set_container_restarts(&self, restarts: &[(String, i64)]) {
+        let metrics = restarts
+            .iter()
+            .map(|(container, n)| {
+                let mut counter = Counter::default();
+                counter.set_value(*n as f64);
+                let mut m = Metric::from_label(vec![label("container", container)]);
+                m.set_counter(counter);
+                m
+            })
+            .collect::<Vec<_>>();
+        let families = if metrics.is_empty() {
+            Vec::new()
+        } else {
+            vec![family(
+                CONTAINER_RESTARTS,
+                CONTAINER_RESTARTS_HELP,
+                MetricType::COUNTER,
+                metrics,
+            )]
+        };
+        self.container_restarts.set(families);
+    }
 }
 
 const RECONCILE_DURATION: &str = "ksit_reconcile_duration_seconds";
@@ -285,6 +505,8 @@ impl Metrics {
         ]);
         reg(Box::new(reconcile.clone()));
 
+        let kube = KubeMetrics::new(&mut reg);
+
         Arc::new(Self {
             registry,
             names,
@@ -304,6 +526,7 @@ impl Metrics {
             process_cpu,
             own_process,
             reconcile,
+            kube,
         })
     }
 

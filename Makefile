@@ -1,0 +1,45 @@
+# ksit-exporter. `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+KSIT_GIT_REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+export KSIT_GIT_REVISION
+
+.PHONY: help build release run test test-unit lint bench controlplane-build controlplane-up controlplane-down
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+build: ## build the debug binary (target/debug/ksit-exporter)
+	$(CARGO) build
+
+release: ## build the optimised binary (target/release/ksit-exporter)
+	$(CARGO) build --release
+
+run: build ## run the exporter on :8080 with the environment you give it
+	./target/debug/ksit-exporter
+
+test: ## bring the test control plane up, run every suite, take it down (pass or fail)
+	@trap 'scripts/controlplane.sh down' EXIT; \
+	scripts/controlplane.sh up && \
+	$(CARGO) test --all-targets
+
+test-unit: ## the tests that need no control plane
+	$(CARGO) test --lib
+
+lint: ## rustfmt and clippy, as CI runs them
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: release ## footprint and speed of the release binary (writes target/bench.txt)
+	python3 scripts/bench.py target/release/ksit-exporter | tee target/bench.txt
+
+controlplane-build: ## build etcd, kube-apiserver, prometheus, promtool and the stand-in manager (cached)
+	scripts/controlplane.sh build
+
+controlplane-up: ## start etcd and kube-apiserver on loopback; kubeconfig in target/controlplane/kubeconfig
+	scripts/controlplane.sh up
+
+controlplane-down: ## stop the test control plane
+	scripts/controlplane.sh down

@@ -1,0 +1,643 @@
+//! The Kubernetes collectors against the real test control plane (`make controlplane-up`).
+//!
+//! No kubelet or controller runs there, so the tests write pod, workload and KSIT object status
+//! themselves through the status subresource, as those controllers would.
+
+mod common;
+mod exporter_support;
+
+use std::time::Duration;
+
+use common::{ControlPlane, TestNamespace, control_plane, test_namespace};
+use exporter_support::{Exporter, get, has_line, start};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use serde_json::json;
+
+fn ksit(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("ksit.io", "v1alpha1", kind), plural)
+}
+
+fn dynamic(cp: &ControlPlane, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(cp.client.clone(), ns, &ksit(kind, plural))
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("valid object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+async fn patch_status<K>(api: &Api<K>, name: &str, status: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .expect("patch status");
+}
+
+/// Polls /metrics until `pred` holds, for up to 20 s (the control plane shares two cores).
+fn until(e: &Exporter, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = get(e.addr, "/metrics").text();
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last /metrics:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kubeconfig(cp: &ControlPlane) -> String {
+    cp.kubeconfig.display().to_string()
+}
+
+fn exporter(cp: &ControlPlane, ns: &TestNamespace, extra: &[(&str, &str)]) -> Exporter {
+    let kc = kubeconfig(cp);
+    let mut env = vec![
+        ("KUBECONFIG", kc.as_str()),
+        ("KSIT_KUBERNETES", "true"),
+        ("KSIT_WATCH_NAMESPACES", ns.name.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    start(&env)
+}
+
+fn target_series(ns: &str, target: &str, cluster: &str) -> String {
+    format!(
+        "ksit_cluster_status{{cluster_name=\"{cluster}\",namespace=\"{ns}\",source=\"integrationtarget\",target=\"{target}\"}}"
+    )
+}
+
+#[tokio::test]
+async fn cluster_and_integration_series_follow_their_objects() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-crs", &[]).await;
+    let e = exporter(&cp, &ns, &[("KSIT_CR_METRICS", "always")]);
+    let targets = dynamic(&cp, &ns.name, "IntegrationTarget", "integrationtargets");
+    let integrations = dynamic(&cp, &ns.name, "Integration", "integrations");
+
+    create(
+        &targets,
+        json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget",
+               "metadata": {"name": "edge-1"}, "spec": {"clusterName": "cluster1"}}),
+    )
+    .await;
+    let status = target_series(&ns.name, "edge-1", "cluster1");
+    until(&e, "a new target, not ready", |b| {
+        has_line(b, &format!("{status} 0"))
+    });
+    patch_status(
+        &targets,
+        "edge-1",
+        json!({"ready": true, "lastSyncTime": "2026-11-25T10:00:00Z",
+               "conditions": [{"type": "Ready", "status": "True", "reason": "ClusterReady", "message": "ok",
+                               "lastTransitionTime": "2026-11-25T10:00:00Z"}]}),
+    )
+    .await;
+    let body = until(&e, "target ready", |b| has_line(b, &format!("{status} 1")));
+    let labels = format!(
+        "cluster_name=\"cluster1\",namespace=\"{}\",source=\"integrationtarget\",target=\"edge-1\"",
+        ns.name
+    );
+    assert!(
+        has_line(
+            &body,
+            &format!("ksit_cluster_last_sync_timestamp_seconds{{{labels}}} 1795600800")
+        ),
+        "{body}"
+    );
+    assert!(
+        has_line(
+            &body,
+            &format!("ksit_cluster_condition{{{labels},condition=\"Ready\",status=\"True\"}} 1")
+        ),
+        "{body}"
+    );
+    assert!(
+        has_line(
+            &body,
+            &format!("ksit_cluster_condition{{{labels},condition=\"Ready\",status=\"False\"}} 0")
+        ),
+        "{body}"
+    );
+
+    patch_status(
+        &targets,
+        "edge-1",
+        json!({"ready": false, "conditions": [{"type": "Ready", "status": "False", "reason": "ConnectionFailed",
+               "message": "dial tcp: timeout", "lastTransitionTime": "2026-11-25T10:01:00Z"}]}),
+    )
+    .await;
+    until(&e, "target not ready", |b| {
+        has_line(b, &format!("{status} 0"))
+            && has_line(
+                b,
+                &format!(
+                    "ksit_cluster_condition{{{labels},condition=\"Ready\",status=\"False\"}} 1"
+                ),
+            )
+    });
+
+    create(
+        &integrations,
+        json!({"apiVersion": "ksit.io/v1alpha1", "kind": "Integration", "metadata": {"name": "argo"},
+               "spec": {"type": "argocd", "targetClusters": ["cluster1"]}}),
+    )
+    .await;
+    let base = format!("integration=\"argo\",namespace=\"{}\"", ns.name);
+    until(&e, "a new integration", |b| {
+        has_line(
+            b,
+            &format!("ksit_integration_info{{enabled=\"true\",{base},type=\"argocd\"}} 1"),
+        ) && has_line(
+            b,
+            &format!(
+                "ksit_integration_status_phase{{{base},phase=\"Initializing\",type=\"argocd\"}} 1"
+            ),
+        ) && has_line(b, &format!("ksit_integration_generation_lag{{{base}}} 1"))
+    });
+    patch_status(
+        &integrations,
+        "argo",
+        json!({"phase": "Running", "observedGeneration": 1, "lastReconcileTime": "2026-11-25T10:00:00Z",
+               "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "",
+                               "lastTransitionTime": "2026-11-25T10:00:00Z"}],
+               "clusterStatuses": [{"name": "cluster1", "connected": true, "lastSeen": "2026-11-25T10:00:00Z"}]}),
+    )
+    .await;
+    let body = until(&e, "integration running", |b| {
+        has_line(
+            b,
+            &format!("ksit_integration_status_phase{{{base},phase=\"Running\",type=\"argocd\"}} 1"),
+        )
+    });
+    for line in [
+        format!("ksit_integration_status_phase{{{base},phase=\"Failed\",type=\"argocd\"}} 0"),
+        format!("ksit_integration_condition{{condition=\"Ready\",{base},status=\"True\"}} 1"),
+        format!("ksit_integration_cluster_connected{{cluster_name=\"cluster1\",{base}}} 1"),
+        format!("ksit_integration_last_reconcile_timestamp_seconds{{{base}}} 1795600800"),
+        format!("ksit_integration_generation_lag{{{base}}} 0"),
+    ] {
+        assert!(has_line(&body, &line), "missing {line}\n{body}");
+    }
+    // A spec change the controller has not seen yet shows as lag.
+    integrations
+        .patch(
+            "argo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"enabled": false}})),
+        )
+        .await
+        .expect("patch spec");
+    until(&e, "generation lag", |b| {
+        has_line(b, &format!("ksit_integration_generation_lag{{{base}}} 1"))
+            && has_line(
+                b,
+                &format!("ksit_integration_info{{enabled=\"false\",{base},type=\"argocd\"}} 1"),
+            )
+            && !b.contains("ksit_integration_info{enabled=\"true\"")
+    });
+
+    targets
+        .delete("edge-1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    integrations
+        .delete("argo", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let body = until(&e, "deleted objects gone", |b| {
+        !b.contains("target=\"edge-1\"") && !b.contains("integration=\"argo\"")
+    });
+    assert!(
+        has_line(
+            &body,
+            "ksit_exporter_collector_up{collector=\"integrationtargets\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(has_line(&body, "ksit_exporter_kube_up 1"), "{body}");
+}
+
+/// A Deployment, its ReplicaSet and pod (written as a kubelet and the controllers would), and
+/// the leader Lease: the component series follow them, and the KSIT series follow leadership.
+#[tokio::test]
+async fn pod_workload_and_lease_series_and_leader_gating() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-pod", &[]).await;
+    let n = ns.name.as_str();
+    let labels = json!({"app.kubernetes.io/name": "ksit", "control-plane": "controller-manager"});
+    let container = json!([{"name": "manager", "image": "ksit/manager:test"}]);
+    let deployments: Api<Deployment> = Api::namespaced(cp.client.clone(), n);
+    let deploy = create(
+        &deployments,
+        json!({"metadata": {"name": "ksit-controller-manager"},
+               "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                        "template": {"metadata": {"labels": labels}, "spec": {"containers": container}}}}),
+    )
+    .await;
+    patch_status(
+        &deployments,
+        "ksit-controller-manager",
+        json!({"replicas": 2, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 2}),
+    )
+    .await;
+    let owner = |kind: &str, name: &str, uid: &str| json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": true}]);
+    let replicasets: Api<ReplicaSet> = Api::namespaced(cp.client.clone(), n);
+    let rs = create(
+        &replicasets,
+        json!({"metadata": {"name": "ksit-controller-manager-5d9c", "ownerReferences":
+                            owner("Deployment", "ksit-controller-manager", deploy.metadata.uid.as_deref().expect("uid"))},
+               "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                        "template": {"metadata": {"labels": labels}, "spec": {"containers": container}}}}),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(cp.client.clone(), n);
+    let pod_name = "ksit-controller-manager-5d9c-x7k2p";
+    create(
+        &pods,
+        json!({"metadata": {"name": pod_name, "labels": labels, "ownerReferences":
+                            owner("ReplicaSet", "ksit-controller-manager-5d9c", rs.metadata.uid.as_deref().expect("uid"))},
+               "spec": {"nodeName": "node-1", "containers": container}}),
+    )
+    .await;
+    patch_status(
+        &pods,
+        pod_name,
+        json!({"phase": "Running", "containerStatuses": [{
+            "name": "manager", "ready": true, "restartCount": 2, "image": "ksit/manager:test", "imageID": "",
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+            "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}}}]}),
+    )
+    .await;
+    let leases: Api<Lease> = Api::namespaced(cp.client.clone(), n);
+    create(
+        &leases,
+        json!({"metadata": {"name": "ksit.io"},
+               "spec": {"holderIdentity": format!("{pod_name}_4f1e0e7a-5b1c-4a39-9c1a-0c2d1e0e8b11"), "leaseDurationSeconds": 15}}),
+    )
+    .await;
+    let targets = dynamic(&cp, n, "IntegrationTarget", "integrationtargets");
+    create(
+        &targets,
+        json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget",
+               "metadata": {"name": "edge-1"}, "spec": {"clusterName": "cluster1"}}),
+    )
+    .await;
+
+    let kc = kubeconfig(&cp);
+    let e = start(&[
+        ("KUBECONFIG", kc.as_str()),
+        ("KSIT_KUBERNETES", "true"),
+        ("POD_NAME", pod_name),
+        ("POD_NAMESPACE", n),
+        ("NODE_NAME", "node-1"),
+    ]);
+    let body = until(&e, "component series", |b| {
+        has_line(b, "ksit_component_leader 1")
+            && b.contains("ksit_component_replicas{state=\"ready\"} 1")
+    });
+    for line in [
+        "ksit_component_info{component=\"ksit\",node=\"node-1\",workload=\"ksit-controller-manager\",workload_kind=\"Deployment\"} 1",
+        "ksit_component_pod_phase{phase=\"Running\"} 1",
+        "ksit_component_pod_phase{phase=\"Pending\"} 0",
+        "ksit_component_container_ready{container=\"manager\"} 1",
+        "ksit_component_container_restarts_total{container=\"manager\"} 2",
+        "ksit_component_container_last_terminated_reason{container=\"manager\",reason=\"OOMKilled\"} 1",
+        "ksit_component_replicas{state=\"desired\"} 2",
+        "ksit_component_replicas{state=\"available\"} 1",
+        "ksit_component_replicas{state=\"updated\"} 2",
+    ] {
+        assert!(has_line(&body, line), "missing {line}\n{body}");
+    }
+    let status = target_series(n, "edge-1", "cluster1");
+    assert!(
+        has_line(&body, &format!("{status} 0")),
+        "the leader exports targets:\n{body}"
+    );
+
+    // Another replica takes the Lease: this sidecar stops exporting KSIT objects.
+    leases
+        .patch(
+            "ksit.io",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"holderIdentity": "ksit-controller-manager-5d9c-other_1"}}),
+            ),
+        )
+        .await
+        .expect("patch lease");
+    until(&e, "leadership lost", |b| {
+        has_line(b, "ksit_component_leader 0") && !b.contains(&status)
+    });
+    leases
+        .patch(
+            "ksit.io",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": format!("{pod_name}_2")}})),
+        )
+        .await
+        .expect("patch lease");
+    until(&e, "leadership back", |b| {
+        has_line(b, "ksit_component_leader 1") && has_line(b, &format!("{status} 0"))
+    });
+
+    // The kubelet restarts the container once more.
+    patch_status(
+        &pods,
+        pod_name,
+        json!({"phase": "Running", "containerStatuses": [{
+            "name": "manager", "ready": false, "restartCount": 3, "image": "ksit/manager:test", "imageID": "",
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+            "state": {"running": {"startedAt": "2026-11-25T10:05:00Z"}}}]}),
+    )
+    .await;
+    let body = until(&e, "restart counted", |b| {
+        has_line(
+            b,
+            "ksit_component_container_restarts_total{container=\"manager\"} 3",
+        )
+    });
+    assert!(
+        has_line(
+            &body,
+            "ksit_component_container_ready{container=\"manager\"} 0"
+        ),
+        "{body}"
+    );
+    assert!(
+        has_line(
+            &body,
+            "ksit_component_container_last_terminated_reason{container=\"manager\",reason=\"Error\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(
+        !body.contains("reason=\"OOMKilled\""),
+        "only the last reason stays:\n{body}"
+    );
+}
+
+/// Hundreds of objects: the exposition stays lint-clean and KSIT_MAX_OBJECTS bounds the series.
+#[tokio::test]
+async fn many_objects_are_bounded_and_lint_clean() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-many", &[]).await;
+    let docs: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                "apiVersion: ksit.io/v1alpha1\nkind: IntegrationTarget\nmetadata:\n  name: t{i:03}\nspec:\n  clusterName: c{i:03}\n"
+            )
+        })
+        .collect();
+    cp.apply_yaml(&ns.name, &docs.join("---\n"));
+    let e = exporter(
+        &cp,
+        &ns,
+        &[("KSIT_CR_METRICS", "always"), ("KSIT_MAX_OBJECTS", "250")],
+    );
+    let body = until(&e, "300 objects seen", |b| {
+        has_line(
+            b,
+            "ksit_exporter_kube_objects{kind=\"integrationtargets\"} 300",
+        )
+    });
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("ksit_cluster_status{"))
+            .count(),
+        250
+    );
+    assert!(
+        has_line(
+            &body,
+            "ksit_exporter_kube_objects_dropped_total{kind=\"integrationtargets\"} 50"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("target=\"t249\""));
+    assert!(!body.contains("target=\"t250\""));
+
+    let promtool = cp.bin_dir.join("promtool");
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", promtool.display()));
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), body.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool exits");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool says:\n{report}"
+    );
+}
+
+/// The stand-in KSIT manager writes status as upstream's does; the exporter reports it, and
+/// reads the manager's controller-runtime metrics as its upstream.
+#[tokio::test]
+async fn follows_the_stand_in_manager() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-mgr", &[]).await;
+    let manager = common::start_manager(&cp, &[ns.name.as_str()]);
+    cp.apply_path(&ns.name, "manifests/samples");
+    let e = exporter(
+        &cp,
+        &ns,
+        &[
+            ("KSIT_CR_METRICS", "always"),
+            ("KSIT_UPSTREAM_METRICS_URL", manager.metrics_url.as_str()),
+            ("KSIT_PROBE_INTERVAL", "500ms"),
+            ("KSIT_PROBE_TIMEOUT", "400ms"),
+        ],
+    );
+    let n = ns.name.as_str();
+    let body = until(&e, "manager-written status", |b| {
+        has_line(
+            b,
+            &format!("{} 1", target_series(n, "cluster1", "cluster1")),
+        ) && has_line(
+            b,
+            &format!(
+                "ksit_integration_status_phase{{integration=\"argocd-integration\",namespace=\"{n}\",phase=\"Running\",type=\"argocd\"}} 1"
+            ),
+        ) && has_line(
+            b,
+            &format!(
+                "ksit_integration_status_phase{{integration=\"flux-integration\",namespace=\"{n}\",phase=\"Failed\",type=\"flux\"}} 1"
+            ),
+        )
+    });
+    assert!(has_line(&body, "ksit_exporter_upstream_up 1"), "{body}");
+    let reconciles = |b: &str| -> u64 {
+        b.lines()
+            .filter(|l| l.starts_with("ksit_reconcile_duration_seconds_count{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = reconciles(&body);
+    assert!(before > 0, "{body}");
+
+    // The manager sees the target fail and the integration that needs it follows.
+    let targets = dynamic(&cp, n, "IntegrationTarget", "integrationtargets");
+    targets
+        .patch(
+            "cluster1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test.ksit.io/ready": "false"}}})),
+        )
+        .await
+        .expect("annotate");
+    let body = until(&e, "failure reported", |b| {
+        has_line(
+            b,
+            &format!("{} 0", target_series(n, "cluster1", "cluster1")),
+        ) && has_line(
+            b,
+            &format!(
+                "ksit_integration_cluster_connected{{cluster_name=\"cluster1\",integration=\"argocd-integration\",namespace=\"{n}\"}} 0"
+            ),
+        )
+    });
+    assert!(
+        reconciles(&body) > before,
+        "reconciles grow: {before} then\n{body}"
+    );
+    drop(manager);
+}
+
+/// The exporter runs as a service account bound to exactly manifests/rbac/role.yaml; without
+/// the Lease rule, only the lease collector reports down.
+#[tokio::test]
+async fn least_privilege_role_suffices_and_each_rule_matters() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let role = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/rbac/role.yaml"
+    ))
+    .expect("role.yaml");
+    let lease_rule =
+        "  - apiGroups: [coordination.k8s.io]\n    resources: [leases]\n    verbs: [list, watch]\n";
+    assert!(
+        role.contains(lease_rule),
+        "role.yaml still has the Lease rule this test removes"
+    );
+    for (case, role_yaml, lease_up) in [
+        ("full", role.clone(), "1"),
+        ("no-lease", role.replace(lease_rule, ""), "0"),
+    ] {
+        let ns = test_namespace(&cp, &format!("rbac-{case}"), &[]).await;
+        let n = ns.name.as_str();
+        cp.apply_yaml(n, &role_yaml);
+        let sas: Api<ServiceAccount> = Api::namespaced(cp.client.clone(), n);
+        create(&sas, json!({"metadata": {"name": "ksit-exporter"}})).await;
+        cp.apply_yaml(
+            n,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: ksit-exporter\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: ksit-exporter\nsubjects:\n  - kind: ServiceAccount\n    name: ksit-exporter\n    namespace: {n}\n"
+            ),
+        );
+        let pods: Api<Pod> = Api::namespaced(cp.client.clone(), n);
+        create(&pods, json!({"metadata": {"name": "mgr"}, "spec": {"containers": [{"name": "m", "image": "m"}]}})).await;
+        let token = sas
+            .create_token_request(
+                "ksit-exporter",
+                &PostParams::default(),
+                &serde_json::from_value(json!({"spec": {"audiences": []}})).expect("token request"),
+            )
+            .await
+            .expect("token")
+            .status
+            .expect("token status")
+            .token;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kc = dir.path().join("kubeconfig");
+        let admin: serde_json::Value = {
+            let out = common::check(
+                cp.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"]),
+                "kubectl config view",
+            );
+            serde_json::from_str(&out).expect("json kubeconfig")
+        };
+        let cluster = &admin["clusters"][0]["cluster"];
+        std::fs::write(
+            &kc,
+            serde_json::to_string(&json!({
+                "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+                "clusters": [{"name": "test", "cluster": cluster}],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa", "namespace": n}}],
+            }))
+            .expect("json"),
+        )
+        .expect("write kubeconfig");
+        let kc = kc.display().to_string();
+        let e = start(&[
+            ("KUBECONFIG", kc.as_str()),
+            ("KSIT_KUBERNETES", "true"),
+            ("POD_NAME", "mgr"),
+            ("POD_NAMESPACE", n),
+            ("KSIT_CR_METRICS", "always"),
+        ]);
+        let body = until(&e, "every collector reported", |b| {
+            ["pod", "lease", "integrations", "integrationtargets"]
+                .iter()
+                .all(|c| b.contains(&format!("ksit_exporter_collector_up{{collector=\"{c}\"}}")))
+        });
+        for c in ["pod", "integrations", "integrationtargets"] {
+            assert!(
+                has_line(
+                    &body,
+                    &format!("ksit_exporter_collector_up{{collector=\"{c}\"}} 1")
+                ),
+                "{case}: {c}\n{body}"
+            );
+        }
+        assert!(
+            has_line(
+                &body,
+                &format!("ksit_exporter_collector_up{{collector=\"lease\"}} {lease_up}")
+            ),
+            "{case}: lease\n{body}"
+        );
+        assert!(
+            has_line(&body, "ksit_exporter_kube_up 1"),
+            "a 403 is an answer:\n{body}"
+        );
+    }
+}
