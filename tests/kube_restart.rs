@@ -1,0 +1,152 @@
+//! The API server stops and comes back under a running exporter, which recovers by itself.
+//!
+//! Alone in its test binary: it stops the shared control plane's API server, which no other
+//! test may be using at the time (cargo runs test binaries one after another).
+
+mod common;
+mod exporter_support;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{control_plane, test_namespace};
+use exporter_support::{get, has_line, start};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use serde_json::json;
+
+fn until(
+    addr: std::net::SocketAddr,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = get(addr, "/metrics").text();
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last /metrics:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn recovers_after_the_api_server_restarts() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "restart", &[]).await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("ksit.io", "v1alpha1", "IntegrationTarget"),
+        "integrationtargets",
+    );
+    let targets: Api<DynamicObject> = Api::namespaced_with(cp.client.clone(), &ns.name, &ar);
+    let target = |name: &str| -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget",
+            "metadata": {"name": name}, "spec": {"clusterName": name}}),
+        )
+        .expect("valid object")
+    };
+    targets
+        .create(&PostParams::default(), &target("before"))
+        .await
+        .expect("create");
+    let kc = cp.kubeconfig.display().to_string();
+    let e = start(&[
+        ("KUBECONFIG", kc.as_str()),
+        ("KSIT_KUBERNETES", "true"),
+        ("KSIT_WATCH_NAMESPACES", ns.name.as_str()),
+        ("KSIT_CR_METRICS", "always"),
+    ]);
+    until(e.addr, "the first target", Duration::from_secs(20), |b| {
+        b.contains("target=\"before\"")
+    });
+
+    let run =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/run/kube-apiserver.pid");
+    let pid = std::fs::read_to_string(&run)
+        .expect("kube-apiserver.pid")
+        .trim()
+        .to_string();
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .expect("the API server's command line")
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Down: the watch fails, the API is unreachable, the last series stay, the process lives.
+    let body = until(e.addr, "the outage seen", Duration::from_secs(60), |b| {
+        has_line(b, "ksit_exporter_kube_up 0")
+            && has_line(
+                b,
+                "ksit_exporter_collector_up{collector=\"integrationtargets\"} 0",
+            )
+    });
+    assert!(
+        body.contains("target=\"before\""),
+        "last known series are kept:\n{body}"
+    );
+    assert_eq!(
+        get(e.addr, "/healthz").status,
+        200,
+        "liveness never depends on the API server"
+    );
+    assert_eq!(get(e.addr, "/readyz").status, 200);
+
+    // Back on the same port, certificates and etcd, recorded where `controlplane.sh down` looks.
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/kube-apiserver.log"))
+        .expect("API server log");
+    // It outlives this test, in a process group of its own as the script starts it;
+    // `controlplane.sh down` stops it by the PID written below.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("the API server restarts");
+    std::fs::write(&run, child.id().to_string()).expect("pid file");
+    common::eventually(Duration::from_secs(90), "the API server back", || async {
+        cp.client.apiserver_version().await.ok()
+    })
+    .await;
+
+    // Recovered without a restart of its own: an object created now shows up.
+    targets
+        .create(&PostParams::default(), &target("after"))
+        .await
+        .expect("create");
+    let body = until(e.addr, "recovery", Duration::from_secs(90), |b| {
+        has_line(b, "ksit_exporter_kube_up 1") && b.contains("target=\"after\"")
+    });
+    assert!(
+        has_line(
+            &body,
+            "ksit_exporter_collector_up{collector=\"integrationtargets\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("target=\"before\""), "{body}");
+}
