@@ -59,6 +59,36 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "text",
         "`text` or `json`; `RUST_LOG` filters (default `info`)",
     ),
+    (
+        "KSIT_KUBERNETES",
+        "auto",
+        "`auto` (watch the API when in a cluster or a kubeconfig is found), `true` (must) or `false`",
+    ),
+    (
+        "KSIT_WATCH_NAMESPACES",
+        "",
+        "comma list of namespaces whose Integrations and IntegrationTargets are read; empty = the pod's namespace; `*` = all",
+    ),
+    (
+        "KSIT_LEADER_LEASE",
+        "ksit.io",
+        "name of the component's leader-election Lease, in the pod's namespace",
+    ),
+    (
+        "KSIT_CR_METRICS",
+        "leader",
+        "who exports Integration and IntegrationTarget series: `leader` (only the lease holder's sidecar), `always` or `never`",
+    ),
+    (
+        "KSIT_OCM_CLUSTERS",
+        "false",
+        "also report open-cluster-management ManagedClusters (`true`/`false`)",
+    ),
+    (
+        "KSIT_MAX_OBJECTS",
+        "1000",
+        "most objects of one kind exported; the rest are counted as dropped",
+    ),
     ("POD_NAME", "", "this pod's name, from the downward API"),
     (
         "POD_NAMESPACE",

@@ -4,7 +4,7 @@
 //! handler calls [`Metrics::snapshot`], which encodes (and gzips, when asked) at most once per
 //! change of state, so repeated scrapes of an unchanged state cost a pointer copy.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -91,6 +91,8 @@ impl Snapshot {
 
 pub struct Metrics {
     registry: Registry,
+    /// Every family the exporter registers, with its variable labels.
+    families: BTreeMap<String, Vec<String>>,
     names: BTreeSet<String>,
     generation: AtomicU64,
     cache: Mutex<Option<(u64, Arc<Snapshot>)>>,
@@ -382,9 +384,13 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let mut names = BTreeSet::new();
+        let mut families = BTreeMap::new();
         let mut reg = |c: Box<dyn Collector>| {
-            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+            families.extend(
+                c.desc()
+                    .iter()
+                    .map(|d| (d.fq_name.clone(), d.variable_labels.clone())),
+            );
             registry
                 .register(c)
                 .expect("each family is registered once");
@@ -509,7 +515,8 @@ impl Metrics {
 
         Arc::new(Self {
             registry,
-            names,
+            names: families.keys().cloned().collect(),
+            families,
             generation: AtomicU64::new(1),
             cache: Mutex::new(None),
             passthrough: RwLock::default(),
@@ -599,6 +606,11 @@ impl Metrics {
             ));
         }
         self.reconcile.set(families);
+    }
+
+    /// Every family the exporter registers, with its variable labels (the README lists them).
+    pub fn families(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.families
     }
 
     /// Names of every family the exporter itself registers.
