@@ -8,6 +8,9 @@ export KSIT_GIT_REVISION
 
 .PHONY: help build release run test test-unit lint bench controlplane-build controlplane-up controlplane-down
 
+# Image, demos and end-to-end targets.
+-include mk/ship.mk
+
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
