@@ -1,0 +1,126 @@
+//! `ksit-exporter inject` as users run it: the real binary, through stdin and a file.
+//! Ignored until `src/main.rs` routes the subcommand; run with `-- --ignored` meanwhile.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const IMAGE: &str = "ghcr.io/kubestellar/ksit-exporter:test";
+
+fn inject(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"))
+        .arg("inject")
+        .args(args)
+        // The configuration comes from the flags and these only, whatever the caller's shell has.
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("the binary reads its input");
+    child.wait_with_output().expect("the binary finishes")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
+}
+
+fn testdata(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/inject/manifests");
+    std::fs::read_to_string(path.join(name)).expect("test data")
+}
+
+#[test]
+#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
+fn running_inject_twice_changes_nothing_the_second_time() {
+    let input = testdata("multi-doc-stream.in.yaml")
+        + "---\n"
+        + &testdata("ksit-manager-deployment.in.yaml");
+    let first = inject(&["-f", "-", "--image", IMAGE], &input);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let once = text(&first.stdout);
+    assert!(once.contains("name: ksit-exporter"), "{once}");
+    assert!(
+        text(&first.stderr).contains("moved to 127.0.0.1:8082"),
+        "stderr says what happened"
+    );
+
+    let second = inject(&["-f", "-", "--image", IMAGE], &once);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    // Byte for byte: the output is already in the form the command writes.
+    assert_eq!(text(&second.stdout), once);
+    assert!(text(&second.stderr).contains("unchanged: already_injected"));
+}
+
+#[test]
+#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
+fn reads_a_file_and_honours_mode_and_image() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("job.yaml");
+    std::fs::write(&file, testdata("job.in.yaml")).expect("writable temp file");
+    let out = inject(
+        &[
+            "--mode=classic",
+            "--image",
+            "example/sidecar:1",
+            "-f",
+            file.to_str().expect("UTF-8 path"),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert!(yaml.contains("image: example/sidecar:1"), "{yaml}");
+    assert!(yaml.contains("injected: classic"), "{yaml}");
+    assert!(
+        text(&out.stderr).contains("warning: classic sidecar mode"),
+        "a Job in classic mode is warned about"
+    );
+}
+
+#[test]
+#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
+fn bad_input_exits_1_and_names_the_document() {
+    let out = inject(&["-f", "-"], "kind: ConfigMap\n---\nkind: [oops\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("document 2: invalid YAML"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing half-written on stdout");
+
+    let out = inject(&["-f", "/nonexistent/manifests.yaml"], "");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
+fn usage_and_configuration_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["-f", "-", "--mode", "sidecar"],
+        &["--frobnicate"],
+    ] {
+        let out = inject(args, "");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("usage: ksit-exporter inject"));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"))
+        .args(["inject", "-f", "-"])
+        .env_clear()
+        .env("KSIT_SIDECAR_MEMORY_LIMIT", "lots")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(r#"KSIT_SIDECAR_MEMORY_LIMIT="lots" is invalid"#));
+}
