@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The container image: a static ksit-exporter in an image built FROM scratch (docker/Dockerfile).
+#
+#   scripts/image.sh build        static binary, then the image, with Docker where a Docker engine
+#                                 answers, else Podman, else buildah (IMAGE_BUILDER overrides)
+#   scripts/image.sh check        run the binary from the image with buildah (chroot isolation,
+#                                 no engine needed): --version, then a start serving /metrics on
+#                                 loopback as uid 65532
+#   scripts/image.sh save FILE    write the image as a docker-archive tarball (for `kind load`)
+#   scripts/image.sh size         print the image size (uncompressed)
+#
+# IMAGE (default ghcr.io/kubestellar/ksit-exporter:<Cargo.toml version>) names the image.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+IMAGE=${IMAGE:-ghcr.io/kubestellar/ksit-exporter:$VERSION}
+# Thin LTO: the fat-LTO release profile takes several times longer on a 2-core machine.
+PROFILE=${CARGO_PROFILE:-image}
+CONTEXT=$ROOT/target/image/context
+
+log() { printf '[image] %s\n' "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+
+# The builder: docker only where its engine answers (the CLI alone is not enough), podman,
+# else buildah, which needs no daemon.
+builder() {
+	if [[ -n ${IMAGE_BUILDER:-} ]]; then
+		echo "$IMAGE_BUILDER"
+	elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+		echo docker
+	elif command -v podman >/dev/null; then
+		echo podman
+	elif command -v buildah >/dev/null; then
+		echo buildah
+	else
+		die "no image builder: install Docker (with a running engine), Podman or buildah (Debian: apt-get install buildah)"
+	fi
+}
+
+# Prints the path of a statically linked binary built for the image. musl is the first choice;
+# where its Rust target or musl-gcc (ring compiles C) is missing, glibc with a static C runtime.
+build_binary() {
+	local target
+	if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl ||
+		rustup target add x86_64-unknown-linux-musl >&2; then
+		command -v musl-gcc >/dev/null ||
+			die "musl-gcc not found (ring compiles C for musl): apt-get install musl-tools"
+		target=x86_64-unknown-linux-musl
+		log "building the $PROFILE profile for $target"
+		cargo build --locked --profile "$PROFILE" --target "$target" >&2
+	else
+		target=x86_64-unknown-linux-gnu
+		log "musl target unavailable; building for $target with a static C runtime"
+		RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile "$PROFILE" --target "$target" >&2
+	fi
+	echo "$ROOT/target/$target/$PROFILE/ksit-exporter"
+}
+
+cmd_build() {
+	local bin tool revision created
+	bin=$(build_binary)
+	rm -rf "$CONTEXT"
+	mkdir -p "$CONTEXT"
+	install -m 0555 "$bin" "$CONTEXT/ksit-exporter"
+	revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+	# The commit's time, not the clock's, so rebuilding one commit gives the same labels.
+	created=$(git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
+	tool=$(builder)
+	log "building $IMAGE with $tool"
+	local args=(-f docker/Dockerfile -t "$IMAGE"
+		--build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" --build-arg "CREATED=$created")
+	case $tool in
+	docker | podman) "$tool" build "${args[@]}" "$CONTEXT" ;;
+	buildah) buildah build --isolation chroot "${args[@]}" "$CONTEXT" ;;
+	*) die "IMAGE_BUILDER=$tool: expected docker, podman or buildah" ;;
+	esac
+	log "built $IMAGE: $(cmd_size) (binary $(stat -c %s "$CONTEXT/ksit-exporter") bytes, $(gzip -9c "$CONTEXT/ksit-exporter" | wc -c) gzipped)"
+}
+
+cmd_size() {
+	case $(builder) in
+	docker | podman) echo "$("$(builder)" image inspect --format '{{.Size}}' "$IMAGE") bytes" ;;
+	buildah) buildah images --noheading --format '{{.Size}}' "$IMAGE" ;;
+	esac
+}
+
+cmd_save() {
+	local file=${1:?usage: $0 save FILE}
+	mkdir -p "$(dirname "$file")"
+	rm -f "$file"
+	case $(builder) in
+	docker) docker save -o "$file" "$IMAGE" ;;
+	podman) podman save --format docker-archive -o "$file" "$IMAGE" ;;
+	buildah) buildah push "$IMAGE" "docker-archive:$file:$IMAGE" ;;
+	esac
+	log "saved $IMAGE to $file"
+}
+
+# Process ids below $1, children first.
+descendants() {
+	local child
+	for child in $(ps -o pid= --ppid "$1"); do
+		descendants "$child"
+		echo "$child"
+	done
+}
+
+# Set by cmd_check, read by stop_check when the script exits.
+ctr="" pid=""
+
+# Removes the working container and what the check started (the exporter under buildah run).
+stop_check() {
+	local p
+	if [[ -n $pid ]]; then
+		for p in $(descendants "$pid") "$pid"; do kill -TERM "$p" 2>/dev/null || true; done
+		wait "$pid" 2>/dev/null || true
+	fi
+	[[ -z $ctr ]] || buildah rm "$ctr" >/dev/null 2>&1 || true
+}
+
+cmd_check() {
+	command -v buildah >/dev/null || die "buildah not found: apt-get install buildah"
+	local version port exporter="" body uid p
+	trap stop_check EXIT
+	ctr=$(buildah from --pull-never "$IMAGE")
+
+	version=$(buildah run --isolation chroot "$ctr" -- /ksit-exporter --version)
+	[[ $version == "ksit-exporter $VERSION" ]] || die "--version printed '$version', expected 'ksit-exporter $VERSION'"
+	log "--version in the image: $version"
+
+	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	# chroot isolation keeps the host's network, so the exporter's loopback is this machine's.
+	buildah run --isolation chroot --env "KSIT_LISTEN_ADDR=127.0.0.1:$port" --env KSIT_KUBERNETES=false \
+		"$ctr" -- /ksit-exporter >"$ROOT/target/image/check.log" 2>&1 &
+	pid=$!
+	for _ in $(seq 100); do
+		body=$(curl -sf --max-time 2 "http://127.0.0.1:$port/metrics" 2>/dev/null) && break
+		kill -0 "$pid" 2>/dev/null || die "the exporter in the image exited: $(cat "$ROOT/target/image/check.log")"
+		sleep 0.1
+	done
+	[[ -n ${body:-} ]] || die "no /metrics from the image on 127.0.0.1:$port; log: $(cat "$ROOT/target/image/check.log")"
+	grep -q "^ksit_exporter_build_info{.*version=\"$VERSION\".*} 1$" <<<"$body" ||
+		die "/metrics lacks ksit_exporter_build_info for $VERSION"
+	# The listening process is the exporter: it must run as the image's user, not root.
+	for p in $(descendants "$pid"); do
+		[[ $(readlink "/proc/$p/exe" 2>/dev/null) == */ksit-exporter ]] && exporter=$p
+	done
+	[[ -n $exporter ]] || die "cannot find the exporter process under buildah run ($pid)"
+	uid=$(awk '/^Uid:/ { print $2 }' "/proc/$exporter/status")
+	[[ $uid == 65532 ]] || die "the exporter runs as uid $uid, expected 65532"
+	log "serving /metrics on 127.0.0.1:$port from the image as uid $uid"
+}
+
+case ${1:-} in
+build) cmd_build ;;
+check) cmd_check ;;
+save) cmd_save "${2:-}" ;;
+size) cmd_size ;;
+*)
+	echo "usage: $0 build|check|save FILE|size" >&2
+	exit 2
+	;;
+esac
