@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         None | Some("serve") => serve(),
         Some("check-config") => check_config(),
+        Some("inject") => ksit_exporter::inject::cli::main(&args[2..]),
         Some("-h" | "--help" | "help") => {
             print!("{}", help());
             ExitCode::SUCCESS
@@ -34,6 +35,7 @@ fn help() -> String {
         "ksit-exporter: Prometheus metrics for a KSIT component, served beside it.\n\n\
          Usage:\n  ksit-exporter [serve]      serve /metrics, /healthz and /readyz\n  \
          ksit-exporter check-config validate the environment and print the effective configuration\n  \
+         ksit-exporter inject -f FILE|-  add the sidecar to the pod templates of manifests (see `inject --help`)\n  \
          ksit-exporter --version\n\nEnvironment:\n",
     );
     for (name, default, meaning) in config::VARIABLES {

@@ -1,5 +1,4 @@
 //! `ksit-exporter inject` as users run it: the real binary, through stdin and a file.
-//! Ignored until `src/main.rs` routes the subcommand; run with `-- --ignored` meanwhile.
 
 use std::io::Write;
 use std::path::Path;
@@ -37,7 +36,6 @@ fn testdata(name: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
 fn running_inject_twice_changes_nothing_the_second_time() {
     let input = testdata("multi-doc-stream.in.yaml")
         + "---\n"
@@ -59,7 +57,6 @@ fn running_inject_twice_changes_nothing_the_second_time() {
 }
 
 #[test]
-#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
 fn reads_a_file_and_honours_mode_and_image() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("job.yaml");
@@ -85,7 +82,6 @@ fn reads_a_file_and_honours_mode_and_image() {
 }
 
 #[test]
-#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
 fn bad_input_exits_1_and_names_the_document() {
     let out = inject(&["-f", "-"], "kind: ConfigMap\n---\nkind: [oops\n");
     assert_eq!(out.status.code(), Some(1));
@@ -98,7 +94,6 @@ fn bad_input_exits_1_and_names_the_document() {
 }
 
 #[test]
-#[ignore = "needs src/main.rs to route `ksit-exporter inject` to inject::cli::main"]
 fn usage_and_configuration_errors_exit_2() {
     for args in [
         &[][..],
