@@ -196,6 +196,7 @@ func readStatus(u *unstructured.Unstructured, out any) error {
 	return runtime.DefaultUnstructuredConverter.FromUnstructured(m, out)
 }
 
+// writeStatus replaces .status with status (a pointer to one of the status types).
 func writeStatus(ctx context.Context, c client.Client, u *unstructured.Unstructured, status any) error {
 	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(status)
 	if err != nil {
@@ -249,7 +250,7 @@ func (r *targetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	st.ObservedGeneration = obj.GetGeneration()
 	st.LastSyncTime = &metav1.Time{Time: now}
 	meta.SetStatusCondition(&st.Conditions, cond)
-	if err := writeStatus(ctx, r.client, obj, st); err != nil {
+	if err := writeStatus(ctx, r.client, obj, &st); err != nil {
 		return ctrl.Result{}, err
 	}
 
@@ -284,7 +285,7 @@ func (r *integrationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		st.ObservedGeneration = obj.GetGeneration()
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionUnknown,
 			Reason: "Initializing", Message: st.Message, ObservedGeneration: obj.GetGeneration()})
-		return ctrl.Result{RequeueAfter: time.Millisecond}, writeStatus(ctx, r.client, obj, st)
+		return ctrl.Result{RequeueAfter: time.Millisecond}, writeStatus(ctx, r.client, obj, &st)
 	}
 
 	ready, err := r.targetReadiness(ctx, obj.GetNamespace())
@@ -327,7 +328,7 @@ func (r *integrationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	meta.SetStatusCondition(&st.Conditions, cond)
 	st.LastReconcileTime = &now
 	st.ObservedGeneration = obj.GetGeneration()
-	return ctrl.Result{RequeueAfter: r.integration}, writeStatus(ctx, r.client, obj, st)
+	return ctrl.Result{RequeueAfter: r.integration}, writeStatus(ctx, r.client, obj, &st)
 }
 
 // targetReadiness maps spec.clusterName to the status of the IntegrationTarget naming it.

@@ -7,7 +7,7 @@ module github.com/kubestellar/ksit-exporter/tests/controlplane/crds
 go 1.24.0
 
 require (
-	// ServiceMonitor, PodMonitor, PrometheusRule (example/prometheus-operator-crd/).
+	// ServiceMonitor, PodMonitor, PrometheusRule, Prometheus, ... (example/prometheus-operator-crd/).
 	github.com/prometheus-operator/prometheus-operator v0.85.0
 	// ManagedCluster (cluster/v1/).
 	open-cluster-management.io/api v1.2.0

@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# The test control plane: etcd and kube-apiserver on 127.0.0.1, with RBAC, the ksit.io,
+# prometheus-operator and open-cluster-management CRDs installed.
+#
+#   scripts/controlplane.sh build    build (or reuse cached) binaries, link them into target/controlplane/bin
+#   scripts/controlplane.sh up       build if needed, start, install CRDs; does nothing if already up
+#   scripts/controlplane.sh down     stop everything it (and the tests) started, by PID; remove data
+#   scripts/controlplane.sh status   exit 0 if the API server is ready
+#
+# Needs bash, go, openssl, curl, coreutils. kubectl is built here too (same module as
+# kube-apiserver), so its version always matches the server's.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CP_DIR=$ROOT/target/controlplane
+BIN_DIR=$CP_DIR/bin
+PKI_DIR=$CP_DIR/pki
+RUN_DIR=$CP_DIR/run        # PID files; the Rust tests add one per ksit-manager they start
+ENV_FILE=$CP_DIR/env
+KUBECONFIG_FILE=$CP_DIR/kubeconfig
+# Outside the clone: CI starts from a fresh clone, so a cache under target/ would never be warm.
+CACHE_DIR=${KSIT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ksit-exporter}/controlplane
+GO=${GO:-go}
+
+# Build with the installed Go only (no toolchain download), statically.
+export GOTOOLCHAIN=local CGO_ENABLED=0
+
+log() { printf '[controlplane] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# --- build ------------------------------------------------------------------------------
+
+# Version of a module as pinned in a go.mod (first "<module> vX" requirement).
+pinned() { awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$1/go.mod"; }
+
+# build_component NAME MODDIR LDFLAGS PACKAGE... : build the packages into the cache,
+# keyed by the Go version, the flags and every input file of the module, unless that key
+# is cached already; then link the binaries into BIN_DIR.
+build_component() {
+	local name=$1 moddir=$2 ldflags=$3
+	shift 3
+	local key
+	key=$({
+		"$GO" env GOVERSION
+		printf '%s\n' "$ldflags" "$@"
+		find "$moddir" -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 | sort -z | xargs -0 sha256sum
+	} | sha256sum | cut -c1-16)
+	local dest=$CACHE_DIR/$name-$key
+	if [[ -f $dest/.complete ]]; then
+		log "$name: cached ($dest)"
+	else
+		log "$name: building $* ..."
+		local start=$SECONDS tmp
+		mkdir -p "$CACHE_DIR"
+		tmp=$(mktemp -d "$CACHE_DIR/.$name.XXXXXX")
+		(cd "$moddir" && nice -n 10 "$GO" build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@") ||
+			{ rm -rf "$tmp"; die "$name: go build failed"; }
+		# etcd's main package is the module root go.etcd.io/etcd/server/v3, which go names "server".
+		[[ -f $tmp/server ]] && mv "$tmp/server" "$tmp/etcd"
+		touch "$tmp/.complete"
+		rm -rf "$dest"
+		mv "$tmp" "$dest"
+		log "$name: built in $((SECONDS - start))s"
+	fi
+	mkdir -p "$BIN_DIR"
+	local bin
+	for bin in "$dest"/*; do
+		ln -sfn "$bin" "$BIN_DIR/$(basename "$bin")"
+	done
+}
+
+# module_dir MODDIR MODULE: where the Go module cache holds the pinned version of MODULE
+# (downloading it, verified against MODDIR's go.sum, if needed).
+module_dir() {
+	local version
+	version=$(pinned "$1" "$2")
+	(cd "$1" && "$GO" mod download -json "$2@$version") | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+# Copy the third-party CRDs out of the Go module cache; their versions are pinned in
+# tests/controlplane/crds. They are not committed: they come from upstream releases.
+extract_crds() {
+	local moddir=$ROOT/tests/controlplane/crds out=$CP_DIR/crds po ocm
+	po=$(module_dir "$moddir" github.com/prometheus-operator/prometheus-operator)
+	ocm=$(module_dir "$moddir" open-cluster-management.io/api)
+	[[ -d $po && -d $ocm ]] || die "go mod download failed for the CRD modules"
+	rm -rf "$out"
+	mkdir -p "$out"
+	# All of them, not only ServiceMonitor/PodMonitor/PrometheusRule: the demo manifests
+	# also declare a Prometheus, and a dry run needs its CRD.
+	install -m 0644 "$po"/example/prometheus-operator-crd/monitoring.coreos.com_*.yaml "$out/"
+	install -m 0644 "$ocm/cluster/v1/0000_00_clusters.open-cluster-management.io_managedclusters.crd.yaml" "$out/"
+}
+
+cmd_build() {
+	command -v "$GO" >/dev/null || die "go not found (need Go >= 1.26 for etcd v3.6)"
+	local start=$SECONDS cp=$ROOT/tests/controlplane
+	local k8s prom v=k8s.io/component-base/version
+	k8s=$(pinned "$cp/kubernetes" k8s.io/kubernetes)
+	# Module v0.3MM.P is Prometheus v3.MM.P.
+	prom=$(pinned "$cp/prometheus" github.com/prometheus/prometheus | sed -E 's/^v0\.3([0-9][0-9])\.([0-9]+)$/\1 \2/' | awk '{ printf "3.%d.%s", $1, $2 }')
+	# Without these, kube-apiserver reports version v0.0.0-master and kubectl warns about skew.
+	build_component kubernetes "$cp/kubernetes" \
+		"-s -w -X $v.gitVersion=$k8s -X $v.gitMajor=1 -X $v.gitMinor=$(cut -d. -f2 <<<"$k8s") -X $v.gitTreeState=clean" \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+	build_component etcd "$cp/etcd" "-s -w" go.etcd.io/etcd/server/v3
+	build_component prometheus "$cp/prometheus" "-s -w -X github.com/prometheus/common/version.Version=$prom" \
+		github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
+	build_component ksit-manager "$ROOT/tests/ksit-manager" "-s -w" .
+	extract_crds
+	log "build: done in $((SECONDS - start))s; binaries in $BIN_DIR"
+}
+
+# --- status -------------------------------------------------------------------------------
+
+# pid_alive NAME: the PID in RUN_DIR/NAME.pid is running one of our binaries.
+# Checking the command line keeps a recycled PID from being mistaken for ours.
+pid_alive() {
+	local pidfile=$RUN_DIR/$1.pid pid
+	[[ -f $pidfile ]] || return 1
+	pid=$(<"$pidfile")
+	[[ -r /proc/$pid/cmdline ]] || return 1
+	local cmdline
+	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+	[[ $cmdline == *"$CP_DIR"* || $cmdline == *"$CACHE_DIR"* ]]
+}
+
+api_ready() {
+	[[ -f $ENV_FILE ]] || return 1
+	local url
+	url=$(sed -n "s/^export KSIT_CONTROLPLANE_SERVER='\(.*\)'$/\1/p" "$ENV_FILE")
+	curl -sf --max-time 3 --cacert "$PKI_DIR/ca.crt" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" \
+		"$url/readyz" >/dev/null
+}
+
+cmd_status() {
+	if pid_alive etcd && pid_alive kube-apiserver && api_ready; then
+		log "up: $(sed -n "s/^export KSIT_CONTROLPLANE_SERVER='\(.*\)'$/\1/p" "$ENV_FILE") (KUBECONFIG=$KUBECONFIG_FILE)"
+		return 0
+	fi
+	log "down"
+	return 1
+}
+
+# --- up -----------------------------------------------------------------------------------
+
+# A loopback port nothing listens on. The kernel may still hand it out before we bind it;
+# the caller retries startup in that case.
+free_port() {
+	local port
+	while :; do
+		port=$((20000 + RANDOM % 40000))
+		(: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+	done
+}
+
+# sign NAME SUBJECT EXTENSION... : a key and a certificate signed by the test CA.
+sign() {
+	local name=$1 subj=$2
+	shift 2
+	[[ -f $PKI_DIR/$name.crt ]] && return
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "$subj" \
+		-keyout "$PKI_DIR/$name.key" -out "$PKI_DIR/$name.csr" 2>/dev/null
+	openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" -CAcreateserial \
+		-days 3650 -out "$PKI_DIR/$name.crt" -extfile <(printf '%s\n' "$@") 2>/dev/null
+	rm -f "$PKI_DIR/$name.csr"
+}
+
+# Kept across restarts (only etcd's data is removed), so a restart reuses the CA.
+make_pki() {
+	mkdir -p "$PKI_DIR"
+	if [[ ! -f $PKI_DIR/ca.crt ]]; then
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -x509 -days 3650 -subj "/CN=ksit-test-ca" -keyout "$PKI_DIR/ca.key" -out "$PKI_DIR/ca.crt" \
+			-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+	fi
+	sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth" \
+		"subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
+	# O=system:masters is bound to cluster-admin by the RBAC bootstrap policy.
+	sign admin "/O=system:masters/CN=ksit-test-admin" "extendedKeyUsage=clientAuth"
+	if [[ ! -f $PKI_DIR/sa.key ]]; then
+		openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$PKI_DIR/sa.key" 2>/dev/null
+		openssl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
+	fi
+}
+
+# start NAME ARGS... : run BIN_DIR/NAME detached, logging to CP_DIR/NAME.log.
+start() {
+	local name=$1
+	shift
+	# Resolve the link so the PID check in pid_alive sees the cached binary's path.
+	setsid "$(readlink -f "$BIN_DIR/$name")" "$@" >"$CP_DIR/$name.log" 2>&1 </dev/null &
+	echo $! >"$RUN_DIR/$name.pid"
+}
+
+# wait_for NAME SECONDS COMMAND... : poll COMMAND until it succeeds or NAME exits.
+wait_for() {
+	local name=$1 deadline=$((SECONDS + $2))
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		pid_alive "$name" || { tail -n 20 "$CP_DIR/$name.log" >&2; return 1; }
+		((SECONDS < deadline)) || { tail -n 20 "$CP_DIR/$name.log" >&2; log "$name: not ready after timeout"; return 1; }
+		sleep 0.2
+	done
+}
+
+start_etcd() {
+	local client peer
+	client=$(free_port) peer=$(free_port)
+	rm -rf "$CP_DIR/etcd-data"
+	# Test data need not survive a crash: skip fsync, which dominates etcd latency on CI disks.
+	start etcd --name ksit-test --data-dir "$CP_DIR/etcd-data" \
+		--listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+		--listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+		--initial-cluster "ksit-test=http://127.0.0.1:$peer" --unsafe-no-fsync
+	ETCD_URL=http://127.0.0.1:$client
+	wait_for etcd 30 curl -sf --max-time 2 "$ETCD_URL/health"
+}
+
+start_apiserver() {
+	API_PORT=$(free_port)
+	# Flags follow envtest's: service-account issuer and keys are mandatory; no controller
+	# creates default ServiceAccounts, so that admission plugin would reject pods; with no
+	# default route the advertise address must be given, and loopback addresses may not
+	# be written to Endpoints, so the kubernetes Service endpoints are not reconciled.
+	start kube-apiserver \
+		--etcd-servers="$ETCD_URL" \
+		--bind-address=127.0.0.1 --secure-port="$API_PORT" \
+		--advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+		--tls-cert-file="$PKI_DIR/apiserver.crt" --tls-private-key-file="$PKI_DIR/apiserver.key" \
+		--client-ca-file="$PKI_DIR/ca.crt" \
+		--authorization-mode=RBAC \
+		--service-account-issuer=https://kubernetes.default.svc \
+		--service-account-key-file="$PKI_DIR/sa.pub" --service-account-signing-key-file="$PKI_DIR/sa.key" \
+		--service-cluster-ip-range=10.0.0.0/24 \
+		--disable-admission-plugins=ServiceAccount \
+		--allow-privileged=true --profiling=false
+	SERVER_URL=https://127.0.0.1:$API_PORT
+	wait_for kube-apiserver 90 curl -sf --max-time 2 --cacert "$PKI_DIR/ca.crt" \
+		--cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" "$SERVER_URL/readyz"
+}
+
+write_kubeconfig() {
+	local tmp=$KUBECONFIG_FILE.tmp
+	cat >"$tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ksit-test
+  cluster:
+    server: $SERVER_URL
+    certificate-authority-data: $(base64 -w0 "$PKI_DIR/ca.crt")
+users:
+- name: ksit-test-admin
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI_DIR/admin.crt")
+    client-key-data: $(base64 -w0 "$PKI_DIR/admin.key")
+contexts:
+- name: ksit-test
+  context:
+    cluster: ksit-test
+    user: ksit-test-admin
+current-context: ksit-test
+EOF
+	chmod 0600 "$tmp"
+	mv "$tmp" "$KUBECONFIG_FILE"
+}
+
+write_env() {
+	cat >"$ENV_FILE" <<EOF
+# Written by scripts/controlplane.sh up; source it to talk to the test control plane.
+export KUBECONFIG='$KUBECONFIG_FILE'
+export KSIT_TEST_KUBECONFIG='$KUBECONFIG_FILE'
+export KSIT_CONTROLPLANE_SERVER='$SERVER_URL'
+export KSIT_CONTROLPLANE_BIN='$BIN_DIR'
+export KSIT_CONTROLPLANE_ETCD='$ETCD_URL'
+EOF
+}
+
+install_crds() {
+	local kubectl=("$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE")
+	# Server-side apply: the prometheus-operator CRDs are close to the annotation size limit
+	# that client-side apply needs.
+	"${kubectl[@]}" apply --server-side --force-conflicts -f "$CP_DIR/crds/" >/dev/null
+	"${kubectl[@]}" apply --server-side --force-conflicts -k "$ROOT/manifests/crds/" >/dev/null
+	"${kubectl[@]}" wait --for condition=Established --timeout=60s crd --all >/dev/null
+	log "CRDs established: $("${kubectl[@]}" get crd -o name | sed 's|.*/||' | paste -sd' ')"
+}
+
+cmd_up() {
+	if cmd_status 2>/dev/null; then
+		log "already up"
+		return 0
+	fi
+	local start=$SECONDS
+	cmd_build
+	# Whatever is left of an earlier, broken start goes first.
+	cmd_down
+	mkdir -p "$RUN_DIR"
+	make_pki
+	local attempt
+	for attempt in 1 2 3; do
+		# A port taken between free_port and bind makes a start fail; try fresh ports.
+		if start_etcd && start_apiserver; then
+			break
+		fi
+		log "start attempt $attempt failed; see $CP_DIR/*.log"
+		cmd_down
+		mkdir -p "$RUN_DIR"
+		((attempt < 3)) || die "control plane did not start"
+	done
+	write_kubeconfig
+	write_env
+	install_crds
+	log "up in $((SECONDS - start))s: $SERVER_URL; env in $ENV_FILE"
+}
+
+# --- down -----------------------------------------------------------------------------------
+
+stop_pid() {
+	local name=$1 pid
+	pid_alive "$name" || { rm -f "$RUN_DIR/$name.pid"; return 0; }
+	pid=$(<"$RUN_DIR/$name.pid")
+	kill -TERM "$pid" 2>/dev/null || true
+	for _ in $(seq 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	rm -f "$RUN_DIR/$name.pid"
+	log "stopped $name ($pid)"
+}
+
+cmd_down() {
+	local f
+	# Managers left by tests that did not get to clean up (e.g. a killed test binary),
+	# then the API server before the etcd it writes to.
+	for f in "$RUN_DIR"/ksit-manager-*.pid; do
+		[[ -e $f ]] && stop_pid "$(basename "$f" .pid)"
+	done
+	stop_pid kube-apiserver
+	stop_pid etcd
+	rm -rf "$CP_DIR/etcd-data" "$ENV_FILE" "$KUBECONFIG_FILE"
+}
+
+case ${1:-} in
+build) cmd_build ;;
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+*)
+	echo "usage: $0 build|up|down|status" >&2
+	exit 2
+	;;
+esac

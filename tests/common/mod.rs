@@ -1,0 +1,378 @@
+//! Support for tests that run against the test control plane (`scripts/controlplane.sh up`).
+//!
+//! Each test crate includes this with `mod common;` and uses a subset of it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// The running control plane, as `scripts/controlplane.sh up` describes it in
+/// `target/controlplane/env`.
+pub struct ControlPlane {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+    pub server_url: String,
+}
+
+fn repo_path(p: impl AsRef<Path>) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// `export KEY='value'` lines of the env file written by `scripts/controlplane.sh up`.
+fn read_env_file(path: &Path) -> Option<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect(),
+    )
+}
+
+/// The control plane, or `None` (with a loud SKIPPED line) when it is not running.
+/// Under `CI=true` a missing control plane is a failure, so no test passes by skipping.
+pub async fn control_plane() -> Option<ControlPlane> {
+    match connect().await {
+        Ok(cp) => Some(cp),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!(
+                "CI=true but the test control plane is unusable: {why}. Run `make controlplane-up` first."
+            )
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: test control plane unusable ({why}); run `make controlplane-up`");
+            None
+        }
+    }
+}
+
+async fn connect() -> Result<ControlPlane, String> {
+    let env = read_env_file(&repo_path("target/controlplane/env")).unwrap_or_default();
+    let lookup = |key: &str| {
+        std::env::var(key)
+            .ok()
+            .or_else(|| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
+    };
+    let kubeconfig = repo_path(
+        lookup("KSIT_TEST_KUBECONFIG")
+            .ok_or("no target/controlplane/env and KSIT_TEST_KUBECONFIG unset")?,
+    );
+    let bin_dir = repo_path(
+        lookup("KSIT_CONTROLPLANE_BIN").unwrap_or_else(|| "target/controlplane/bin".into()),
+    );
+
+    let raw =
+        Kubeconfig::read_from(&kubeconfig).map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+    let config = Config::from_custom_kubeconfig(raw, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+    let server_url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let client = Client::try_from(config).map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
+        .await
+        .map_err(|_| format!("{server_url} did not answer within 5s"))?
+        .map_err(|e| format!("{server_url}: {e}"))?;
+    Ok(ControlPlane {
+        client,
+        kubeconfig,
+        bin_dir,
+        server_url,
+    })
+}
+
+impl ControlPlane {
+    /// Runs the control plane's kubectl (built with kube-apiserver, so versions match).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, "")
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(self.bin_dir.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running kubectl from the control plane's bin dir");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .expect("writing kubectl stdin");
+        child.wait_with_output().expect("waiting for kubectl")
+    }
+
+    /// `kubectl apply` of YAML text into `namespace`; panics with kubectl's output on failure.
+    pub fn apply_yaml(&self, namespace: &str, yaml: &str) {
+        check(
+            self.kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], yaml),
+            "kubectl apply",
+        );
+    }
+
+    /// `kubectl apply -f`, or `-k` for a kustomization directory, relative to the repository.
+    pub fn apply_path(&self, namespace: &str, path: &str) {
+        let full = repo_path(path);
+        let flag = if full.join("kustomization.yaml").exists() {
+            "-k"
+        } else {
+            "-f"
+        };
+        check(
+            self.kubectl(&["apply", "-n", namespace, flag, full.to_str().unwrap()]),
+            "kubectl apply",
+        );
+    }
+}
+
+/// Panics with stdout and stderr unless the command succeeded; returns stdout.
+pub fn check(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A namespace of the test's own, deleted (best effort) on drop. Without a namespace
+/// controller it stays Terminating; `scripts/controlplane.sh down` removes all data.
+pub struct TestNamespace {
+    pub name: String,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh namespace named `<prefix>-<pid>-<n>-<time>` with the given labels.
+pub async fn test_namespace(
+    cp: &ControlPlane,
+    prefix: &str,
+    labels: &[(&str, &str)],
+) -> TestNamespace {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(cp.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    TestNamespace {
+        name,
+        kubectl: cp.bin_dir.join("kubectl"),
+        kubeconfig: cp.kubeconfig.clone(),
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await; kubectl keeps this independent of the test's runtime.
+        let _ = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Plain HTTP/1.0 GET against a loopback address: enough for /readyz and /metrics
+/// without pulling an HTTP client into every test.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// The stand-in KSIT controller-manager (tests/ksit-manager), killed on drop.
+pub struct ManagerProcess {
+    child: Child,
+    pid_file: PathBuf,
+    /// `127.0.0.1:PORT` of its controller-runtime metrics (plain HTTP, `/metrics`).
+    pub metrics_addr: String,
+    pub metrics_url: String,
+    /// `127.0.0.1:PORT` of `/healthz` and `/readyz`.
+    pub health_addr: String,
+    pub log: PathBuf,
+}
+
+/// Starts the manager watching `namespaces`, holding the `ksit.io` Lease in the first one,
+/// and waits for its /readyz.
+pub fn start_manager(cp: &ControlPlane, namespaces: &[&str]) -> ManagerProcess {
+    start_manager_with(cp, namespaces, &[])
+}
+
+/// As [`start_manager`], with extra flags (e.g. `--target-failing-requeue=2s`).
+pub fn start_manager_with(
+    cp: &ControlPlane,
+    namespaces: &[&str],
+    extra: &[&str],
+) -> ManagerProcess {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let health_addr = format!("127.0.0.1:{}", free_port());
+    let run_dir = repo_path("target/controlplane/run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let log = repo_path(format!(
+        "target/controlplane/ksit-manager-{}.log",
+        namespaces.join("_")
+    ));
+    let log_file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(cp.bin_dir.join("ksit-manager"))
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .arg(format!("--namespaces={}", namespaces.join(",")))
+        .arg(format!("--metrics-bind-address={metrics_addr}"))
+        .arg(format!("--health-probe-bind-address={health_addr}"))
+        .arg("--leader-elect")
+        .args(extra)
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "starting {}: {e}",
+                cp.bin_dir.join("ksit-manager").display()
+            )
+        });
+    // `scripts/controlplane.sh down` stops managers whose test died before Drop ran.
+    let pid_file = run_dir.join(format!("ksit-manager-{}.pid", child.id()));
+    std::fs::write(&pid_file, child.id().to_string()).unwrap();
+    let mut manager = ManagerProcess {
+        child,
+        pid_file,
+        metrics_url: format!("http://{metrics_addr}/metrics"),
+        metrics_addr,
+        health_addr,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = http_get(&manager.health_addr, "/readyz") {
+            return manager;
+        }
+        if let Ok(Some(status)) = manager.child.try_wait() {
+            panic!(
+                "ksit-manager exited with {status}; log: {}",
+                std::fs::read_to_string(&manager.log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ksit-manager not ready within 30s; log: {}",
+            manager.log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl ManagerProcess {
+    /// The current text of its /metrics.
+    pub fn metrics(&self) -> String {
+        let (status, body) =
+            http_get(&self.metrics_addr, "/metrics").expect("scraping ksit-manager");
+        assert_eq!(status, 200, "ksit-manager /metrics: {body}");
+        body
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        // SIGTERM first, so it releases the Lease as upstream's manager does on shutdown.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
