@@ -287,12 +287,14 @@ install_crds() {
 }
 
 cmd_up() {
+	local start=$SECONDS
+	# Even when already up: a changed input (say the stand-in manager's source) must not
+	# leave a stale binary in BIN_DIR for the tests. Cached, this takes well under a second.
+	cmd_build
 	if cmd_status 2>/dev/null; then
 		log "already up"
 		return 0
 	fi
-	local start=$SECONDS
-	cmd_build
 	# Whatever is left of an earlier, broken start goes first.
 	cmd_down
 	mkdir -p "$RUN_DIR"
