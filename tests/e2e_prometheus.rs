@@ -1,0 +1,506 @@
+//! End to end: the real control plane, the stand-in KSIT manager, the exporter beside it, and a
+//! real Prometheus server that finds the exporter with the page's `scrape_configs`
+//! (manifests/monitoring/common/prometheus-scrape-config.yaml) through kubernetes_sd, role
+//! endpoints, against the test API server.
+//!
+//! Endpoints may not hold loopback addresses, so the exporter runs as the test's own host in a
+//! network namespace the test creates: a veth pair with a /30 from TEST-NET-1 (192.0.2.0/24,
+//! documentation-only and never routed), the exporter listening on the namespace's end, the
+//! `ksit-monitor` Endpoints naming that address. Prometheus reaches it over the veth, so the
+//! page's relabelling stays exactly as shipped; the scrape config gains only what points it at
+//! the test API server (`api_server`, `tls_config`, and `namespaces`, because other tests share
+//! the control plane). Inside the namespace, loopback is the namespace's own, so a relay (a
+//! process with one foot in each namespace) carries the exporter's connections to the API
+//! server and to the manager on this machine's 127.0.0.1. No packet leaves the machine.
+//!
+//! Needs root (CAP_NET_ADMIN) for `ip netns`; without it the test is skipped, except under
+//! `CI=true`, where that is a failure.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ControlPlane, check, control_plane, free_port, http_get, test_namespace};
+use serde_json::{Value, json};
+
+/// A network namespace with a veth pair to this one, deleted (with its veth) on drop.
+struct NetNs {
+    name: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl NetNs {
+    fn create() -> Result<NetNs, String> {
+        remove_stale_namespaces();
+        let pid = std::process::id();
+        // One /30 per test process, so concurrent runs on one machine do not collide.
+        let base = 4 * (pid % 64);
+        let ns = NetNs {
+            name: format!("ksit-e2e-{pid}"),
+            host_ip: format!("192.0.2.{}", base + 1),
+            ns_ip: format!("192.0.2.{}", base + 2),
+        };
+        ip(&["netns", "add", &ns.name])?;
+        let (host_if, ns_if) = (format!("ke{pid}h"), format!("ke{pid}n"));
+        let setup = || -> Result<(), String> {
+            ip(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name,
+            ])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_ip),
+                "dev",
+                &host_if,
+            ])?;
+            ip(&["link", "set", &host_if, "up"])?;
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{}/30", ns.ns_ip),
+                "dev",
+                &ns_if,
+            ])?;
+            ip(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
+            // A new namespace's loopback is down; the relay listens on it.
+            ip(&["-n", &ns.name, "link", "set", "lo", "up"])
+        };
+        // On failure, drop removes the namespace (and with it the veth).
+        setup().map(|()| ns)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the veth pair with it.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Namespaces left by a killed test run (their pid is gone).
+fn remove_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+        if let Some(pid) = name.strip_prefix("ksit-e2e-")
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
+/// Listens on 127.0.0.1:PORT inside the namespace for each port and forwards each connection
+/// to 127.0.0.1:PORT of this machine: the sockets are created after setns(2) into the
+/// namespace, the connections after returning. Prints `ready` once listening.
+const RELAY: &str = r#"
+import ctypes, os, socket, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def setns(fd):
+    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), "setns")
+host = os.open("/proc/self/ns/net", os.O_RDONLY)
+setns(os.open(sys.argv[1], os.O_RDONLY))
+listeners = []
+for port in map(int, sys.argv[2:]):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(64)
+    listeners.append((s, port))
+setns(host)
+def pipe(src, dst):
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(listener, port):
+    while True:
+        conn, _ = listener.accept()
+        try:
+            up = socket.create_connection(("127.0.0.1", port))
+        except OSError:
+            conn.close()
+            continue
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+for l, p in listeners:
+    threading.Thread(target=serve, args=(l, p), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// A child process killed on drop, with its log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_logged(cmd: &mut Command, log: PathBuf) -> Proc {
+    let file = std::fs::File::create(&log).unwrap();
+    let child = cmd
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    Proc { child, log }
+}
+
+/// The relay process, killed on drop.
+struct Relay(Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_relay(ns: &NetNs, ports: &[u16]) -> Relay {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(RELAY)
+        .arg(ns.path())
+        .args(ports.iter().map(u16::to_string))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the relay");
+    let stdout = child.stdout.take().unwrap();
+    let relay = Relay(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "relay did not start");
+    relay
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
+/// The shipped scrape config, pointed at the test API server: returns the Prometheus config.
+fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/monitoring/common/prometheus-scrape-config.yaml"),
+    )
+    .unwrap();
+    let mut config: Value = serde_saphyr::from_str(&shipped).expect("scrape config is YAML");
+    let pki = cp.kubeconfig.parent().unwrap().join("pki");
+    let job = &mut config["scrape_configs"][0];
+    assert_eq!(job["job_name"], "ksit");
+    let sd = &mut job["kubernetes_sd_configs"][0];
+    assert_eq!(sd["role"], "endpoints");
+    sd["api_server"] = json!(cp.server_url);
+    sd["tls_config"] = json!({
+        "ca_file": pki.join("ca.crt"),
+        "cert_file": pki.join("admin.crt"),
+        "key_file": pki.join("admin.key"),
+    });
+    sd["namespaces"] = json!({ "names": [namespace] });
+    // Fast scrapes keep the test short; the shipped job sets no interval of its own.
+    config["global"] = json!({ "scrape_interval": "1s", "scrape_timeout": "1s" });
+    config
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `data.result` of an instant query.
+fn query(prom: &str, promql: &str) -> Vec<Value> {
+    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(promql)))
+        .expect("Prometheus answers");
+    assert_eq!(status, 200, "{promql}: {body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON from Prometheus");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// `{target label: value}` of the `ksit_cluster_status` series.
+fn cluster_status(prom: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = query(prom, "ksit_cluster_status")
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["target"].as_str().unwrap_or("").to_string(),
+                s["value"][1].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Polls `f` every 200 ms until it returns `Some`; after `timeout`, panics with `what` and the
+/// logs of the processes under test.
+fn poll<T>(what: &str, logs: &dyn Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = Duration::from_secs(60);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn reconcile_count(prom: &str) -> Option<f64> {
+    query(prom, "sum(ksit_reconcile_duration_seconds_count)")
+        .first()?
+        .get("value")?[1]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let started = Instant::now();
+    let netns = match NetNs::create() {
+        Ok(ns) => ns,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("CI=true but no network namespace for the exporter: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: cannot create a network namespace (needs root): {why}");
+            return;
+        }
+    };
+    let ns = test_namespace(&cp, "e2e-prom", &[]).await;
+    cp.apply_path(&ns.name, "manifests/samples");
+    // Short requeues, so reconciles keep coming while the test watches their count.
+    let manager = common::start_manager_with(
+        &cp,
+        &[&ns.name],
+        &[
+            "--integration-requeue=2s",
+            "--target-ready-requeue=2s",
+            "--target-failing-requeue=2s",
+        ],
+    );
+
+    let api_port = port_of(&cp.server_url);
+    let _relay = start_relay(
+        &netns,
+        &[
+            api_port,
+            port_of(&manager.metrics_addr),
+            port_of(&manager.health_addr),
+        ],
+    );
+    let listen = format!("{}:8080", netns.ns_ip);
+    let exporter_bin = env!("CARGO_BIN_EXE_ksit-exporter");
+    let exporter = spawn_logged(
+        Command::new("ip")
+            .args(["netns", "exec", &netns.name, exporter_bin])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("KSIT_KUBERNETES", "true")
+            .env("KSIT_WATCH_NAMESPACES", &ns.name)
+            .env("KSIT_LISTEN_ADDR", &listen)
+            .env("KSIT_PROBE_INTERVAL", "1s")
+            .env("KSIT_PROBE_TIMEOUT", "1s")
+            .env(
+                "KSIT_HEALTH_URLS",
+                format!("http://{0}/healthz,http://{0}/readyz", manager.health_addr),
+            )
+            .env("KSIT_UPSTREAM_METRICS_URL", &manager.metrics_url),
+        target_dir().join(format!("e2e-exporter-{}.log", std::process::id())),
+    );
+
+    // The Service the page's config keeps, and its Endpoints: the namespaced host's address.
+    cp.apply_yaml(
+        &ns.name,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: ksit-monitor
+  labels: {{ app: ksit }}
+spec:
+  ports: [{{ name: metrics, port: 8080, targetPort: 8080, protocol: TCP }}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: ksit-monitor
+  labels: {{ app: ksit }}
+subsets:
+  - addresses: [{{ ip: "{ip}" }}]
+    ports: [{{ name: metrics, port: 8080, protocol: TCP }}]
+"#,
+            ip = netns.ns_ip
+        ),
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let config_path = data.path().join("prometheus.yml");
+    let config = prometheus_config(&cp, &ns.name);
+    // JSON is YAML: Prometheus reads it as its config file.
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    check(
+        Command::new(cp.bin_dir.join("promtool"))
+            .args(["check", "config"])
+            .arg(&config_path)
+            .output()
+            .unwrap(),
+        "promtool check config",
+    );
+    let prom = format!("127.0.0.1:{}", free_port());
+    let prometheus = spawn_logged(
+        Command::new(cp.bin_dir.join("prometheus"))
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom}")),
+        target_dir().join(format!("e2e-prometheus-{}.log", std::process::id())),
+    );
+
+    let logs = || {
+        format!(
+            "\n--- exporter log:\n{}\n--- prometheus log (tail):\n{}",
+            exporter.log_text(),
+            prometheus
+                .log_text()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+
+    // Prometheus found the ksit-monitor endpoint and scrapes the namespaced host.
+    let target = poll("an up ksit target in Prometheus", &logs, || {
+        let (_, body) = http_get(&prom, "/api/v1/targets?state=active").ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["labels"]["job"] == "ksit" && t["health"] == "up")
+            .cloned()
+    });
+    assert_eq!(
+        target["scrapeUrl"],
+        format!("http://{listen}/metrics"),
+        "{target}"
+    );
+    assert_eq!(
+        target["discoveredLabels"]["__meta_kubernetes_service_name"], "ksit-monitor",
+        "{target}"
+    );
+    assert_eq!(
+        query(&prom, r#"up{job="ksit"}"#).len(),
+        1,
+        "exactly one ksit target"
+    );
+
+    // One series per IntegrationTarget: cluster1 ready, cluster2 annotated not ready.
+    let expected = |c2: &str| {
+        vec![
+            ("cluster1".into(), "1".into()),
+            ("cluster2".into(), c2.into()),
+        ]
+    };
+    poll("ksit_cluster_status for both targets", &logs, || {
+        (cluster_status(&prom) == expected("0")).then_some(())
+    });
+    for s in query(&prom, "ksit_cluster_status") {
+        // honor_labels: the object's namespace, not exported_namespace.
+        assert_eq!(s["metric"]["namespace"], json!(ns.name), "{s}");
+        assert_eq!(s["metric"]["source"], "integrationtarget", "{s}");
+        assert!(s["metric"].get("exported_namespace").is_none(), "{s}");
+    }
+    let before = poll("ksit_reconcile_duration_seconds_count", &logs, || {
+        reconcile_count(&prom).filter(|n| *n > 0.0)
+    });
+
+    // cluster2 recovers: the manager marks it ready, and Prometheus follows.
+    check(
+        cp.kubectl(&[
+            "-n",
+            &ns.name,
+            "annotate",
+            "--overwrite",
+            "integrationtarget",
+            "cluster2",
+            "test.ksit.io/ready=true",
+        ]),
+        "kubectl annotate",
+    );
+    poll("cluster2 ready in Prometheus", &logs, || {
+        (cluster_status(&prom) == expected("1")).then_some(())
+    });
+    let after = poll("reconcile count growing", &logs, || {
+        reconcile_count(&prom).filter(|n| *n > before)
+    });
+    eprintln!(
+        "e2e: Prometheus scraped {listen} through kubernetes_sd; reconciles {before} -> {after}; {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}

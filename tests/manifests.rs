@@ -1,0 +1,424 @@
+//! The shipped monitoring manifests, checked by the tools that consume them: kustomize builds of
+//! every kustomization (also those nested inside another, which the server-side dry run in
+//! controlplane_smoke.rs does not reach), a server-side dry run of those nested ones and of the
+//! prometheus-operator bundle the kind demo applies, promtool on the alerts (syntax and unit
+//! tests of when each fires), on a Prometheus config embedding the page's scrape config, and on
+//! every query of the Grafana dashboard; and that the ServiceMonitor and the scrape config are
+//! the page's.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{ControlPlane, check, control_plane};
+use serde_json::{Value, json};
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// Every directory under `dir` holding a kustomization.yaml, nested ones included.
+fn kustomizations(dir: &Path, out: &mut Vec<PathBuf>) {
+    if dir.join("kustomization.yaml").exists() {
+        out.push(dir.to_path_buf());
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    for d in subdirs {
+        kustomizations(&d, out);
+    }
+}
+
+/// A kustomization rendered as objects (kubectl prints one JSON document per object).
+fn build(cp: &ControlPlane, dir: &str) -> Vec<Value> {
+    let out = check(
+        cp.kubectl(&[
+            "create",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-k",
+            repo(dir).to_str().unwrap(),
+        ]),
+        &format!("kubectl create --dry-run=client -k {dir}"),
+    );
+    serde_json::Deserializer::from_str(&out)
+        .into_iter::<Value>()
+        .map(|v| v.expect("kubectl prints JSON"))
+        .collect()
+}
+
+fn find<'a>(items: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn promtool(cp: &ControlPlane, args: &[&str]) -> String {
+    check(
+        Command::new(cp.bin_dir.join("promtool"))
+            .args(args)
+            .output()
+            .expect("running promtool"),
+        &format!("promtool {}", args.join(" ")),
+    )
+}
+
+#[tokio::test]
+async fn every_kustomization_builds() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let mut dirs = Vec::new();
+    kustomizations(&repo("manifests"), &mut dirs);
+    for d in [
+        "manifests/sidecar",
+        "manifests/monitoring/podmonitor",
+        "manifests/demo/prometheus",
+    ] {
+        assert!(dirs.contains(&repo(d)), "{d} is not a kustomization");
+    }
+    for dir in dirs {
+        check(
+            cp.kubectl(&["kustomize", dir.to_str().unwrap()]),
+            &format!("kubectl kustomize {}", dir.display()),
+        );
+    }
+}
+
+/// The CRD of a prometheus-operator kind, from the bundle release the tests pin.
+fn operator_module_dir() -> PathBuf {
+    let crds = repo("tests/controlplane/crds");
+    let gomod = std::fs::read_to_string(crds.join("go.mod")).unwrap();
+    let version = gomod
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("github.com/prometheus-operator/prometheus-operator ")
+        })
+        .expect("prometheus-operator pinned in tests/controlplane/crds/go.mod")
+        .trim();
+    let out = check(
+        Command::new("go")
+            .args([
+                "mod",
+                "download",
+                "-json",
+                &format!("github.com/prometheus-operator/prometheus-operator@{version}"),
+            ])
+            .current_dir(&crds)
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .expect("running go"),
+        "go mod download",
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    PathBuf::from(v["Dir"].as_str().expect("Dir in go mod download -json"))
+}
+
+#[tokio::test]
+async fn nested_kustomizations_and_the_operator_bundle_pass_server_side_dry_run() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let module = operator_module_dir();
+    let bundle = module.join("bundle.yaml");
+    check(
+        cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            bundle.to_str().unwrap(),
+        ]),
+        "server-side dry run of the prometheus-operator bundle",
+    );
+    // The demo's Prometheus object needs its CRD, which the control plane does not install.
+    let prometheuses =
+        module.join("example/prometheus-operator-crd/monitoring.coreos.com_prometheuses.yaml");
+    check(
+        cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            prometheuses.to_str().unwrap(),
+        ]),
+        "installing the Prometheus CRD",
+    );
+    check(
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/prometheuses.monitoring.coreos.com",
+        ]),
+        "waiting for the Prometheus CRD",
+    );
+    for dir in [
+        "manifests/monitoring/podmonitor",
+        "manifests/monitoring/common",
+        "manifests/demo/prometheus",
+    ] {
+        for ns in ["ksit-system", "monitoring"] {
+            cp.kubectl(&["create", "namespace", ns]);
+        }
+        check(
+            cp.kubectl(&[
+                "apply",
+                "--dry-run=server",
+                "-k",
+                repo(dir).to_str().unwrap(),
+            ]),
+            &format!("kubectl apply --dry-run=server -k {dir}"),
+        );
+    }
+}
+
+/// The page's scrape config, verbatim.
+const PAGE_SCRAPE_CONFIG: &str = r#"
+scrape_configs:
+  - job_name: 'ksit'
+    kubernetes_sd_configs:
+      - role: endpoints
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_service_name]
+        action: keep
+        regex: ksit-monitor
+"#;
+
+#[tokio::test]
+async fn the_scrape_config_and_servicemonitor_are_the_pages() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let shipped: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo(
+            "manifests/monitoring/common/prometheus-scrape-config.yaml",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut page: Value = serde_saphyr::from_str(PAGE_SCRAPE_CONFIG).unwrap();
+    // The one addition, README "Labels that cannot clash".
+    page["scrape_configs"][0]["honor_labels"] = json!(true);
+    assert_eq!(shipped, page);
+
+    let items = build(&cp, "manifests/monitoring");
+    let sm = find(&items, "ServiceMonitor", "ksit-monitor");
+    assert_eq!(sm["metadata"]["labels"]["app"], "ksit");
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"],
+        json!({"app": "ksit"})
+    );
+    assert_eq!(
+        sm["spec"]["endpoints"],
+        json!([{"port": "metrics", "interval": "30s", "honorLabels": true}])
+    );
+    let cm = find(&items, "ConfigMap", "ksit-prometheus-scrape-config");
+    assert_eq!(
+        serde_saphyr::from_str::<Value>(
+            cm["data"]["prometheus-scrape-config.yaml"]
+                .as_str()
+                .unwrap()
+        )
+        .unwrap(),
+        shipped
+    );
+
+    // Both find the Service the sidecar Deployment is exposed by.
+    let items = build(&cp, "manifests/sidecar");
+    let svc = find(&items, "Service", "ksit-monitor");
+    assert_eq!(svc["metadata"]["labels"]["app"], "ksit");
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}])
+    );
+    let deploy = find(&items, "Deployment", "ksit-controller-manager");
+    let pod = &deploy["spec"]["template"];
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "selector {k}");
+    }
+    assert_eq!(pod["spec"]["shareProcessNamespace"], true);
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    let manager = containers.iter().find(|c| c["name"] == "manager").unwrap();
+    assert!(
+        manager["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--metrics-bind-address=127.0.0.1:8082")),
+        "{manager}"
+    );
+    let sidecar = containers
+        .iter()
+        .find(|c| c["name"] == "ksit-exporter")
+        .unwrap();
+    assert_eq!(
+        sidecar["ports"],
+        json!([{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}])
+    );
+    assert!(sidecar["env"].as_array().unwrap().contains(
+        &json!({"name": "KSIT_UPSTREAM_METRICS_URL", "value": "http://127.0.0.1:8082/metrics"})
+    ));
+
+    // promtool accepts a Prometheus config that embeds it, with the shipped rules.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(&cp, dir.path());
+    let mut config = shipped.clone();
+    config["global"] = json!({"scrape_interval": "30s"});
+    config["rule_files"] = json!([rules]);
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    promtool(&cp, &["check", "config", path.to_str().unwrap()]);
+}
+
+/// The PrometheusRule's groups as a rule file (JSON is YAML); returns its path.
+fn write_rules(cp: &ControlPlane, dir: &Path) -> String {
+    let items = build(cp, "manifests/monitoring/common");
+    let rule = find(&items, "PrometheusRule", "ksit-exporter");
+    let path = dir.join("rules.yml");
+    std::fs::write(&path, serde_json::to_string_pretty(&rule["spec"]).unwrap()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// When each alert fires, on series shaped as the exporter writes them.
+const ALERT_TESTS: &str = r#"
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'ksit_cluster_status{namespace="ksit-system",target="cluster2",cluster_name="cluster2",source="integrationtarget"}'
+        values: '1 0x10'
+      - series: 'ksit_cluster_status{namespace="ksit-system",target="cluster1",cluster_name="cluster1",source="integrationtarget"}'
+        values: '1x10'
+      - series: 'ksit_component_health_up{namespace="ksit-system",pod="mgr-0",probe="readyz"}'
+        values: '1 0x10'
+      - series: 'ksit_exporter_kube_up{namespace="ksit-system",pod="mgr-0"}'
+        values: '1 0x10'
+      - series: 'ksit_component_container_restarts_total{namespace="ksit-system",pod="mgr-0",container="manager"}'
+        values: '0 1 2 3 4 5 6 7 8 9 10'
+      - series: 'ksit_reconcile_duration_seconds_bucket{controller="integration",le="1"}'
+        values: '0+1x30'
+      - series: 'ksit_reconcile_duration_seconds_bucket{controller="integration",le="10"}'
+        values: '0+60x30'
+      - series: 'ksit_reconcile_duration_seconds_bucket{controller="integration",le="+Inf"}'
+        values: '0+60x30'
+    alert_rule_test:
+      - { eval_time: 5m, alertname: KsitClusterNotReady }
+      - eval_time: 6m
+        alertname: KsitClusterNotReady
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: ksit-system, target: cluster2, cluster_name: cluster2, source: integrationtarget }
+            exp_annotations:
+              summary: Managed cluster cluster2 is not ready
+              description: >-
+                IntegrationTarget ksit-system/cluster2 has reported cluster cluster2 not ready
+                for 5 minutes. `kubectl -n ksit-system get integrationtarget cluster2 -o yaml`
+                shows the Ready condition's reason.
+      - { eval_time: 2m, alertname: KsitComponentHealthProbeDown }
+      - eval_time: 3m
+        alertname: KsitComponentHealthProbeDown
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: ksit-system, pod: mgr-0, probe: readyz }
+            exp_annotations:
+              summary: KSIT component health probe readyz is failing
+              description: >-
+                The sidecar in ksit-system/mgr-0 has had no 2xx from the component's readyz
+                endpoint for 2 minutes.
+      - { eval_time: 5m, alertname: KsitExporterKubeUnreachable }
+      - eval_time: 6m
+        alertname: KsitExporterKubeUnreachable
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: ksit-system, pod: mgr-0 }
+            exp_annotations:
+              summary: ksit-exporter cannot reach the Kubernetes API server
+              description: >-
+                The sidecar in ksit-system/mgr-0 has had no answer from the API server for 5
+                minutes; cluster, integration and pod series are stale. Its log names the
+                error (`kubectl logs mgr-0 -c ksit-exporter`).
+      - { eval_time: 2m, alertname: KsitComponentRestarting }
+      - eval_time: 4m
+        alertname: KsitComponentRestarting
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: ksit-system, pod: mgr-0, container: manager }
+            exp_annotations:
+              summary: KSIT container manager is restarting
+              description: >-
+                Container manager of ksit-system/mgr-0 restarted 4 times in 15 minutes.
+      # Almost every reconcile takes between 1 s and 10 s: p99 = 1 + 9 × (0.99 × 60 − 1) / 59 = 9.908 s.
+      - { eval_time: 15m, alertname: KsitReconcileLatencyHigh }
+      - eval_time: 21m
+        alertname: KsitReconcileLatencyHigh
+        exp_alerts:
+          - exp_labels: { severity: warning, controller: integration }
+            exp_annotations:
+              summary: KSIT integration reconciles are slow
+              description: >-
+                The 99th percentile of integration reconcile durations has been 9.908s
+                (above 5s) for 15 minutes.
+"#;
+
+#[tokio::test]
+async fn promtool_checks_and_unit_tests_the_alerts() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_rules(&cp, dir.path());
+    let out = promtool(&cp, &["check", "rules", &rules]);
+    assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
+    let mut tests: Value = serde_saphyr::from_str(ALERT_TESTS).unwrap();
+    tests["rule_files"] = json!([rules]);
+    let path = dir.path().join("alerts_test.yml");
+    std::fs::write(&path, serde_json::to_string_pretty(&tests).unwrap()).unwrap();
+    promtool(&cp, &["test", "rules", path.to_str().unwrap()]);
+}
+
+#[tokio::test]
+async fn every_dashboard_query_parses() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let items = build(&cp, "manifests/monitoring");
+    let cm = find(&items, "ConfigMap", "ksit-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value =
+        serde_json::from_str(cm["data"]["ksit-dashboard.json"].as_str().unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m")
+        })
+        .collect();
+    let joined = exprs.join("\n");
+    for family in [
+        "ksit_cluster_status",
+        "ksit_integration_status_phase",
+        "ksit_reconcile_duration_seconds_bucket",
+        "ksit_component_health_up",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(joined.contains(family), "no panel queries {family}");
+    }
+    // promtool parses each query as a recording rule's expression.
+    let rules = json!({"groups": [{"name": "dashboard", "rules": exprs.iter().enumerate()
+        .map(|(i, e)| json!({"record": format!("dashboard:query{i}"), "expr": e}))
+        .collect::<Vec<_>>()}]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dashboard.yml");
+    std::fs::write(&path, rules.to_string()).unwrap();
+    promtool(&cp, &["check", "rules", path.to_str().unwrap()]);
+}
