@@ -12,7 +12,7 @@ export KSIT_GIT_REVISION
 -include mk/ship.mk
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 build: ## build the debug binary (target/debug/ksit-exporter)
 	$(CARGO) build
