@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod process;
 pub mod server;
 pub mod upstream;
+pub mod webhook;

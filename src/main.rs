@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         None | Some("serve") => serve(),
         Some("check-config") => check_config(),
         Some("inject") => ksit_exporter::inject::cli::main(&args[2..]),
+        Some("webhook") => ksit_exporter::webhook::main(&args[2..]),
         Some("-h" | "--help" | "help") => {
             print!("{}", help());
             ExitCode::SUCCESS
@@ -36,6 +37,7 @@ fn help() -> String {
          Usage:\n  ksit-exporter [serve]      serve /metrics, /healthz and /readyz\n  \
          ksit-exporter check-config validate the environment and print the effective configuration\n  \
          ksit-exporter inject -f FILE|-  add the sidecar to the pod templates of manifests (see `inject --help`)\n  \
+         ksit-exporter webhook      serve the admission webhook that injects the sidecar (see `webhook --help`)\n  \
          ksit-exporter --version\n\nEnvironment:\n",
     );
     for (name, default, meaning) in config::VARIABLES {

@@ -1,6 +1,8 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz`, and a graceful drain on shutdown.
 //!
 //! Handlers never do I/O: `/metrics` hands out the encoded state the collectors left behind.
+//! What `/metrics` serves is an [`Exposition`]: the exporter's [`Metrics`], or the admission
+//! webhook's own registry on its plain-HTTP metrics port.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,8 +34,26 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Clone)]
 pub struct State {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn Exposition>,
     pub readiness: Readiness,
+}
+
+/// What `/metrics` serves. Called once per request, so an implementation may count scrapes.
+pub trait Exposition: Send + Sync {
+    /// The text-format exposition of the current state, gzipped when `gzip` is true.
+    fn scrape(&self, gzip: bool) -> Bytes;
+}
+
+impl Exposition for Metrics {
+    fn scrape(&self, gzip: bool) -> Bytes {
+        self.scrapes.inc();
+        let snapshot = self.snapshot();
+        if gzip {
+            snapshot.gzip()
+        } else {
+            snapshot.text.clone()
+        }
+    }
 }
 
 /// Binds the listener; apart from [`serve`] so that tests can bind port 0 and read the address.
@@ -114,8 +134,6 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 fn metrics(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    state.metrics.scrapes.inc();
-    let snapshot = state.metrics.snapshot();
     let gzip = req
         .headers()
         .get_all(header::ACCEPT_ENCODING)
@@ -126,12 +144,7 @@ fn metrics(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let mut parts = enc.split(';').map(str::trim);
             parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
         });
-    let body = if gzip {
-        snapshot.gzip()
-    } else {
-        snapshot.text.clone()
-    };
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(Full::new(state.metrics.scrape(gzip)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));

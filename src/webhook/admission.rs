@@ -1,0 +1,452 @@
+//! One AdmissionReview in, one answer out: request bytes to status and response bytes, with no
+//! I/O, so every case is a unit test without TLS or an API server.
+//!
+//! The decision itself is [`crate::inject::inject`]; this turns its outcome into a JSONPatch
+//! against the pod as the API server sent it. `dryRun` requests get exactly the same answer:
+//! the webhook has no side effects (`sideEffects: None`), so there is nothing to hold back.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hyper::StatusCode;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+
+use crate::inject::{self, INJECT_KEY, InjectorConfig, Outcome};
+
+/// Largest request body read. The API server's own limit on a request is 3 MiB, so no real
+/// AdmissionReview of a pod comes near it.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// The admission's outcome, a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Injected,
+    Skipped,
+    Error,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Injected => "injected",
+            Decision::Skipped => "skipped",
+            Decision::Error => "error",
+        }
+    }
+}
+
+/// What to send back, and what to count and log.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub decision: Decision,
+    /// `none` when injected, a [`inject::SkipReason`] label, `not_a_pod`, `not_a_create`, or for
+    /// errors `bad_request`, `too_large`, `internal`.
+    pub reason: &'static str,
+    /// For the log: what was decided about which object.
+    pub detail: String,
+}
+
+impl Answer {
+    /// A request the webhook cannot read: HTTP 400 and a message (the API server logs it and,
+    /// with `failurePolicy: Ignore`, admits the pod untouched).
+    pub fn bad_request(message: String) -> Self {
+        Self::error(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn error(status: StatusCode, reason: &'static str, message: String) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{message}\n").into_bytes(),
+            decision: Decision::Error,
+            reason,
+            detail: message,
+        }
+    }
+}
+
+/// Which webhook entry called: the namespace one only matches namespaces labelled
+/// `ksit.io/inject=enabled` (the API server evaluates its namespaceSelector), so the webhook
+/// learns the namespace opted in without reading the namespace itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Pod,
+    Namespace,
+}
+
+/// Answers one AdmissionReview.
+pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return Answer::bad_request(format!("malformed AdmissionReview: {e}")),
+    };
+    if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
+        return Answer::bad_request(format!(
+            "expected kind AdmissionReview of {API_VERSION}, got kind {:?} of {:?} \
+             (register the webhook with admissionReviewVersions: [v1])",
+            review.types.kind, review.types.api_version
+        ));
+    }
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => return Answer::bad_request("AdmissionReview without a request".into()),
+    };
+    let response = AdmissionResponse::from(&request);
+    let what = format!(
+        "{}/{} {}",
+        request.namespace.as_deref().unwrap_or(""),
+        request.name,
+        request.kind.kind
+    );
+
+    let is_pod = request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request.sub_resource.is_none();
+    if !is_pod {
+        return allowed(
+            response,
+            "not_a_pod",
+            format!("ksit-exporter injects only into pods; {what} left unchanged"),
+        );
+    }
+    let Some(object) = request
+        .object
+        .as_ref()
+        .filter(|_| request.operation == Operation::Create)
+    else {
+        return allowed(
+            response,
+            "not_a_create",
+            format!("ksit-exporter injects only when a pod is created; {what} left unchanged"),
+        );
+    };
+    // Through a Value rather than typed deserialization of the whole review: a non-Pod object
+    // must be answered above, not fail to parse as a Pod.
+    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(p) => p,
+        Err(e) => return Answer::bad_request(format!("the object of {what} is not a Pod: {e}")),
+    };
+
+    let namespace_labels = match entry {
+        Entry::Namespace => BTreeMap::from([(INJECT_KEY.to_string(), "enabled".to_string())]),
+        Entry::Pod => BTreeMap::new(),
+    };
+    let outcome = inject::inject(&pod, &namespace_labels, cfg);
+    let (decision, reason, warnings, detail) = match &outcome {
+        Outcome::Injected { warnings, .. } => (
+            Decision::Injected,
+            "none",
+            warnings.clone(),
+            format!("injected into {what}"),
+        ),
+        Outcome::Skipped {
+            reason,
+            detail,
+            pod: refused,
+        } => (
+            Decision::Skipped,
+            reason.as_str(),
+            // A pod that asked for the sidecar and cannot have it: tell whoever created it.
+            refused
+                .iter()
+                .map(|_| format!("{reason}: {detail}"))
+                .collect(),
+            format!("{what} skipped: {reason}: {detail}"),
+        ),
+    };
+    let mut response = response;
+    if let Some(new) = outcome.pod() {
+        // Both sides typed: the patch holds only what inject changed, not artefacts of how the
+        // API server and k8s-openapi each spell an empty field.
+        let patch = match (serde_json::to_value(&pod), serde_json::to_value(new)) {
+            (Ok(old), Ok(new)) => json_patch::diff(&old, &new),
+            (Err(e), _) | (_, Err(e)) => return internal(e.to_string()),
+        };
+        response = match response.with_patch(patch) {
+            Ok(r) => r,
+            Err(e) => return internal(e.to_string()),
+        };
+    }
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    respond(response, decision, reason, detail)
+}
+
+fn allowed(mut response: AdmissionResponse, reason: &'static str, message: String) -> Answer {
+    response.result.message = message.clone();
+    respond(response, Decision::Skipped, reason, message)
+}
+
+fn respond(
+    response: AdmissionResponse,
+    decision: Decision,
+    reason: &'static str,
+    detail: String,
+) -> Answer {
+    // kube serializes the patch bytes as a JSON array of numbers; the API server also accepts
+    // that, but its own encoding of []byte is base64, three to four times smaller.
+    let patch = response.patch.clone();
+    let body = serde_json::to_value(response.into_review()).and_then(|mut review| {
+        if let Some(patch) = patch {
+            review["response"]["patch"] = BASE64.encode(patch).into();
+        }
+        serde_json::to_vec(&review)
+    });
+    match body {
+        Ok(body) => Answer {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body,
+            decision,
+            reason,
+            detail,
+        },
+        Err(e) => internal(e.to_string()),
+    }
+}
+
+fn internal(message: String) -> Answer {
+    Answer::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("cannot build the admission response: {message}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::{SIDECAR_NAME, STATUS_ANNOTATION};
+    use serde_json::{Value, json};
+
+    fn cfg() -> InjectorConfig {
+        InjectorConfig::from_vars(Vec::new()).unwrap()
+    }
+
+    fn review_of(object: Value, kind: Value, dry_run: bool) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": kind,
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team-a",
+                "operation": "CREATE",
+                "userInfo": {"username": "admin"},
+                "object": object,
+                "dryRun": dry_run,
+            }
+        }))
+        .unwrap()
+    }
+
+    fn pod_kind() -> Value {
+        json!({"group": "", "version": "v1", "kind": "Pod"})
+    }
+
+    /// The KSIT manager as shipped: metrics on 8080, which the sidecar takes over.
+    fn manager_pod(labels: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "ksit-controller-manager-", "namespace": "team-a", "labels": labels},
+            "spec": {"containers": [{
+                "name": "manager", "image": "ghcr.io/kubestellar/ksit:0.1.0",
+                "args": ["--leader-elect", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081"],
+            }]}
+        })
+    }
+
+    fn response(a: &Answer) -> Value {
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(v["response"]["allowed"], true);
+        v["response"].clone()
+    }
+
+    /// The pod the API server would store: the patch applied to what it sent.
+    fn patched(pod: &Value, resp: &Value) -> Value {
+        assert_eq!(resp["patchType"], "JSONPatch");
+        let raw = BASE64.decode(resp["patch"].as_str().unwrap()).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+        let mut doc = pod.clone();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        doc
+    }
+
+    #[test]
+    fn a_labelled_pod_gets_a_patch_that_yields_the_injected_pod() {
+        let pod = manager_pod(json!({"ksit.io/inject": "true"}));
+        let a = review(
+            &review_of(pod.clone(), pod_kind(), false),
+            Entry::Pod,
+            &cfg(),
+        );
+        assert_eq!((a.decision, a.reason), (Decision::Injected, "none"));
+        let stored = patched(&pod, &response(&a));
+        let typed: Pod = serde_json::from_value(stored.clone()).unwrap();
+        let Outcome::Injected { pod: expected, .. } = inject::inject(
+            &serde_json::from_value(pod).unwrap(),
+            &BTreeMap::new(),
+            &cfg(),
+        ) else {
+            panic!("the function injects this pod")
+        };
+        assert_eq!(typed, expected);
+        let init = &stored["spec"]["initContainers"];
+        assert_eq!(init[0]["name"], SIDECAR_NAME);
+        assert_eq!(init[0]["restartPolicy"], "Always");
+        assert!(
+            stored["metadata"]["annotations"][STATUS_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .starts_with("injected: native")
+        );
+    }
+
+    #[test]
+    fn the_namespace_entry_opts_in_an_unlabelled_pod_and_the_pod_entry_does_not() {
+        let pod = manager_pod(json!({"app": "x"}));
+        let body = review_of(pod, pod_kind(), false);
+        let a = review(&body, Entry::Namespace, &cfg());
+        assert_eq!(a.decision, Decision::Injected);
+        let a = review(&body, Entry::Pod, &cfg());
+        assert_eq!((a.decision, a.reason), (Decision::Skipped, "not_opted_in"));
+        let r = response(&a);
+        assert!(r.get("patch").is_none(), "{r}");
+        assert!(r.get("warnings").is_none(), "{r}");
+    }
+
+    #[test]
+    fn an_already_injected_pod_is_left_alone_so_both_entries_can_match() {
+        let pod = manager_pod(json!({"ksit.io/inject": "true"}));
+        let first = review(
+            &review_of(pod.clone(), pod_kind(), false),
+            Entry::Namespace,
+            &cfg(),
+        );
+        let stored = patched(&pod, &response(&first));
+        let second = review(&review_of(stored, pod_kind(), false), Entry::Pod, &cfg());
+        assert_eq!(second.reason, "already_injected");
+        assert!(response(&second).get("patch").is_none());
+    }
+
+    #[test]
+    fn a_refused_pod_is_annotated_and_warned_about() {
+        let mut pod = manager_pod(json!({"ksit.io/inject": "true"}));
+        pod["spec"]["hostNetwork"] = json!(true);
+        let a = review(
+            &review_of(pod.clone(), pod_kind(), false),
+            Entry::Pod,
+            &cfg(),
+        );
+        assert_eq!((a.decision, a.reason), (Decision::Skipped, "host_network"));
+        let r = response(&a);
+        let warning = r["warnings"][0].as_str().unwrap();
+        assert!(warning.starts_with("host_network: "), "{warning}");
+        let stored = patched(&pod, &r);
+        assert_eq!(
+            stored["metadata"]["annotations"][STATUS_ANNOTATION],
+            format!("skipped: {warning}")
+        );
+        assert_eq!(stored["spec"], pod["spec"]);
+    }
+
+    #[test]
+    fn dry_run_gets_the_same_answer() {
+        let pod = manager_pod(json!({"ksit.io/inject": "true"}));
+        let wet = review(
+            &review_of(pod.clone(), pod_kind(), false),
+            Entry::Pod,
+            &cfg(),
+        );
+        let dry = review(&review_of(pod, pod_kind(), true), Entry::Pod, &cfg());
+        assert_eq!(wet.body, dry.body);
+        assert_eq!(dry.decision, Decision::Injected);
+    }
+
+    #[test]
+    fn a_deployment_is_allowed_unchanged_with_a_message() {
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "labels": {"ksit.io/inject": "true"}},
+            "spec": {"selector": {}, "template": {"spec": {"containers": []}}}});
+        let kind = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        let a = review(
+            &review_of(deployment, kind, false),
+            Entry::Namespace,
+            &cfg(),
+        );
+        assert_eq!((a.decision, a.reason), (Decision::Skipped, "not_a_pod"));
+        let r = response(&a);
+        assert!(r.get("patch").is_none(), "{r}");
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("only into pods"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn an_update_is_not_touched() {
+        let mut body: Value = serde_json::from_slice(&review_of(
+            manager_pod(json!({"ksit.io/inject": "true"})),
+            pod_kind(),
+            false,
+        ))
+        .unwrap();
+        body["request"]["operation"] = json!("UPDATE");
+        let a = review(&serde_json::to_vec(&body).unwrap(), Entry::Pod, &cfg());
+        assert_eq!(a.reason, "not_a_create");
+        assert!(response(&a).get("patch").is_none());
+    }
+
+    #[test]
+    fn malformed_input_is_a_400_with_a_message() {
+        for (body, expect) in [
+            (&b"{not json"[..], "malformed AdmissionReview"),
+            (b"", "malformed AdmissionReview"),
+            (b"[]", "malformed AdmissionReview"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#,
+                "admissionReviewVersions",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+                "without a request",
+            ),
+        ] {
+            let a = review(body, Entry::Pod, &cfg());
+            assert_eq!(a.status, StatusCode::BAD_REQUEST);
+            assert_eq!((a.decision, a.reason), (Decision::Error, "bad_request"));
+            let text = String::from_utf8(a.body).unwrap();
+            assert!(text.contains(expect), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_pod_kind_with_a_non_pod_object_is_a_400() {
+        let body = review_of(json!({"spec": {"containers": "nope"}}), pod_kind(), false);
+        let a = review(&body, Entry::Pod, &cfg());
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(a.detail.contains("not a Pod"), "{}", a.detail);
+    }
+}
