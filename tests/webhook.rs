@@ -1,0 +1,475 @@
+//! The admission webhook, as the real binary, registered with the real test control plane
+//! (`make controlplane-up`) through the shipped MutatingWebhookConfiguration with its service
+//! replaced by a loopback `url` and the `caBundle` from `ksit-exporter webhook certs`.
+//!
+//! The configuration is cluster-wide and the control plane is shared with other test crates,
+//! so each test narrows both entries to its own namespaces and deletes the configuration after.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ControlPlane, check, control_plane, eventually, http_get, test_namespace};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ksit-exporter");
+
+/// The webhook process, killed on drop.
+struct Webhook {
+    child: Child,
+    addr: SocketAddr,
+    metrics_addr: String,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Webhook {
+    fn start(certs: &Path) -> Webhook {
+        let mut child = Command::new(BIN)
+            .arg("webhook")
+            .env_clear()
+            .env("KSIT_WEBHOOK_LISTEN_ADDR", "127.0.0.1:0")
+            .env("KSIT_WEBHOOK_METRICS_ADDR", "127.0.0.1:0")
+            .env("KSIT_TLS_CERT_FILE", certs.join("tls.crt"))
+            .env("KSIT_TLS_KEY_FILE", certs.join("tls.key"))
+            .env("KSIT_TLS_RELOAD_INTERVAL", "200ms")
+            .env(
+                "KSIT_SIDECAR_IMAGE",
+                "ghcr.io/kubestellar/ksit-exporter:test",
+            )
+            .env("KSIT_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the webhook binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining stderr so the webhook never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && line.contains("serving the admission webhook") {
+                    let v: Value = serde_json::from_str(&line).expect("json log line");
+                    let _ = tx.send(Ok((
+                        v["addr"].as_str().unwrap().parse().unwrap(),
+                        v["metrics_addr"].as_str().unwrap().to_string(),
+                    )));
+                    sent = true;
+                } else if !sent {
+                    let _ = tx.send(Err(line.clone()));
+                }
+                if std::env::var_os("KSIT_TEST_VERBOSE").is_some() {
+                    eprintln!("webhook: {line}");
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok((addr, metrics_addr))) => {
+                    return Webhook {
+                        child,
+                        addr,
+                        metrics_addr,
+                    };
+                }
+                Ok(Err(line)) => eprintln!("webhook: {line}"),
+                Err(e) => panic!("the webhook did not log its address within 10s: {e}"),
+            }
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = http_get(&self.metrics_addr, "/metrics").expect("scraping");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    fn sample(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+/// `ksit-exporter webhook certs` for 127.0.0.1; returns the printed caBundle.
+fn issue_certs(dir: &Path) -> String {
+    let out = check(
+        Command::new(BIN)
+            .args(["webhook", "certs", "--dir", dir.to_str().unwrap()])
+            .args(["--host", "127.0.0.1"])
+            .output()
+            .unwrap(),
+        "ksit-exporter webhook certs",
+    );
+    out.trim().to_string()
+}
+
+/// The shipped MutatingWebhookConfiguration, deleted on drop.
+struct Registration {
+    name: String,
+    kubectl: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Drop cannot await (and the kube client lives on the test's runtime); kubectl can.
+        let _ = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.name,
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Registers manifests/webhook/base's configuration, pointed at `addr` and limited to
+/// `namespaces`.
+async fn register(
+    cp: &ControlPlane,
+    addr: SocketAddr,
+    ca_bundle: &str,
+    namespaces: &[&str],
+) -> Registration {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/webhook/base");
+    let rendered = check(
+        cp.kubectl(&[
+            "create",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-k",
+            base.to_str().unwrap(),
+        ]),
+        "kubectl create --dry-run=client -k manifests/webhook/base",
+    );
+    // One JSON document per object, one after the other.
+    let mut mwc = serde_json::Deserializer::from_str(&rendered)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("the base has a MutatingWebhookConfiguration");
+    let name = format!("ksit-test-{}", namespaces[0]);
+    mwc["metadata"]["name"] = json!(name);
+    for webhook in mwc["webhooks"].as_array_mut().unwrap() {
+        assert_eq!(webhook["failurePolicy"], "Ignore");
+        let path = webhook["clientConfig"]["service"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        webhook["clientConfig"] =
+            json!({"url": format!("https://{addr}{path}"), "caBundle": ca_bundle});
+        webhook["namespaceSelector"]["matchExpressions"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}));
+    }
+    let api = Api::<MutatingWebhookConfiguration>::all(cp.client.clone());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(mwc).unwrap(),
+    )
+    .await
+    .expect("registering the webhook");
+    Registration {
+        name,
+        kubectl: cp.bin_dir.join("kubectl"),
+        kubeconfig: cp.kubeconfig.clone(),
+    }
+}
+
+/// KSIT's controller-manager as shipped: metrics on 8080, which the sidecar takes over.
+fn manager_pod(name: &str, labels: Value, annotations: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {"containers": [{
+            "name": "manager", "image": "controller:latest",
+            "args": ["--leader-elect", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081"],
+        }]}
+    }))
+    .unwrap()
+}
+
+fn has_sidecar(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .chain(std::iter::once(&spec.containers))
+        .flatten()
+        .any(|c| c.name == "ksit-exporter")
+}
+
+fn status_annotation(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get("ksit.io/inject-status")
+        .cloned()
+}
+
+fn assert_untouched(pod: &Pod) {
+    assert!(!has_sidecar(pod), "{:?}", pod.spec);
+    assert_eq!(status_annotation(pod), None, "{:?}", pod.metadata);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.containers[0].args.as_ref().unwrap()[1],
+        "--metrics-bind-address=:8080"
+    );
+}
+
+fn assert_injected(pod: &Pod) {
+    assert!(has_sidecar(pod), "{:?}", pod.spec);
+    let status = status_annotation(pod).expect("inject-status annotation");
+    assert!(status.starts_with("injected: native"), "{status}");
+    let init = pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap();
+    let sidecar = init.last().unwrap();
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("ghcr.io/kubestellar/ksit-exporter:test")
+    );
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+}
+
+async fn create(api: &Api<Pod>, pod: &Pod) -> Pod {
+    api.create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating {:?}: {e}", pod.metadata.name))
+}
+
+/// Waits until the API server calls the webhook (its configuration is picked up
+/// asynchronously), probing with dry-run creates: the webhook answers those exactly as real ones.
+async fn wait_until_injecting(pods: &Api<Pod>) {
+    let probe = manager_pod("probe", json!({"ksit.io/inject": "true"}), json!({}));
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let stored = eventually(
+        Duration::from_secs(30),
+        "the API server to call the webhook",
+        || async { pods.create(&dry, &probe).await.ok().filter(has_sidecar) },
+    )
+    .await;
+    assert_injected(&stored);
+    assert!(
+        pods.get_opt("probe").await.unwrap().is_none(),
+        "a dry run stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn only_opted_in_pods_get_the_sidecar_and_an_outage_blocks_nothing() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let enabled = test_namespace(&cp, "wh-enabled", &[("ksit.io/inject", "enabled")]).await;
+    let plain = test_namespace(&cp, "wh-plain", &[]).await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca_bundle = issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path());
+    let _registration =
+        register(&cp, webhook.addr, &ca_bundle, &[&enabled.name, &plain.name]).await;
+    let in_enabled = Api::<Pod>::namespaced(cp.client.clone(), &enabled.name);
+    let in_plain = Api::<Pod>::namespaced(cp.client.clone(), &plain.name);
+    wait_until_injecting(&in_plain).await;
+
+    // The namespace opts in: an unlabelled pod gets the sidecar.
+    let pod = create(&in_enabled, &manager_pod("manager", json!({}), json!({}))).await;
+    assert_injected(&pod);
+    // ...and the manager's metrics were moved off the sidecar's port.
+    let args = pod.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(args[1], "--metrics-bind-address=127.0.0.1:8082");
+    // Opted out by label (never reaches the webhook) and by annotation (the handler decides).
+    let pod = create(
+        &in_enabled,
+        &manager_pod("out-label", json!({"ksit.io/inject": "false"}), json!({})),
+    )
+    .await;
+    assert_untouched(&pod);
+    let pod = create(
+        &in_enabled,
+        &manager_pod(
+            "out-annotation",
+            json!({}),
+            json!({"ksit.io/inject": "false"}),
+        ),
+    )
+    .await;
+    assert_untouched(&pod);
+    // Elsewhere only the pod label opts in.
+    assert_untouched(&create(&in_plain, &manager_pod("unlabelled", json!({}), json!({}))).await);
+    assert_injected(
+        &create(
+            &in_plain,
+            &manager_pod("labelled", json!({"ksit.io/inject": "true"}), json!({})),
+        )
+        .await,
+    );
+    // A Deployment is not mutated: only the pods it would make are.
+    let template = manager_pod(
+        "t",
+        json!({"app": "m", "ksit.io/inject": "true"}),
+        json!({}),
+    );
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "manager", "labels": {"ksit.io/inject": "true"}},
+        "spec": {"selector": {"matchLabels": {"app": "m"}},
+                 "template": {"metadata": {"labels": template.metadata.labels}, "spec": template.spec}}
+    }))
+    .unwrap();
+    let stored = Api::<Deployment>::namespaced(cp.client.clone(), &enabled.name)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let template_spec = stored.spec.unwrap().template.spec.unwrap();
+    assert!(template_spec.init_containers.is_none(), "{template_spec:?}");
+    assert_eq!(template_spec.containers.len(), 1);
+
+    // What the webhook counted: 2 injected (and the dry-run probes), the annotation opt-out
+    // and the unlabelled pod that only the namespace entry's selector could have sent
+    // (the label opt-out and the unlabelled pod elsewhere never reached it).
+    let injected = webhook
+        .sample(r#"ksit_webhook_admissions_total{decision="injected",reason="none"}"#)
+        .unwrap();
+    assert!(injected >= 3.0, "{injected}");
+    assert_eq!(
+        webhook.sample(r#"ksit_webhook_admissions_total{decision="skipped",reason="opted_out"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        webhook
+            .sample(r#"ksit_webhook_admissions_total{decision="skipped",reason="not_opted_in"}"#),
+        None,
+        "the selectors keep unrelated pods away"
+    );
+    let expiry = webhook
+        .sample("ksit_webhook_certificate_expiry_timestamp_seconds")
+        .unwrap();
+    assert_eq!(expiry as i64, not_after(&certs.path().join("tls.crt")));
+
+    // Stopped: failurePolicy Ignore creates the pod, without the sidecar.
+    drop(webhook);
+    let pod = create(
+        &in_enabled,
+        &manager_pod("while-down", json!({}), json!({})),
+    )
+    .await;
+    assert_untouched(&pod);
+}
+
+fn not_after(path: &Path) -> i64 {
+    let der = CertificateDer::from_pem_file(path).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    cert.validity().not_after.timestamp()
+}
+
+/// The leaf certificate the webhook presents to a client trusting `ca.crt`, and the status line
+/// of an HTTP request over that connection.
+async fn tls_exchange(addr: SocketAddr, certs: &Path, request: &str) -> (Vec<u8>, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(certs.join("ca.crt")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .expect("TLS handshake with the webhook");
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    (leaf, response)
+}
+
+#[tokio::test]
+async fn replaced_certificate_files_are_served_without_a_restart() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "wh-rotate", &[("ksit.io/inject", "enabled")]).await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca_bundle = issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path());
+    let _registration = register(&cp, webhook.addr, &ca_bundle, &[&ns.name]).await;
+    let pods = Api::<Pod>::namespaced(cp.client.clone(), &ns.name);
+    wait_until_injecting(&pods).await;
+    assert_injected(&create(&pods, &manager_pod("before", json!({}), json!({}))).await);
+
+    // A malformed review over the real TLS endpoint: 400 and a message, and it keeps serving.
+    let body = "{not json";
+    let (first_leaf, response) = tls_exchange(
+        webhook.addr,
+        certs.path(),
+        &format!(
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("malformed AdmissionReview"), "{response}");
+
+    // Renew: the same CA (the caBundle stays), a new serving pair written over the old files.
+    assert_eq!(issue_certs(certs.path()), ca_bundle);
+    let renewed = CertificateDer::from_pem_file(certs.path().join("tls.crt"))
+        .unwrap()
+        .to_vec();
+    assert_ne!(renewed, first_leaf);
+    eventually(Duration::from_secs(10), "the reload", || async {
+        (webhook.sample("ksit_webhook_certificate_reloads_total") == Some(1.0)).then_some(())
+    })
+    .await;
+    let (leaf, _) = tls_exchange(
+        webhook.addr,
+        certs.path(),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(leaf, renewed, "new handshakes get the new certificate");
+
+    // The API server's next call succeeds, from the same process.
+    assert_injected(&create(&pods, &manager_pod("after", json!({}), json!({}))).await);
+    let mut webhook = webhook;
+    assert!(
+        webhook.child.try_wait().unwrap().is_none(),
+        "never restarted"
+    );
+}
