@@ -472,7 +472,7 @@ impl Metrics {
         reg(Box::new(health_last_success.clone()));
 
         let process_count = IntGauge::new(
-            "ksit_component_process_count",
+            "ksit_component_processes",
             "Local processes matching KSIT_PROCESS_MATCH.",
         )
         .expect("static metric");

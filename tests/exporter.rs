@@ -311,7 +311,7 @@ fn matching_processes_are_measured() {
     ]);
     let body = wait_for(e.addr, "a matching process", |b| {
         b.lines()
-            .find_map(|l| l.strip_prefix("ksit_component_process_count "))
+            .find_map(|l| l.strip_prefix("ksit_component_processes "))
             .and_then(|v| v.parse::<i64>().ok())
             .is_some_and(|n| n >= 1)
     });

@@ -107,7 +107,9 @@ async fn pod(
                 write_pod(&mut series, &metrics, t, pod.as_deref(), workload.as_ref());
                 metrics.touch();
             }
-            Ok(_) => health.ok(),
+            Ok(watcher::Event::InitApply(_)) => health.ok(),
+            // Init is sent before the list request, on every retry: it proves nothing.
+            Ok(watcher::Event::Init) => {}
             Err(e) => health.failed(&e),
         }
     }

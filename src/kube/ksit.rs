@@ -212,7 +212,9 @@ async fn drive(
                     write(exporting(&gate));
                     metrics.touch();
                 }
-                Some(Ok(_)) => health.ok(),
+                Some(Ok(watcher::Event::InitApply(_))) => health.ok(),
+                // Init is sent before the list request, on every retry: it proves nothing.
+                Some(Ok(watcher::Event::Init)) => {}
                 Some(Err(e)) => health.failed(&e),
                 None => return,
             },

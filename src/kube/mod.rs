@@ -216,7 +216,9 @@ where
                 changed();
                 health.metrics.touch();
             }
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => health.ok(),
+            Ok(watcher::Event::InitApply(_)) => health.ok(),
+            // Init is sent before the list request, on every retry: it proves nothing.
+            Ok(watcher::Event::Init) => {}
             Err(e) => health.failed(&e),
         }
     }
