@@ -9,11 +9,11 @@ mod exporter_support;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use exporter_support::{get, has_line, request, start, wait_for};
+use exporter_support::{assert_promtool_clean, get, has_line, request, start, wait_for};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -415,29 +415,7 @@ fn promtool_finds_nothing_to_lint() {
     let body = wait_for(e.addr, "everything collected", |b| {
         has_line(b, "ksit_exporter_upstream_up 1") && b.contains("ksit_component_health_up{")
     });
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool exits");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool says:\n{report}\n---\n{body}"
-    );
+    assert_promtool_clean(&promtool, &body);
 }
 
 fn find_promtool() -> Option<std::path::PathBuf> {

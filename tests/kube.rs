@@ -9,7 +9,7 @@ mod exporter_support;
 use std::time::Duration;
 
 use common::{ControlPlane, TestNamespace, control_plane, test_namespace};
-use exporter_support::{Exporter, get, has_line, start};
+use exporter_support::{Exporter, assert_promtool_clean, get, has_line, start};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
@@ -432,25 +432,7 @@ async fn many_objects_are_bounded_and_lint_clean() {
     assert!(!body.contains("target=\"t250\""));
 
     let promtool = cp.bin_dir.join("promtool");
-    let mut child = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", promtool.display()));
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), body.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool exits");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool says:\n{report}"
-    );
+    assert_promtool_clean(&promtool, &body);
 }
 
 /// The stand-in KSIT manager writes status as upstream's does; the exporter reports it, and

@@ -19,16 +19,21 @@ use serde_json::json;
 /// The watched window; the issue asks for a steady minute.
 const STEADY: Duration = Duration::from_secs(60);
 
-/// `apiserver_request_total` by (verb, resource), for the resources the exporter reads.
-async fn requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
-    let text = client
+/// The API server's own /metrics.
+async fn apiserver_metrics(client: &kube::Client) -> String {
+    client
         .request_text(
             http::Request::get("/metrics")
                 .body(Vec::new())
                 .expect("request"),
         )
         .await
-        .expect("the API server's /metrics");
+        .expect("the API server's /metrics")
+}
+
+/// `apiserver_request_total` by (verb, resource), for the resources the exporter reads.
+async fn requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
+    let text = apiserver_metrics(client).await;
     let mut out = BTreeMap::new();
     for line in text
         .lines()
@@ -136,15 +141,7 @@ async fn only_watches_after_the_initial_lists() {
         grew.is_empty(),
         "requests other than watches in a steady minute: {grew:?}"
     );
-    let text = cp
-        .client
-        .request_text(
-            http::Request::get("/metrics")
-                .body(Vec::new())
-                .expect("request"),
-        )
-        .await
-        .expect("the API server's /metrics");
+    let text = apiserver_metrics(&cp.client).await;
     for resource in ["pods", "leases", "integrations", "integrationtargets"] {
         let open: f64 = text
             .lines()

@@ -205,40 +205,30 @@ async fn workload(
             let mut health = Health::new("workload", metrics.clone());
             match &current {
                 Some(Workload::Deployment(name)) => {
-                    let (store, writer) = reflector::store::<Deployment>();
                     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                    let stream = reflector(writer, watcher(api, by_name(name)).default_backoff());
-                    follow(stream, &mut health, || {
-                        let spec_status = store.state().into_iter().next().map(|d| {
-                            let s = d.status.clone().unwrap_or_default();
-                            let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                            [
-                                desired,
-                                s.ready_replicas.unwrap_or(0),
-                                s.available_replicas.unwrap_or(0),
-                                s.updated_replicas.unwrap_or(0),
-                            ]
-                        });
-                        write_replicas(&mut series, &metrics, spec_status);
+                    follow_replicas(api, name, &mut health, &mut series, &metrics, |d| {
+                        let s = d.status.clone().unwrap_or_default();
+                        let desired = d.spec.as_ref().and_then(|s| s.replicas);
+                        (
+                            desired,
+                            s.ready_replicas,
+                            s.available_replicas,
+                            s.updated_replicas,
+                        )
                     })
                     .await
                 }
                 Some(Workload::StatefulSet(name)) => {
-                    let (store, writer) = reflector::store::<StatefulSet>();
                     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-                    let stream = reflector(writer, watcher(api, by_name(name)).default_backoff());
-                    follow(stream, &mut health, || {
-                        let spec_status = store.state().into_iter().next().map(|s| {
-                            let st = s.status.clone().unwrap_or_default();
-                            let desired = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                            [
-                                desired,
-                                st.ready_replicas.unwrap_or(0),
-                                st.available_replicas.unwrap_or(0),
-                                st.updated_replicas.unwrap_or(0),
-                            ]
-                        });
-                        write_replicas(&mut series, &metrics, spec_status);
+                    follow_replicas(api, name, &mut health, &mut series, &metrics, |s| {
+                        let st = s.status.clone().unwrap_or_default();
+                        let desired = s.spec.as_ref().and_then(|s| s.replicas);
+                        (
+                            desired,
+                            st.ready_replicas,
+                            st.available_replicas,
+                            st.updated_replicas,
+                        )
                     })
                     .await
                 }
@@ -253,6 +243,44 @@ async fn workload(
             changed = target.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// (desired, ready, available, updated) as a workload's spec and status give them.
+type Replicas = (Option<i32>, Option<i32>, Option<i32>, Option<i32>);
+
+/// Watches one Deployment or StatefulSet by name and writes its replica counts.
+async fn follow_replicas<K>(
+    api: Api<K>,
+    name: &str,
+    health: &mut Health,
+    series: &mut Series,
+    metrics: &Metrics,
+    counts: impl Fn(&K) -> Replicas,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(writer, watcher(api, by_name(name)).default_backoff());
+    follow(stream, health, || {
+        let found = store.state().into_iter().next().map(|w| {
+            let (desired, ready, available, updated) = counts(&w);
+            // An unset spec.replicas means 1, as the API server defaults it.
+            [
+                desired.unwrap_or(1),
+                ready.unwrap_or(0),
+                available.unwrap_or(0),
+                updated.unwrap_or(0),
+            ]
+        });
+        write_replicas(series, metrics, found);
+    })
+    .await
 }
 
 fn write_replicas(series: &mut Series, metrics: &Metrics, counts: Option<[i32; 4]>) {

@@ -138,3 +138,31 @@ pub fn wait_for(addr: SocketAddr, what: &str, pred: impl Fn(&str) -> bool) -> St
 pub fn has_line(body: &str, line: &str) -> bool {
     body.lines().any(|l| l == line)
 }
+
+/// `promtool check metrics` lints an exposition (naming, units, HELP, duplicates); it must say
+/// nothing.
+pub fn assert_promtool_clean(promtool: &std::path::Path, body: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", promtool.display()));
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool exits");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool says:\n{report}\n---\n{body}"
+    );
+}
