@@ -43,7 +43,8 @@ build_component() {
 	key=$({
 		"$GO" env GOVERSION
 		printf '%s\n' "$ldflags" "$@"
-		find "$moddir" -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 | sort -z | xargs -0 sha256sum
+		# Relative paths: a clone elsewhere (CI's fresh checkout) must hit the same key.
+		cd "$moddir" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 | sort -z | xargs -0 sha256sum
 	} | sha256sum | cut -c1-16)
 	local dest=$CACHE_DIR/$name-$key
 	if [[ -f $dest/.complete ]]; then
