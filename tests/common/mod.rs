@@ -342,8 +342,9 @@ impl ManagerProcess {
 impl Drop for ManagerProcess {
     fn drop(&mut self) {
         // SIGTERM first, so it releases the Lease as upstream's manager does on shutdown.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        let _ = Command::new("sh")
+            // The shell's builtin kill: std only sends SIGKILL, and /bin/kill (procps) may be absent.
+            .args(["-c", "kill -TERM \"$0\"", &self.child.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
