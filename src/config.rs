@@ -112,7 +112,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(var: &'static str, value: &str, expected: impl Into<String>) -> Self {
+    pub fn new(var: &'static str, value: &str, expected: impl Into<String>) -> Self {
         Self {
             var,
             value: value.to_string(),
@@ -150,6 +150,31 @@ pub enum Namespaces {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl LogFormat {
+    /// `text` (also when unset or empty) or `json`; `None` for anything else.
+    pub fn parse(value: Option<&str>) -> Option<Self> {
+        match value {
+            None | Some("" | "text") => Some(LogFormat::Text),
+            Some("json") => Some(LogFormat::Json),
+            Some(_) => None,
+        }
+    }
+}
+
+/// A variables table as `--help` prints it.
+pub fn describe(variables: &[(&str, &str, &str)]) -> String {
+    let mut out = String::new();
+    for (name, default, meaning) in variables {
+        let default = if default.is_empty() {
+            String::new()
+        } else {
+            format!(" (default {default})")
+        };
+        out.push_str(&format!("  {name}{default}\n      {meaning}\n"));
+    }
+    out
 }
 
 /// One local health endpoint to probe.
@@ -323,11 +348,13 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    let log_format = match non_empty(raw.ksit_log_format).as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(v) => return Err(ConfigError::new("KSIT_LOG_FORMAT", v, "`text` or `json`")),
-    };
+    let log_format = LogFormat::parse(raw.ksit_log_format.as_deref()).ok_or_else(|| {
+        ConfigError::new(
+            "KSIT_LOG_FORMAT",
+            raw.ksit_log_format.as_deref().unwrap_or_default(),
+            "`text` or `json`",
+        )
+    })?;
     let kubernetes = match non_empty(raw.ksit_kubernetes).as_deref() {
         None | Some("auto") => KubeMode::Auto,
         Some("true") => KubeMode::On,

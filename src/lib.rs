@@ -12,6 +12,7 @@ pub mod inject;
 pub mod kube;
 pub mod metrics;
 pub mod process;
+pub mod runtime;
 pub mod server;
 pub mod upstream;
 pub mod webhook;

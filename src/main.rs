@@ -4,10 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ksit_exporter::collector::{self, Readiness};
-use ksit_exporter::config::{self, Config, LogFormat};
+use ksit_exporter::config::{self, Config};
 use ksit_exporter::metrics::Metrics;
-use ksit_exporter::{health, process, server, upstream};
-use tracing_subscriber::EnvFilter;
+use ksit_exporter::{health, process, runtime, server, upstream};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -40,14 +39,7 @@ fn help() -> String {
          ksit-exporter webhook      serve the admission webhook that injects the sidecar (see `webhook --help`)\n  \
          ksit-exporter --version\n\nEnvironment:\n",
     );
-    for (name, default, meaning) in config::VARIABLES {
-        let default = if default.is_empty() {
-            String::new()
-        } else {
-            format!(" (default {default})")
-        };
-        out.push_str(&format!("  {name}{default}\n      {meaning}\n"));
-    }
+    out.push_str(&config::describe(config::VARIABLES));
     out
 }
 
@@ -72,48 +64,24 @@ fn check_config() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    // kube-runtime's watcher warns on every retry of a failing watch; the exporter's own
-    // collectors log each outage once, so the default keeps only its errors.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime::watcher=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 fn serve() -> ExitCode {
     let loaded = match load_config() {
         Ok(l) => l,
         Err(code) => return code,
     };
-    init_logging(loaded.config.log_format);
+    runtime::init_logging(loaded.config.log_format);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    // One thread: the work is a few small requests per interval, and each extra worker thread
-    // costs its stack beside every pod.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ksit-exporter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+    ksit_exporter::runtime::block_on(async {
+        match run(loaded.config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
         }
-    };
-    match runtime.block_on(run(loaded.config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -170,24 +138,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     server::serve(
         listener,
         server::State { metrics, readiness },
-        shutdown_signal(),
+        runtime::shutdown_signal(),
     )
     .await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; draining"),
-        _ = int.recv() => tracing::info!("SIGINT received; draining"),
-    }
 }

@@ -17,7 +17,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::collector::Readiness;
 use crate::metrics::Metrics;
@@ -63,6 +64,30 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` completes, then stops accepting and drains open connections.
 pub async fn serve(listener: TcpListener, state: State, shutdown: impl Future<Output = ()>) {
+    let plain_tcp = |stream, _peer| async move { Some(stream) };
+    let handle = move |req: Request<Incoming>| {
+        let response = route(&state, &req);
+        async move { response }
+    };
+    serve_with(listener, shutdown, plain_tcp, handle).await;
+}
+
+/// The accept loop both servers share (this one and the admission webhook's HTTPS one): one
+/// task per connection, HTTP/1.1 with [`HEADER_READ_TIMEOUT`], and on `shutdown` a drain of
+/// open connections bounded by [`DRAIN_TIMEOUT`]. `accept` turns a TCP stream into the
+/// connection to speak HTTP on (the webhook's TLS handshake), or `None` to drop it.
+pub async fn serve_with<A, AFut, Io, H, HFut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    accept: A,
+    handle: H,
+) where
+    A: Fn(TcpStream, SocketAddr) -> AFut + Clone + Send + 'static,
+    AFut: Future<Output = Option<Io>> + Send,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> HFut + Clone + Send + Sync + 'static,
+    HFut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -72,7 +97,7 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: impl Future<Ou
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Out of file descriptors and the like: back off rather than spin.
@@ -82,15 +107,19 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: impl Future<Ou
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, &req)) }
-                });
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                let (accept, handle, http, watcher) =
+                    (accept.clone(), handle.clone(), http.clone(), graceful.watcher());
                 tokio::spawn(async move {
+                    let Some(io) = accept(stream, peer).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        let response = handle(req);
+                        async move { Ok::<_, Infallible>(response.await) }
+                    });
+                    let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
                     if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
             }

@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use super::manifests::inject_manifests;
-use super::{InjectorConfig, SidecarMode};
+use super::{InjectorConfig, SidecarMode, VARIABLES};
+use crate::config;
 
 const USAGE: &str = "\
 usage: ksit-exporter inject -f FILE|- [--image IMAGE] [--mode native|classic]
@@ -22,8 +23,10 @@ other documents pass through unchanged. Comments are not kept.
                         ksit.io/sidecar-mode annotation still wins
   -h, --help            print this help
 
-Also read: KSIT_SIDECAR_CPU_REQUEST, KSIT_SIDECAR_MEMORY_REQUEST, KSIT_SIDECAR_CPU_LIMIT,
-KSIT_SIDECAR_MEMORY_LIMIT. Exit status: 0 done, 1 unreadable input, 2 usage or configuration error.";
+Exit status: 0 done, 1 unreadable input, 2 usage or configuration error.
+
+Environment:
+";
 
 #[derive(Debug, PartialEq)]
 struct Options {
@@ -37,7 +40,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let opts = match parse_args(args) {
         Ok(Some(opts)) => opts,
         Ok(None) => {
-            println!("{USAGE}");
+            print!("{USAGE}{}", config::describe(VARIABLES));
             return ExitCode::SUCCESS;
         }
         Err(message) => {

@@ -20,6 +20,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::config;
+
 /// Name of the injected container; also how an already injected pod is recognised.
 pub const SIDECAR_NAME: &str = "ksit-exporter";
 /// The sidecar serves its (merged) metrics on this port, named [`METRICS_PORT_NAME`].
@@ -100,6 +102,41 @@ pub const DEFAULT_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
+/// Every variable the injector reads, with its default and meaning (`inject --help`, `webhook
+/// --help` and the README's table).
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (
+        "KSIT_SIDECAR_IMAGE",
+        DEFAULT_IMAGE,
+        "the sidecar's image (`inject --image` overrides)",
+    ),
+    (
+        "KSIT_SIDECAR_MODE",
+        "native",
+        "`native` (an init container with `restartPolicy: Always`, Kubernetes 1.29+) or `classic`; a pod's `ksit.io/sidecar-mode` overrides",
+    ),
+    (
+        "KSIT_SIDECAR_CPU_REQUEST",
+        "10m",
+        "the sidecar's CPU request; empty for none",
+    ),
+    (
+        "KSIT_SIDECAR_MEMORY_REQUEST",
+        "16Mi",
+        "the sidecar's memory request; empty for none",
+    ),
+    (
+        "KSIT_SIDECAR_CPU_LIMIT",
+        "",
+        "the sidecar's CPU limit; none by default, since throttling would slow scrapes exactly when the node is busy",
+    ),
+    (
+        "KSIT_SIDECAR_MEMORY_LIMIT",
+        "64Mi",
+        "the sidecar's memory limit; empty for none",
+    ),
+];
+
 /// How to inject. Built from `KSIT_*` environment variables by [`InjectorConfig::from_env`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct InjectorConfig {
@@ -114,12 +151,8 @@ pub struct InjectorConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{var}={value:?} is invalid: expected {expected}")]
-    Invalid {
-        var: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    #[error(transparent)]
+    Invalid(#[from] config::ConfigError),
     #[error("reading the KSIT_* environment")]
     Env(#[from] envy::Error),
 }
@@ -161,19 +194,17 @@ impl InjectorConfig {
             .sidecar_image
             .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
         if image.trim().is_empty() {
-            return Err(ConfigError::Invalid {
-                var: "KSIT_SIDECAR_IMAGE",
-                value: image,
-                expected: "an image reference",
-            });
+            return Err(ConfigError::from(config::ConfigError::new(
+                "KSIT_SIDECAR_IMAGE",
+                &image,
+                "an image reference",
+            )));
         }
         let mode = match raw.sidecar_mode {
             None => SidecarMode::Native,
-            Some(value) => SidecarMode::parse(&value).ok_or(ConfigError::Invalid {
-                var: "KSIT_SIDECAR_MODE",
-                value,
-                expected: "native or classic",
-            })?,
+            Some(value) => SidecarMode::parse(&value).ok_or(ConfigError::from(
+                config::ConfigError::new("KSIT_SIDECAR_MODE", &value, "`native` or `classic`"),
+            ))?,
         };
         // No CPU limit by default: CFS throttling would make scrapes slow exactly when the node is
         // busy, while the memory limit already bounds what the sidecar can take from the pod.
@@ -226,11 +257,11 @@ fn quantities<const N: usize>(
             continue;
         }
         if !QUANTITY.is_match(&value) {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigError::from(config::ConfigError::new(
                 var,
-                value,
-                expected: "a Kubernetes quantity such as 10m, 0.5, 64Mi or empty for none",
-            });
+                &value,
+                "a Kubernetes quantity such as 10m, 0.5, 64Mi or empty for none",
+            )));
         }
         map.insert(resource.to_string(), Quantity(value));
     }
@@ -1227,7 +1258,7 @@ mod tests {
         let err = vars(&[("KSIT_SIDECAR_MODE", "sidecar")]).expect_err("invalid mode");
         assert_eq!(
             err.to_string(),
-            r#"KSIT_SIDECAR_MODE="sidecar" is invalid: expected native or classic"#
+            r#"KSIT_SIDECAR_MODE="sidecar" is invalid: `native` or `classic`"#
         );
         let err = vars(&[("KSIT_SIDECAR_MEMORY_REQUEST", "16 MB")]).expect_err("invalid quantity");
         assert!(

@@ -17,7 +17,6 @@ pub mod certs;
 pub mod metrics;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,16 +30,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing_subscriber::EnvFilter;
 
 use crate::collector::Readiness;
+use crate::config::{self, LogFormat};
 use crate::inject::{self, InjectorConfig};
-use crate::server::{self, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT};
+use crate::runtime;
+use crate::server::{self, HEADER_READ_TIMEOUT};
 use admission::{Answer, Decision, Entry, MAX_BODY_BYTES};
 use metrics::WebhookMetrics;
 
@@ -84,12 +82,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{var}={value:?} is invalid: expected {expected}")]
-    Invalid {
-        var: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    #[error(transparent)]
+    Invalid(#[from] config::ConfigError),
     #[error("{var} is not set: expected {expected}")]
     Missing {
         var: &'static str,
@@ -99,12 +93,6 @@ pub enum ConfigError {
     Sidecar(#[from] inject::ConfigError),
     #[error("reading the KSIT_* environment: {0}")]
     Env(#[from] envy::Error),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -134,10 +122,12 @@ impl Config {
         let raw: RawConfig = envy::prefixed("KSIT_").from_iter(vars.clone())?;
         let addr = |var, value: Option<String>, default: &str| {
             let value = value.unwrap_or_else(|| default.to_string());
-            value.parse().map_err(|_| ConfigError::Invalid {
-                var,
-                value,
-                expected: "a socket address such as 0.0.0.0:8443 or 127.0.0.1:0",
+            value.parse().map_err(|_| {
+                ConfigError::from(config::ConfigError::new(
+                    var,
+                    &value,
+                    "a socket address such as 0.0.0.0:8443 or 127.0.0.1:0",
+                ))
             })
         };
         let file = |var, value: Option<String>, expected| match value {
@@ -148,22 +138,18 @@ impl Config {
         let reload_interval = humantime::parse_duration(&reload)
             .ok()
             .filter(|d| *d >= Duration::from_millis(100))
-            .ok_or(ConfigError::Invalid {
-                var: "KSIT_TLS_RELOAD_INTERVAL",
-                value: reload,
-                expected: "a duration of at least 100ms such as `5s`",
-            })?;
-        let log_format = match raw.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    var: "KSIT_LOG_FORMAT",
-                    value: other.to_string(),
-                    expected: "text or json",
-                });
-            }
-        };
+            .ok_or(ConfigError::from(config::ConfigError::new(
+                "KSIT_TLS_RELOAD_INTERVAL",
+                &reload,
+                "a duration of at least 100ms such as `5s`",
+            )))?;
+        let log_format = LogFormat::parse(raw.log_format.as_deref()).ok_or_else(|| {
+            ConfigError::from(config::ConfigError::new(
+                "KSIT_LOG_FORMAT",
+                &raw.log_format.clone().unwrap_or_default(),
+                "`text` or `json`",
+            ))
+        })?;
         Ok(Config {
             listen_addr: addr(
                 "KSIT_WEBHOOK_LISTEN_ADDR",
@@ -198,20 +184,15 @@ const USAGE: &str = "Usage:
   ksit-exporter webhook          serve the mutating admission webhook (HTTPS) and its metrics
   ksit-exporter webhook certs    write a CA and a serving pair for a demo (see `webhook certs --help`)
 
-Environment (also KSIT_SIDECAR_* as for `inject`):
+Environment:
 ";
 
 fn usage() -> String {
-    let mut out = USAGE.to_string();
-    for (name, default, meaning) in VARIABLES {
-        let default = if default.is_empty() {
-            String::new()
-        } else {
-            format!(" (default {default})")
-        };
-        out.push_str(&format!("  {name}{default}\n      {meaning}\n"));
-    }
-    out
+    format!(
+        "{USAGE}{}{}",
+        config::describe(VARIABLES),
+        config::describe(inject::VARIABLES)
+    )
 }
 
 /// `ksit-exporter webhook [certs ...]`.
@@ -244,20 +225,10 @@ fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    runtime::init_logging(config.log_format);
     // One thread, as the exporter: an admission is tens of microseconds of work, and the
     // Deployment scales by replicas.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ksit-exporter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    runtime::block_on(async {
         // Unusable certificate files at start are a configuration error like a bad variable.
         let first = match config.tls.load().await {
             Ok(l) => l,
@@ -274,17 +245,6 @@ fn serve() -> ExitCode {
             }
         }
     })
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }
 
 /// What each admission request needs.
@@ -326,7 +286,7 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        runtime::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -357,81 +317,36 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; draining"),
-        _ = int.recv() => tracing::info!("SIGINT received; draining"),
-    }
-}
-
-/// The HTTPS server: as [`server::serve`] (header timeout, graceful drain), with a TLS handshake
-/// first, bounded by the same timeout so a silent client cannot hold a task.
+/// The HTTPS server: [`server::serve_with`] with a TLS handshake first, bounded by the header
+/// timeout so a silent client cannot hold a task.
 async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handler: Arc<Handler>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let (acceptor, handler, http, watcher) =
-                    (acceptor.clone(), handler.clone(), http.clone(), graceful.watcher());
-                tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            // Usually a client that does not trust the CA: worth seeing.
-                            tracing::warn!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let service = hyper::service::service_fn(move |req| {
-                        let handler = handler.clone();
-                        async move { Ok::<_, Infallible>(handle(&handler, req).await) }
-                    });
-                    if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(tls), service)).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+    let handshake = move |stream, peer: SocketAddr| {
+        let acceptor = acceptor.clone();
+        async move {
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Some(tls),
+                Ok(Err(e)) => {
+                    // Usually a client that does not trust the CA: worth seeing.
+                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
             }
-            () = &mut shutdown => break,
         }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
-    }
+    };
+    let handle = move |req| {
+        let handler = handler.clone();
+        async move { handle(&handler, req).await }
+    };
+    server::serve_with(listener, shutdown, handshake, handle).await;
 }
 
 async fn handle(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -543,7 +458,7 @@ mod tests {
         };
         assert_eq!(
             err(&[("KSIT_WEBHOOK_LISTEN_ADDR", "8443")]),
-            "KSIT_WEBHOOK_LISTEN_ADDR=\"8443\" is invalid: expected a socket address such as 0.0.0.0:8443 or 127.0.0.1:0"
+            "KSIT_WEBHOOK_LISTEN_ADDR=\"8443\" is invalid: a socket address such as 0.0.0.0:8443 or 127.0.0.1:0"
         );
         assert!(
             err(&[("KSIT_TLS_RELOAD_INTERVAL", "1ms")]).starts_with("KSIT_TLS_RELOAD_INTERVAL=")
