@@ -613,3 +613,136 @@ async fn least_privilege_role_suffices_and_each_rule_matters() {
         );
     }
 }
+
+/// Where `scripts/controlplane.sh up` put the open-cluster-management CRD it installed.
+const OCM_CRD: &str =
+    "target/controlplane/crds/0000_00_clusters.open-cluster-management.io_managedclusters.crd.yaml";
+
+/// Re-installs the ManagedCluster CRD when dropped, so a failing test leaves the shared control
+/// plane as it found it.
+struct ReinstallOcmCrd<'a>(&'a ControlPlane);
+
+impl Drop for ReinstallOcmCrd<'_> {
+    fn drop(&mut self) {
+        let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(OCM_CRD);
+        let _ = self.0.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crd.to_str().expect("UTF-8 path"),
+        ]);
+        let _ = self.0.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/managedclusters.cluster.open-cluster-management.io",
+        ]);
+    }
+}
+
+/// ManagedClusters (KSIT_OCM_CLUSTERS=true) give `ksit_cluster_*` series with
+/// `source="managedcluster"`; with their CRD gone only that collector goes down, the rest and
+/// /healthz carry on, and it recovers by itself when the CRD returns. No other test reads
+/// ManagedClusters, so removing their CRD from the shared control plane disturbs nothing.
+#[tokio::test]
+async fn managed_clusters_and_a_missing_crd() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-ocm", &[]).await;
+    let mut e = exporter(
+        &cp,
+        &ns,
+        &[("KSIT_OCM_CLUSTERS", "true"), ("KSIT_CR_METRICS", "always")],
+    );
+    let clusters: Api<DynamicObject> = Api::all_with(
+        cp.client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("cluster.open-cluster-management.io", "v1", "ManagedCluster"),
+            "managedclusters",
+        ),
+    );
+    // Cluster-scoped: the test namespace's name keeps the object apart from other runs.
+    let name = format!("mc-{}", ns.name);
+    create(
+        &clusters,
+        json!({"apiVersion": "cluster.open-cluster-management.io/v1", "kind": "ManagedCluster",
+               "metadata": {"name": name}, "spec": {"hubAcceptsClient": true}}),
+    )
+    .await;
+    let labels = format!(
+        "cluster_name=\"{name}\",namespace=\"\",source=\"managedcluster\",target=\"{name}\""
+    );
+    until(&e, "a new ManagedCluster, not available", |b| {
+        has_line(b, &format!("ksit_cluster_status{{{labels}}} 0"))
+    });
+    patch_status(
+        &clusters,
+        &name,
+        json!({"conditions": [{"type": "ManagedClusterConditionAvailable", "status": "True",
+                               "reason": "ManagedClusterAvailable", "message": "ok",
+                               "lastTransitionTime": "2026-11-25T10:00:00Z"}]}),
+    )
+    .await;
+    let body = until(&e, "the ManagedCluster available", |b| {
+        has_line(b, &format!("ksit_cluster_status{{{labels}}} 1"))
+    });
+    for (status, value) in [("True", 1), ("False", 0), ("Unknown", 0)] {
+        let line = format!(
+            "ksit_cluster_condition{{cluster_name=\"{name}\",condition=\"ManagedClusterConditionAvailable\",namespace=\"\",source=\"managedcluster\",status=\"{status}\",target=\"{name}\"}} {value}"
+        );
+        assert!(has_line(&body, &line), "missing {line}\n{body}");
+    }
+
+    let reinstall = ReinstallOcmCrd(&cp);
+    common::check(
+        cp.kubectl(&[
+            "delete",
+            "crd",
+            "managedclusters.cluster.open-cluster-management.io",
+            "--wait=true",
+        ]),
+        "kubectl delete crd managedclusters",
+    );
+    let body = until(&e, "the managedclusters collector down", |b| {
+        has_line(
+            b,
+            "ksit_exporter_collector_up{collector=\"managedclusters\"} 0",
+        )
+    });
+    for line in [
+        "ksit_exporter_collector_up{collector=\"integrationtargets\"} 1",
+        "ksit_exporter_collector_up{collector=\"integrations\"} 1",
+        "ksit_exporter_kube_up 1",
+    ] {
+        assert!(has_line(&body, line), "missing {line}\n{body}");
+    }
+    assert_eq!(get(e.addr, "/healthz").status, 200);
+    assert!(
+        e.child.try_wait().expect("try_wait").is_none(),
+        "the exporter must not exit"
+    );
+
+    drop(reinstall);
+    // The watcher retries with backoff (up to 30 s between attempts in kube-runtime).
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let body = get(e.addr, "/metrics").text();
+        if has_line(
+            &body,
+            "ksit_exporter_collector_up{collector=\"managedclusters\"} 1",
+        ) {
+            assert!(
+                !body.contains(&format!("target=\"{name}\"")),
+                "the deleted CRD took its objects, and their series, with it:\n{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "managedclusters collector did not recover:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
