@@ -8,8 +8,9 @@ export KSIT_GIT_REVISION
 
 .PHONY: help build release run test test-unit lint bench controlplane-build controlplane-up controlplane-down
 
-# Image, demos and end-to-end targets.
+# Image, demos and end-to-end targets; the webhook's benchmark.
 -include mk/ship.mk
+-include mk/webhook.mk
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
