@@ -57,7 +57,7 @@ fn assert_variables(markers: &[&str], variables: &[(&str, &str, &str)]) {
 fn configuration_tables_match_the_binary() {
     assert_variables(&["## Configuration"], config::VARIABLES);
     assert_variables(
-        &["### Or let `ksit-exporter inject` write it"],
+        &["### With `ksit-exporter inject`"],
         inject::VARIABLES,
     );
     assert_variables(

@@ -22,6 +22,8 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     pub bin_dir: PathBuf,
     pub server_url: String,
+    /// etcd's client URL (plain HTTP on loopback), which also serves etcd's /metrics.
+    pub etcd_url: String,
 }
 
 fn repo_path(p: impl AsRef<Path>) -> PathBuf {
@@ -72,6 +74,8 @@ async fn connect() -> Result<ControlPlane, String> {
         lookup("KSIT_CONTROLPLANE_BIN").unwrap_or_else(|| "target/controlplane/bin".into()),
     );
 
+    let etcd_url = lookup("KSIT_CONTROLPLANE_ETCD").ok_or("KSIT_CONTROLPLANE_ETCD unset")?;
+
     let raw =
         Kubeconfig::read_from(&kubeconfig).map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
     let config = Config::from_custom_kubeconfig(raw, &KubeConfigOptions::default())
@@ -92,6 +96,7 @@ async fn connect() -> Result<ControlPlane, String> {
         kubeconfig,
         bin_dir,
         server_url,
+        etcd_url,
     })
 }
 
