@@ -34,25 +34,6 @@ fn kustomizations(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// A kustomization rendered as objects (kubectl prints one JSON document per object).
-fn build(cp: &ControlPlane, dir: &str) -> Vec<Value> {
-    let out = check(
-        cp.kubectl(&[
-            "create",
-            "--dry-run=client",
-            "-o",
-            "json",
-            "-k",
-            repo(dir).to_str().unwrap(),
-        ]),
-        &format!("kubectl create --dry-run=client -k {dir}"),
-    );
-    serde_json::Deserializer::from_str(&out)
-        .into_iter::<Value>()
-        .map(|v| v.expect("kubectl prints JSON"))
-        .collect()
-}
-
 fn find<'a>(items: &'a [Value], kind: &str, name: &str) -> &'a Value {
     items
         .iter()
@@ -211,7 +192,7 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     page["scrape_configs"][0]["honor_labels"] = json!(true);
     assert_eq!(shipped, page);
 
-    let items = build(&cp, "manifests/monitoring");
+    let items = cp.render("manifests/monitoring");
     let sm = find(&items, "ServiceMonitor", "ksit-monitor");
     assert_eq!(sm["metadata"]["labels"]["app"], "ksit");
     assert_eq!(
@@ -234,7 +215,7 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     );
 
     // Both find the Service the sidecar Deployment is exposed by.
-    let items = build(&cp, "manifests/sidecar");
+    let items = cp.render("manifests/sidecar");
     let svc = find(&items, "Service", "ksit-monitor");
     assert_eq!(svc["metadata"]["labels"]["app"], "ksit");
     assert_eq!(
@@ -281,7 +262,7 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
 
 /// The PrometheusRule's groups as a rule file (JSON is YAML); returns its path.
 fn write_rules(cp: &ControlPlane, dir: &Path) -> String {
-    let items = build(cp, "manifests/monitoring/common");
+    let items = cp.render("manifests/monitoring/common");
     let rule = find(&items, "PrometheusRule", "ksit-exporter");
     let path = dir.join("rules.yml");
     std::fs::write(&path, serde_json::to_string_pretty(&rule["spec"]).unwrap()).unwrap();
@@ -386,7 +367,7 @@ async fn every_dashboard_query_parses() {
     let Some(cp) = control_plane().await else {
         return;
     };
-    let items = build(&cp, "manifests/monitoring");
+    let items = cp.render("manifests/monitoring");
     let cm = find(&items, "ConfigMap", "ksit-dashboard");
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
     let dashboard: Value =

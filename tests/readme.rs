@@ -56,10 +56,7 @@ fn assert_variables(markers: &[&str], variables: &[(&str, &str, &str)]) {
 #[test]
 fn configuration_tables_match_the_binary() {
     assert_variables(&["## Configuration"], config::VARIABLES);
-    assert_variables(
-        &["### With `ksit-exporter inject`"],
-        inject::VARIABLES,
-    );
+    assert_variables(&["### With `ksit-exporter inject`"], inject::VARIABLES);
     assert_variables(
         &["## Inject with the webhook", "| variable |"],
         webhook::VARIABLES,

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ControlPlane, check, control_plane, eventually, http_get, test_namespace};
+use common::{Cleanup, ControlPlane, check, control_plane, eventually, http_get, test_namespace};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -125,25 +125,17 @@ fn issue_certs(dir: &Path) -> String {
 /// The shipped MutatingWebhookConfiguration, deleted on drop.
 struct Registration {
     name: String,
-    kubectl: std::path::PathBuf,
-    kubeconfig: std::path::PathBuf,
+    cleanup: Cleanup,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // Drop cannot await (and the kube client lives on the test's runtime); kubectl can.
-        let _ = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.name,
-                "--ignore-not-found",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.cleanup.kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &self.name,
+            "--ignore-not-found",
+        ]);
     }
 }
 
@@ -155,22 +147,9 @@ async fn register(
     ca_bundle: &str,
     namespaces: &[&str],
 ) -> Registration {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/webhook/base");
-    let rendered = check(
-        cp.kubectl(&[
-            "create",
-            "--dry-run=client",
-            "-o",
-            "json",
-            "-k",
-            base.to_str().unwrap(),
-        ]),
-        "kubectl create --dry-run=client -k manifests/webhook/base",
-    );
-    // One JSON document per object, one after the other.
-    let mut mwc = serde_json::Deserializer::from_str(&rendered)
-        .into_iter::<Value>()
-        .map(Result::unwrap)
+    let mut mwc = cp
+        .render("manifests/webhook/base")
+        .into_iter()
         .find(|o| o["kind"] == "MutatingWebhookConfiguration")
         .expect("the base has a MutatingWebhookConfiguration");
     let name = format!("ksit-test-{}", namespaces[0]);
@@ -197,8 +176,7 @@ async fn register(
     .expect("registering the webhook");
     Registration {
         name,
-        kubectl: cp.bin_dir.join("kubectl"),
-        kubeconfig: cp.kubeconfig.clone(),
+        cleanup: cp.cleanup(),
     }
 }
 

@@ -125,6 +125,34 @@ impl ControlPlane {
         child.wait_with_output().expect("waiting for kubectl")
     }
 
+    /// A kustomization (a directory relative to the repository) rendered as objects.
+    pub fn render(&self, dir: &str) -> Vec<serde_json::Value> {
+        let out = check(
+            self.kubectl(&[
+                "create",
+                "--dry-run=client",
+                "-o",
+                "json",
+                "-k",
+                repo_path(dir).to_str().expect("UTF-8 path"),
+            ]),
+            &format!("kubectl create --dry-run=client -k {dir}"),
+        );
+        // kubectl prints one JSON document per object, one after the other.
+        serde_json::Deserializer::from_str(&out)
+            .into_iter::<serde_json::Value>()
+            .map(|v| v.expect("kubectl prints JSON"))
+            .collect()
+    }
+
+    /// What a `Drop` needs to clean up with kubectl.
+    pub fn cleanup(&self) -> Cleanup {
+        Cleanup {
+            kubectl: self.bin_dir.join("kubectl"),
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+
     /// `kubectl apply` of YAML text into `namespace`; panics with kubectl's output on failure.
     pub fn apply_yaml(&self, namespace: &str, yaml: &str) {
         check(
@@ -160,12 +188,30 @@ pub fn check(out: Output, what: &str) -> String {
     stdout
 }
 
+/// Runs kubectl from a `Drop`, which cannot await: kubectl keeps the clean-up independent of
+/// the test's runtime. Best effort, silent.
+pub struct Cleanup {
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Cleanup {
+    pub fn kubectl(&self, args: &[&str]) {
+        let _ = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A namespace of the test's own, deleted (best effort) on drop. Without a namespace
 /// controller it stays Terminating; `scripts/controlplane.sh down` removes all data.
 pub struct TestNamespace {
     pub name: String,
-    kubectl: PathBuf,
-    kubeconfig: PathBuf,
+    cleanup: Cleanup,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -204,27 +250,19 @@ pub async fn test_namespace(
         .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
     TestNamespace {
         name,
-        kubectl: cp.bin_dir.join("kubectl"),
-        kubeconfig: cp.kubeconfig.clone(),
+        cleanup: cp.cleanup(),
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // Drop cannot await; kubectl keeps this independent of the test's runtime.
-        let _ = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "namespace",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.cleanup.kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
     }
 }
 
