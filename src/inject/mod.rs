@@ -607,20 +607,33 @@ fn listen_port(addr: &str) -> Option<i32> {
     addr.rsplit_once(':')?.1.parse::<u16>().ok().map(i32::from)
 }
 
-/// Ports the container's arguments bind on the pod's network (`:8081`, `--listen=0.0.0.0:9090`).
+/// Ports the container's arguments bind on the pod's network: listen addresses (`:8081`,
+/// `--listen=0.0.0.0:9090`) and bare ports given to a flag named for one (`--port=8080`,
+/// `--http-port 8080`).
 fn bound_ports(c: &Container) -> impl Iterator<Item = (i32, &str)> {
-    c.command
+    let args: Vec<&str> = c
+        .command
         .iter()
         .chain(c.args.iter())
         .flatten()
-        .filter_map(|arg| {
-            let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
-            let (host, port) = value.rsplit_once(':')?;
-            let port = port.parse::<u16>().ok()?;
-            LOCAL_HOSTS
-                .contains(&host)
-                .then_some((i32::from(port), arg.as_str()))
-        })
+        .map(String::as_str)
+        .collect();
+    (0..args.len()).filter_map(move |i| {
+        let arg = args[i];
+        let (flag, value) = arg.split_once('=').unwrap_or((arg, arg));
+        let port_flag = |f: &str| f.starts_with('-') && f.to_ascii_lowercase().ends_with("port");
+        let port = if let Some((host, port)) = value.rsplit_once(':') {
+            LOCAL_HOSTS.contains(&host).then_some(port)?
+        } else if flag != value && port_flag(flag) {
+            value
+        } else if port_flag(arg) {
+            args.get(i + 1)?
+        } else {
+            return None;
+        };
+        let port = port.parse::<u16>().ok()?;
+        Some((i32::from(port), arg))
+    })
 }
 
 fn is_tcp(port: &ContainerPort) -> bool {
@@ -1074,6 +1087,18 @@ mod tests {
         assert_eq!(
             with(json!({"name": "web", "args": ["--addr", ":8080"]})),
             "port_conflict"
+        );
+        assert_eq!(
+            with(json!({"name": "web", "args": ["--port=8080"]})),
+            "port_conflict"
+        );
+        assert_eq!(
+            with(json!({"name": "web", "command": ["web", "--http-port", "8080"]})),
+            "port_conflict"
+        );
+        assert_eq!(
+            with(json!({"name": "web", "args": ["--port=9090", "--http-port", "8081"]})),
+            "injected"
         );
         assert_eq!(
             with(json!({"name": "web", "readinessProbe": {"tcpSocket": {"port": 8080}}})),
