@@ -125,6 +125,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "16Mi",
         "the sidecar's memory request; empty for none",
     ),
+    // No CPU limit by default: CFS throttling would make scrapes slow exactly when the node is
+    // busy, while the memory limit already bounds what the sidecar can take from the pod.
     (
         "KSIT_SIDECAR_CPU_LIMIT",
         "",
@@ -200,35 +202,28 @@ impl InjectorConfig {
                 "an image reference",
             )));
         }
-        let mode = match raw.sidecar_mode {
-            None => SidecarMode::Native,
-            Some(value) => SidecarMode::parse(&value).ok_or(ConfigError::from(
-                config::ConfigError::new("KSIT_SIDECAR_MODE", &value, "`native` or `classic`"),
-            ))?,
-        };
-        // No CPU limit by default: CFS throttling would make scrapes slow exactly when the node is
-        // busy, while the memory limit already bounds what the sidecar can take from the pod.
+        let mode = raw
+            .sidecar_mode
+            .unwrap_or_else(|| default_of("KSIT_SIDECAR_MODE").to_string());
+        let mode = SidecarMode::parse(&mode).ok_or(ConfigError::from(config::ConfigError::new(
+            "KSIT_SIDECAR_MODE",
+            &mode,
+            "`native` or `classic`",
+        )))?;
         let requests = quantities([
-            (
-                "cpu",
-                "KSIT_SIDECAR_CPU_REQUEST",
-                raw.sidecar_cpu_request,
-                Some("10m"),
-            ),
+            ("cpu", "KSIT_SIDECAR_CPU_REQUEST", raw.sidecar_cpu_request),
             (
                 "memory",
                 "KSIT_SIDECAR_MEMORY_REQUEST",
                 raw.sidecar_memory_request,
-                Some("16Mi"),
             ),
         ])?;
         let limits = quantities([
-            ("cpu", "KSIT_SIDECAR_CPU_LIMIT", raw.sidecar_cpu_limit, None),
+            ("cpu", "KSIT_SIDECAR_CPU_LIMIT", raw.sidecar_cpu_limit),
             (
                 "memory",
                 "KSIT_SIDECAR_MEMORY_LIMIT",
                 raw.sidecar_memory_limit,
-                Some("64Mi"),
             ),
         ])?;
         Ok(InjectorConfig {
@@ -244,15 +239,22 @@ impl InjectorConfig {
     }
 }
 
+/// The default of one of [`VARIABLES`], so the table `--help` prints is the one applied.
+fn default_of(var: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|(name, _, _)| *name == var)
+        .map(|(_, default, _)| *default)
+        .expect("every variable the injector reads is in VARIABLES")
+}
+
 /// Builds a requests or limits map; an empty value means "none" so a default can be turned off.
 fn quantities<const N: usize>(
-    entries: [(&str, &'static str, Option<String>, Option<&str>); N],
+    entries: [(&str, &'static str, Option<String>); N],
 ) -> Result<Option<BTreeMap<String, Quantity>>, ConfigError> {
     let mut map = BTreeMap::new();
-    for (resource, var, value, default) in entries {
-        let value = value
-            .or_else(|| default.map(str::to_string))
-            .unwrap_or_default();
+    for (resource, var, value) in entries {
+        let value = value.unwrap_or_else(|| default_of(var).to_string());
         if value.is_empty() {
             continue;
         }
