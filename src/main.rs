@@ -73,7 +73,7 @@ fn serve() -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    ksit_exporter::runtime::block_on(async {
+    runtime::block_on(async {
         match run(loaded.config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -196,20 +196,19 @@ impl InjectorConfig {
             .sidecar_image
             .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
         if image.trim().is_empty() {
-            return Err(ConfigError::from(config::ConfigError::new(
+            return Err(config::ConfigError::new(
                 "KSIT_SIDECAR_IMAGE",
                 &image,
                 "an image reference",
-            )));
+            )
+            .into());
         }
         let mode = raw
             .sidecar_mode
             .unwrap_or_else(|| default_of("KSIT_SIDECAR_MODE").to_string());
-        let mode = SidecarMode::parse(&mode).ok_or(ConfigError::from(config::ConfigError::new(
-            "KSIT_SIDECAR_MODE",
-            &mode,
-            "`native` or `classic`",
-        )))?;
+        let mode = SidecarMode::parse(&mode).ok_or_else(|| {
+            config::ConfigError::new("KSIT_SIDECAR_MODE", &mode, "`native` or `classic`")
+        })?;
         let requests = quantities([
             ("cpu", "KSIT_SIDECAR_CPU_REQUEST", raw.sidecar_cpu_request),
             (
@@ -259,11 +258,12 @@ fn quantities<const N: usize>(
             continue;
         }
         if !QUANTITY.is_match(&value) {
-            return Err(ConfigError::from(config::ConfigError::new(
+            return Err(config::ConfigError::new(
                 var,
                 &value,
                 "a Kubernetes quantity such as 10m, 0.5, 64Mi or empty for none",
-            )));
+            )
+            .into());
         }
         map.insert(resource.to_string(), Quantity(value));
     }

@@ -123,11 +123,11 @@ impl Config {
         let addr = |var, value: Option<String>, default: &str| {
             let value = value.unwrap_or_else(|| default.to_string());
             value.parse().map_err(|_| {
-                ConfigError::from(config::ConfigError::new(
+                config::ConfigError::new(
                     var,
                     &value,
                     "a socket address such as 0.0.0.0:8443 or 127.0.0.1:0",
-                ))
+                )
             })
         };
         let file = |var, value: Option<String>, expected| match value {
@@ -138,17 +138,19 @@ impl Config {
         let reload_interval = humantime::parse_duration(&reload)
             .ok()
             .filter(|d| *d >= Duration::from_millis(100))
-            .ok_or(ConfigError::from(config::ConfigError::new(
-                "KSIT_TLS_RELOAD_INTERVAL",
-                &reload,
-                "a duration of at least 100ms such as `5s`",
-            )))?;
+            .ok_or_else(|| {
+                config::ConfigError::new(
+                    "KSIT_TLS_RELOAD_INTERVAL",
+                    &reload,
+                    "a duration of at least 100ms such as `5s`",
+                )
+            })?;
         let log_format = LogFormat::parse(raw.log_format.as_deref()).ok_or_else(|| {
-            ConfigError::from(config::ConfigError::new(
+            config::ConfigError::new(
                 "KSIT_LOG_FORMAT",
                 &raw.log_format.clone().unwrap_or_default(),
                 "`text` or `json`",
-            ))
+            )
         })?;
         Ok(Config {
             listen_addr: addr(
