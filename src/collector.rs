@@ -1,50 +1,55 @@
-//! The background loop every local collector runs in, and the readiness it reports.
+//! What every collector reports about itself, and the loop the local collectors run in.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
+use crate::labels;
+use crate::metrics::{Family, Gauges, Registry};
+use crate::server::FirstPass;
 
-/// One pass of a collector: read something, write it into [`Metrics`].
+labels! {
+    /// The collector a series is about: `health`, `process`, `upstream`, `pod`, ...
+    pub struct Collector { collector }
+}
+
+impl Collector {
+    pub fn named(name: &str) -> Self {
+        Self {
+            collector: name.to_string(),
+        }
+    }
+}
+
+pub const COLLECTOR_UP: Family = Family {
+    name: "ksit_exporter_collector_up",
+    help: "1 when the collector's last run succeeded, 0 when it failed.",
+};
+pub const COLLECT_DURATION: Family = Family {
+    name: "ksit_exporter_collect_duration_seconds",
+    help: "Wall time of the last run of each collector.",
+};
+
+/// The families every collector, local or Kubernetes, reports its own state in.
+#[derive(Clone)]
+pub struct Families {
+    pub up: Gauges<Collector>,
+    pub duration: Gauges<Collector>,
+}
+
+impl Families {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            up: registry.gauges(COLLECTOR_UP),
+            duration: registry.gauges(COLLECT_DURATION),
+        }
+    }
+}
+
+/// One pass of a local collector: read something, write it into its families.
 pub trait Collect {
     /// The `collector` label of this collector's own series.
     fn name(&self) -> &'static str;
     /// Err means the collector could not do its job; its message is logged on the change to down.
-    fn collect(&mut self) -> impl Future<Output = Result<(), String>>;
-}
-
-/// Counts the collectors that have not yet finished a first pass; /readyz waits for zero.
-#[derive(Clone, Default)]
-pub struct Readiness {
-    pending: Arc<AtomicUsize>,
-}
-
-impl Readiness {
-    /// Registers one more collector that must finish a pass before the exporter is ready.
-    pub fn expect_one(&self) -> FirstPass {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        FirstPass {
-            pending: Some(self.pending.clone()),
-        }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.pending.load(Ordering::Acquire) == 0
-    }
-}
-
-/// Held by a collector until its first pass is over.
-pub struct FirstPass {
-    pending: Option<Arc<AtomicUsize>>,
-}
-
-impl FirstPass {
-    pub fn done(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
+    fn collect(&mut self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// Runs `collector` every `interval` until the task is dropped, recording its duration and
@@ -52,10 +57,10 @@ impl FirstPass {
 pub async fn run_every<C: Collect>(
     mut collector: C,
     interval: Duration,
-    metrics: Arc<Metrics>,
+    families: Families,
     mut first: FirstPass,
 ) {
-    let name = collector.name();
+    let name = Collector::named(collector.name());
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;
@@ -63,26 +68,21 @@ pub async fn run_every<C: Collect>(
         ticker.tick().await;
         let started = Instant::now();
         let result = collector.collect().await;
-        metrics
-            .collect_duration
-            .with_label_values(&[name])
-            .set(started.elapsed().as_secs_f64());
-        metrics
-            .collector_up
-            .with_label_values(&[name])
-            .set(i64::from(result.is_ok()));
+        families
+            .duration
+            .set(&name, started.elapsed().as_secs_f64());
+        families.up.set(&name, f64::from(u8::from(result.is_ok())));
         match result {
             Err(e) if was_up => {
-                tracing::warn!(collector = name, error = %e, "collector failed; will retry every interval");
+                tracing::warn!(collector = %name.collector, error = %e, "collector failed; will retry every interval");
                 was_up = false;
             }
             Ok(()) if !was_up => {
-                tracing::info!(collector = name, "collector recovered");
+                tracing::info!(collector = %name.collector, "collector recovered");
                 was_up = true;
             }
             _ => {}
         }
-        metrics.touch();
         first.done();
     }
 }

@@ -1,33 +1,68 @@
 //! Probes the component's local health endpoints (`KSIT_HEALTH_URLS`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::collector::Collect;
 use crate::config::HealthTarget;
 use crate::fetch;
-use crate::metrics::Metrics;
+use crate::labels;
+use crate::metrics::{Family, Gauges, Registry};
 
 /// Health answers are short; a body past this is read no further.
 const MAX_BODY: usize = 64 * 1024;
+
+labels! {
+    /// The probe's name from `KSIT_HEALTH_URLS`.
+    pub struct Probe { probe }
+}
+
+pub const UP: Family = Family {
+    name: "ksit_component_health_up",
+    help: "1 when the component's health endpoint last answered 2xx within the timeout.",
+};
+pub const DURATION: Family = Family {
+    name: "ksit_component_health_probe_duration_seconds",
+    help: "Duration of the last probe of the component's health endpoint.",
+};
+pub const LAST_SUCCESS: Family = Family {
+    name: "ksit_component_health_last_success_timestamp_seconds",
+    help: "Unix time of the last successful probe of the component's health endpoint.",
+};
+
+#[derive(Clone)]
+pub struct Families {
+    up: Gauges<Probe>,
+    duration: Gauges<Probe>,
+    last_success: Gauges<Probe>,
+}
+
+impl Families {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            up: registry.gauges(UP),
+            duration: registry.gauges(DURATION),
+            last_success: registry.gauges(LAST_SUCCESS),
+        }
+    }
+}
 
 pub struct Health {
     targets: Vec<HealthTarget>,
     timeout: Duration,
     client: fetch::Client,
-    metrics: Arc<Metrics>,
+    families: Families,
     /// Last known state of each probe, so a failure is logged once, not every interval.
     up: Vec<bool>,
 }
 
 impl Health {
-    pub fn new(targets: Vec<HealthTarget>, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(targets: Vec<HealthTarget>, timeout: Duration, families: Families) -> Self {
         let up = vec![true; targets.len()];
         Self {
             targets,
             timeout,
             client: fetch::Client::default(),
-            metrics,
+            families,
             up,
         }
     }
@@ -68,21 +103,15 @@ impl Collect for Health {
         for ((target, (elapsed, result)), was_up) in
             self.targets.iter().zip(results).zip(&mut self.up)
         {
-            let labels = [target.name.as_str()];
-            self.metrics
-                .health_duration
-                .with_label_values(&labels)
-                .set(elapsed.as_secs_f64());
-            self.metrics
-                .health_up
-                .with_label_values(&labels)
-                .set(i64::from(result.is_ok()));
+            let probe = Probe {
+                probe: target.name.clone(),
+            };
+            let f = &self.families;
+            f.duration.set(&probe, elapsed.as_secs_f64());
+            f.up.set(&probe, f64::from(u8::from(result.is_ok())));
             match result {
                 Ok(()) => {
-                    self.metrics
-                        .health_last_success
-                        .with_label_values(&labels)
-                        .set(now);
+                    f.last_success.set(&probe, now);
                     if !*was_up {
                         tracing::info!(probe = %target.name, url = %target.url, "health probe recovered");
                     }

@@ -6,6 +6,7 @@
 
 pub mod collector;
 pub mod config;
+pub mod exporter;
 pub mod fetch;
 pub mod health;
 pub mod inject;

@@ -3,10 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ksit_exporter::collector::{self, Readiness};
 use ksit_exporter::config::{self, Config};
-use ksit_exporter::metrics::Metrics;
-use ksit_exporter::{health, process, runtime, server, upstream};
+use ksit_exporter::exporter::Exporter;
+use ksit_exporter::{runtime, server};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -89,58 +88,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = server::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on KSIT_LISTEN_ADDR={}", config.listen_addr))?;
-    let metrics = Metrics::new();
-    let readiness = Readiness::default();
-    let interval = config.probe_interval;
-
-    let processes =
-        process::Processes::new(config.process_match.clone(), interval, metrics.clone());
-    tokio::spawn(collector::run_every(
-        processes,
-        interval,
-        metrics.clone(),
-        readiness.expect_one(),
-    ));
-    if !config.health_targets.is_empty() {
-        let h = health::Health::new(
-            config.health_targets.clone(),
-            config.probe_timeout,
-            metrics.clone(),
-        );
-        tokio::spawn(collector::run_every(
-            h,
-            interval,
-            metrics.clone(),
-            readiness.expect_one(),
-        ));
-    }
-    if let Some(url) = config.upstream_url.clone() {
-        let u = upstream::Upstream::new(
-            url,
-            config.probe_timeout,
-            config.upstream_max_bytes,
-            metrics.clone(),
-        );
-        tokio::spawn(collector::run_every(
-            u,
-            interval,
-            metrics.clone(),
-            readiness.expect_one(),
-        ));
-    }
-
-    if let Some(client) = kube_client {
-        // Not part of readiness: /readyz means "can serve /metrics", which never waits on the API.
-        ksit_exporter::kube::spawn(client, (&config).into(), metrics.clone());
-    }
-
+    let state = Exporter::new().start(&config, kube_client);
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "serving /metrics");
-    server::serve(
-        listener,
-        server::State { metrics, readiness },
-        runtime::shutdown_signal(),
-    )
-    .await;
+    server::serve(listener, state, runtime::shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }

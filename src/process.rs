@@ -4,15 +4,70 @@
 //! name, which happens at start, once a minute, and whenever a tracked process is gone; between
 //! those, only the tracked PIDs are read.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::core::Collector;
+use prometheus::proto::{Counter, Metric, MetricType};
 use regex::Regex;
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use crate::collector::Collect;
-use crate::metrics::Metrics;
+use crate::metrics::{Family, Gauges, Mirror, Registry};
+
+pub const COUNT: Family = Family {
+    name: "ksit_component_processes",
+    help: "Local processes matching KSIT_PROCESS_MATCH.",
+};
+pub const RESIDENT_MEMORY: Family = Family {
+    name: "ksit_component_process_resident_memory_bytes",
+    help: "Resident memory of the matching processes, summed.",
+};
+pub const START_TIME: Family = Family {
+    name: "ksit_component_process_start_time_seconds",
+    help: "Unix start time of the oldest matching process.",
+};
+pub const CPU: Family = Family {
+    name: "ksit_component_process_cpu_seconds_total",
+    help: "User and system CPU time of the matching processes, summed; resets when one exits.",
+};
+
+#[derive(Clone)]
+pub struct Families {
+    count: Gauges<()>,
+    resident_memory: Gauges<()>,
+    start_time: Gauges<()>,
+    /// A counter read from the kernel as a total.
+    cpu: Mirror,
+    /// The exporter's own standard `process_*` families, read in the background.
+    own: Mirror,
+}
+
+impl Families {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            count: registry.gauges(COUNT),
+            resident_memory: registry.gauges(RESIDENT_MEMORY),
+            start_time: registry.gauges(START_TIME),
+            cpu: registry.mirror(&[(CPU, &[])]),
+            own: registry.mirror_descs(
+                prometheus::process_collector::ProcessCollector::for_self()
+                    .desc()
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
+    fn set_cpu_seconds(&self, seconds: f64) {
+        let mut counter = Counter::default();
+        counter.set_value(seconds);
+        let mut metric = Metric::default();
+        metric.set_counter(counter);
+        self.cpu
+            .set(vec![CPU.with(MetricType::COUNTER, vec![metric])]);
+    }
+}
 
 pub struct Processes {
     matcher: Option<Regex>,
@@ -21,11 +76,11 @@ pub struct Processes {
     passes_since_scan: u32,
     passes_per_scan: u32,
     own: prometheus::process_collector::ProcessCollector,
-    metrics: Arc<Metrics>,
+    families: Families,
 }
 
 impl Processes {
-    pub fn new(matcher: Option<Regex>, interval: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(matcher: Option<Regex>, interval: Duration, families: Families) -> Self {
         let passes_per_scan = (Duration::from_secs(60).as_secs_f64() / interval.as_secs_f64())
             .ceil()
             .max(1.0) as u32;
@@ -36,7 +91,7 @@ impl Processes {
             passes_since_scan: 0,
             passes_per_scan,
             own: prometheus::process_collector::ProcessCollector::for_self(),
-            metrics,
+            families,
         }
     }
 
@@ -105,14 +160,11 @@ impl Processes {
         let cpu_ms: u64 = procs.iter().map(|p| p.accumulated_cpu_time()).sum();
         let rss: u64 = procs.iter().map(|p| p.memory()).sum();
         let oldest = procs.iter().map(|p| p.start_time()).min();
-        self.metrics.process_count.set(procs.len() as i64);
-        self.metrics
-            .process_resident_memory
-            .set(i64::try_from(rss).unwrap_or(i64::MAX));
-        self.metrics
-            .process_start_time
-            .set(oldest.unwrap_or_default() as f64);
-        self.metrics.set_process_cpu_seconds(cpu_ms as f64 / 1000.0);
+        let f = &self.families;
+        f.count.set(&(), procs.len() as f64);
+        f.resident_memory.set(&(), rss as f64);
+        f.start_time.set(&(), oldest.unwrap_or_default() as f64);
+        f.set_cpu_seconds(cpu_ms as f64 / 1000.0);
         Ok(())
     }
 }
@@ -124,7 +176,7 @@ impl Collect for Processes {
 
     async fn collect(&mut self) -> Result<(), String> {
         // The exporter's own process_* series are read here, off the scrape path.
-        self.metrics.own_process.set(self.own.collect());
+        self.families.own.set(self.own.collect());
         self.collect_matching()
     }
 }

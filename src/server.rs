@@ -1,13 +1,13 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz`, and a graceful drain on shutdown.
 //!
-//! Handlers never do I/O: `/metrics` hands out the encoded state the collectors left behind.
-//! What `/metrics` serves is an [`Exposition`]: the exporter's [`Metrics`], or the admission
-//! webhook's own registry on its plain-HTTP metrics port.
+//! Handlers never do I/O: `/metrics` hands out the encoded state the collectors left behind in
+//! a [`Registry`]: the exporter's, or the admission webhook's own on its plain-HTTP metrics port.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::collector::Readiness;
-use crate::metrics::Metrics;
+use crate::metrics::{Family, Registry};
 
 /// Content type of the Prometheus text format this server speaks.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -33,26 +32,86 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 
+crate::labels! {
+    struct Build { version, revision }
+}
+
+pub const BUILD_INFO: Family = Family {
+    name: "ksit_exporter_build_info",
+    help: "Build of the running ksit-exporter; always 1.",
+};
+
+/// Registers the exporter's build info and returns the scrape counter for [`State::scrapes`].
+pub fn register_exporter_families(registry: &Registry) -> prometheus::IntCounter {
+    registry.info(
+        BUILD_INFO,
+        &Build {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: option_env!("KSIT_GIT_REVISION")
+                .unwrap_or("unknown")
+                .to_string(),
+        },
+    );
+    registry.uncached_counter(SCRAPES)
+}
+
+pub const SCRAPES: Family = Family {
+    name: "ksit_exporter_scrapes_total",
+    help: "Requests for /metrics served. A response carries the count as of when its body was encoded.",
+};
+
 #[derive(Clone)]
 pub struct State {
-    pub metrics: Arc<dyn Exposition>,
+    pub registry: Arc<Registry>,
+    /// Counts /metrics requests without invalidating the cached body (see [`SCRAPES`]).
+    pub scrapes: Option<prometheus::IntCounter>,
     pub readiness: Readiness,
 }
 
-/// What `/metrics` serves. Called once per request, so an implementation may count scrapes.
-pub trait Exposition: Send + Sync {
+impl State {
     /// The text-format exposition of the current state, gzipped when `gzip` is true.
-    fn scrape(&self, gzip: bool) -> Bytes;
-}
-
-impl Exposition for Metrics {
     fn scrape(&self, gzip: bool) -> Bytes {
-        self.scrapes.inc();
-        let snapshot = self.snapshot();
+        if let Some(scrapes) = &self.scrapes {
+            scrapes.inc();
+        }
+        let snapshot = self.registry.snapshot();
         if gzip {
             snapshot.gzip()
         } else {
             snapshot.text.clone()
+        }
+    }
+}
+
+/// Counts the collectors that have not yet finished a first pass; /readyz waits for zero.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pending: Arc<AtomicUsize>,
+}
+
+impl Readiness {
+    /// Registers one more collector that must finish a pass before the process is ready.
+    pub fn expect_one(&self) -> FirstPass {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        FirstPass {
+            pending: Some(self.pending.clone()),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Held by a collector until its first pass is over.
+pub struct FirstPass {
+    pending: Option<Arc<AtomicUsize>>,
+}
+
+impl FirstPass {
+    pub fn done(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -173,7 +232,7 @@ fn metrics(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let mut parts = enc.split(';').map(str::trim);
             parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
         });
-    let mut r = Response::new(Full::new(state.metrics.scrape(gzip)));
+    let mut r = Response::new(Full::new(state.scrape(gzip)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));

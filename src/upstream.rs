@@ -15,14 +15,112 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Uri;
+use prometheus::proto::{Bucket, Counter, Histogram, Metric, MetricType};
 use prometheus_parse::{LineInfo, Scrape, Value};
 
 use crate::collector::Collect;
 use crate::fetch;
-use crate::metrics::{Metrics, ReconcileCount, ReconcileHistogram};
+use crate::metrics::{Family, Gauges, Mirror, Registry, label};
 
 const RECONCILE_TIME: &str = "controller_runtime_reconcile_time_seconds";
 const RECONCILE_TOTAL: &str = "controller_runtime_reconcile_total";
+
+pub const UP: Family = Family {
+    name: "ksit_exporter_upstream_up",
+    help: "1 when the component's own metrics endpoint was last read and parsed, 0 otherwise.",
+};
+pub const RECONCILE_DURATION: Family = Family {
+    name: "ksit_reconcile_duration_seconds",
+    help: "Duration of the component's reconciles, from controller_runtime_reconcile_time_seconds.",
+};
+pub const RECONCILES: Family = Family {
+    name: "ksit_reconcile_total",
+    help: "Reconciles by result, from controller_runtime_reconcile_total.",
+};
+
+#[derive(Clone)]
+pub struct Families {
+    up: Gauges<()>,
+    /// `ksit_reconcile_duration_seconds` and `ksit_reconcile_total`, rebuilt from the upstream's.
+    reconcile: Mirror,
+}
+
+impl Families {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            up: registry.gauges(UP),
+            reconcile: registry.mirror(&[
+                (RECONCILE_DURATION, &["controller"]),
+                (RECONCILES, &["controller", "result"]),
+            ]),
+        }
+    }
+
+    /// Sets the reconcile families; empty input removes them (the upstream is gone).
+    fn set_reconciles(&self, histograms: &[ReconcileHistogram], counts: &[ReconcileCount]) {
+        let mut families = Vec::new();
+        if !histograms.is_empty() {
+            let metrics = histograms
+                .iter()
+                .map(|h| {
+                    let mut hist = Histogram::default();
+                    hist.set_sample_sum(h.sum);
+                    hist.set_sample_count(h.count);
+                    hist.set_bucket(
+                        h.buckets
+                            .iter()
+                            .map(|(le, n)| {
+                                let mut b = Bucket::default();
+                                b.set_upper_bound(*le);
+                                b.set_cumulative_count(*n);
+                                b
+                            })
+                            .collect(),
+                    );
+                    let mut m = Metric::from_label(vec![label("controller", &h.controller)]);
+                    m.set_histogram(hist);
+                    m
+                })
+                .collect();
+            families.push(RECONCILE_DURATION.with(MetricType::HISTOGRAM, metrics));
+        }
+        if !counts.is_empty() {
+            let metrics = counts
+                .iter()
+                .map(|c| {
+                    let mut counter = Counter::default();
+                    counter.set_value(c.value);
+                    let mut m = Metric::from_label(vec![
+                        label("controller", &c.controller),
+                        label("result", &c.result),
+                    ]);
+                    m.set_counter(counter);
+                    m
+                })
+                .collect();
+            families.push(RECONCILES.with(MetricType::COUNTER, metrics));
+        }
+        self.reconcile.set(families);
+    }
+}
+
+/// One controller's reconcile-time histogram as the upstream reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileHistogram {
+    pub controller: String,
+    /// (upper bound, cumulative count), without the +Inf bucket, which `count` gives.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// One `controller_runtime_reconcile_total` series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileCount {
+    pub controller: String,
+    pub result: String,
+    pub value: f64,
+}
 
 /// The upstream's body did not read as the Prometheus text format.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -172,19 +270,28 @@ pub struct Upstream {
     timeout: Duration,
     max_bytes: usize,
     client: fetch::Client,
-    metrics: Arc<Metrics>,
+    families: Families,
+    /// Names the registry serves itself: an upstream family of one of these names is dropped.
+    registry: Arc<Registry>,
     /// Shadowed family names already logged, so each is said once.
     told: BTreeSet<String>,
 }
 
 impl Upstream {
-    pub fn new(url: Uri, timeout: Duration, max_bytes: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        url: Uri,
+        timeout: Duration,
+        max_bytes: usize,
+        families: Families,
+        registry: Arc<Registry>,
+    ) -> Self {
         Self {
             url,
             timeout,
             max_bytes,
             client: fetch::Client::default(),
-            metrics,
+            families,
+            registry,
             told: BTreeSet::new(),
         }
     }
@@ -203,7 +310,8 @@ impl Upstream {
         if !status.is_success() {
             return Err(format!("GET {}: answered {status}", self.url));
         }
-        parse(&body, self.metrics.family_names()).map_err(|e| format!("GET {}: {e}", self.url))
+        let own: BTreeSet<String> = self.registry.families().into_keys().collect();
+        parse(&body, &own).map_err(|e| format!("GET {}: {e}", self.url))
     }
 }
 
@@ -221,17 +329,17 @@ impl Collect for Upstream {
                     tracing::info!(family = %name, "upstream family shadowed by the exporter's own family of that name");
                 }
                 self.told.extend(parsed.shadowed);
-                self.metrics
+                self.families
                     .set_reconciles(&parsed.histograms, &parsed.counts);
-                self.metrics
+                self.registry
                     .set_passthrough(Bytes::from(parsed.passthrough));
-                self.metrics.upstream_up.set(1);
+                self.families.up.set(&(), 1.0);
                 Ok(())
             }
             Err(e) => {
-                self.metrics.set_reconciles(&[], &[]);
-                self.metrics.set_passthrough(Bytes::new());
-                self.metrics.upstream_up.set(0);
+                self.families.set_reconciles(&[], &[]);
+                self.registry.set_passthrough(Bytes::new());
+                self.families.up.set(&(), 0.0);
                 Err(e)
             }
         }
@@ -310,6 +418,48 @@ untyped_without_comments 3
         );
         let e = parse(b"a 1\nb 2\na 3\n", &BTreeSet::new()).expect_err("split");
         assert_eq!(e, ParseError::SplitFamily("a".into()));
+    }
+
+    #[test]
+    fn reconcile_families_encode_as_histogram_and_counter() {
+        let r = Registry::new();
+        let f = Families::register(&r);
+        f.set_reconciles(
+            &[ReconcileHistogram {
+                controller: "integration".into(),
+                buckets: vec![(0.005, 1), (0.01, 3)],
+                sum: 0.02,
+                count: 4,
+            }],
+            &[ReconcileCount {
+                controller: "integration".into(),
+                result: "success".into(),
+                value: 4.0,
+            }],
+        );
+        let text = String::from_utf8(r.snapshot().text.to_vec()).expect("utf8");
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ksit_reconcile"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "# HELP ksit_reconcile_duration_seconds Duration of the component's reconciles, from controller_runtime_reconcile_time_seconds.",
+                "# TYPE ksit_reconcile_duration_seconds histogram",
+                "ksit_reconcile_duration_seconds_bucket{controller=\"integration\",le=\"0.005\"} 1",
+                "ksit_reconcile_duration_seconds_bucket{controller=\"integration\",le=\"0.01\"} 3",
+                "ksit_reconcile_duration_seconds_bucket{controller=\"integration\",le=\"+Inf\"} 4",
+                "ksit_reconcile_duration_seconds_sum{controller=\"integration\"} 0.02",
+                "ksit_reconcile_duration_seconds_count{controller=\"integration\"} 4",
+                "# HELP ksit_reconcile_total Reconciles by result, from controller_runtime_reconcile_total.",
+                "# TYPE ksit_reconcile_total counter",
+                "ksit_reconcile_total{controller=\"integration\",result=\"success\"} 4",
+            ]
+        );
+        f.set_reconciles(&[], &[]);
+        let text = String::from_utf8(r.snapshot().text.to_vec()).expect("utf8");
+        assert!(!text.contains("ksit_reconcile"), "{text}");
     }
 
     #[test]

@@ -1,16 +1,113 @@
-//! The component's own pod, the workload that owns it, and its leader Lease.
+//! The component's own pod, the workload that owns it, and its leader Lease: three watches,
+//! each run by [`watch::run`](super::watch::run).
 
-use std::sync::Arc;
-
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
+use prometheus::proto::{Counter, Metric, MetricType};
 use tokio::sync::watch;
 
-use super::{Health, Series, follow};
-use crate::metrics::Metrics;
+use super::series::Series;
+use super::watch::{self as watches, by_name};
+use crate::labels;
+use crate::metrics::{Family, Gauges, Mirror, Registry, label};
+
+labels! {
+    pub struct Info { component, node, workload_kind, workload }
+}
+
+labels! {
+    pub struct PodPhase { phase }
+}
+
+labels! {
+    pub struct Container { container }
+}
+
+labels! {
+    pub struct Terminated { container, reason }
+}
+
+labels! {
+    pub struct ReplicaState { state }
+}
+
+pub const INFO: Family = Family {
+    name: "ksit_component_info",
+    help: "The component beside this exporter; always 1. The pod name comes as the target's pod label.",
+};
+pub const POD_PHASE: Family = Family {
+    name: "ksit_component_pod_phase",
+    help: "The component pod's phase, one-hot.",
+};
+pub const CONTAINER_READY: Family = Family {
+    name: "ksit_component_container_ready",
+    help: "1 when the container of the component's pod is ready.",
+};
+pub const CONTAINER_RESTARTS: Family = Family {
+    name: "ksit_component_container_restarts_total",
+    help: "Restarts of each container of the component's pod, as the kubelet counts them.",
+};
+pub const CONTAINER_LAST_TERMINATED: Family = Family {
+    name: "ksit_component_container_last_terminated_reason",
+    help: "Why the container last terminated (OOMKilled, Error, Completed, ...); 1 for the last reason.",
+};
+pub const REPLICAS: Family = Family {
+    name: "ksit_component_replicas",
+    help: "Replicas of the component's workload (Deployment or StatefulSet) by state: desired, ready, available, updated.",
+};
+pub const LEADER: Family = Family {
+    name: "ksit_component_leader",
+    help: "1 when this pod holds the component's leader Lease (KSIT_LEADER_LEASE).",
+};
+
+#[derive(Clone)]
+pub struct Families {
+    info: Gauges<Info>,
+    pod_phase: Gauges<PodPhase>,
+    container_ready: Gauges<Container>,
+    /// A counter the kubelet keeps, served as read.
+    container_restarts: Mirror,
+    container_last_terminated: Gauges<Terminated>,
+    replicas: Gauges<ReplicaState>,
+    leader: Gauges<()>,
+}
+
+impl Families {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            info: registry.gauges(INFO),
+            pod_phase: registry.gauges(POD_PHASE),
+            container_ready: registry.gauges(CONTAINER_READY),
+            container_restarts: registry.mirror(&[(CONTAINER_RESTARTS, &["container"])]),
+            container_last_terminated: registry.gauges(CONTAINER_LAST_TERMINATED),
+            replicas: registry.gauges(REPLICAS),
+            leader: registry.gauges(LEADER),
+        }
+    }
+
+    fn set_container_restarts(&self, restarts: &[(String, i64)]) {
+        let metrics: Vec<Metric> = restarts
+            .iter()
+            .map(|(container, n)| {
+                let mut counter = Counter::default();
+                counter.set_value(*n as f64);
+                let mut m = Metric::from_label(vec![label("container", container)]);
+                m.set_counter(counter);
+                m
+            })
+            .collect();
+        let families = if metrics.is_empty() {
+            Vec::new()
+        } else {
+            vec![CONTAINER_RESTARTS.with(MetricType::COUNTER, metrics)]
+        };
+        self.container_restarts.set(families);
+    }
+}
 
 const PHASES: &[&str] = &["Pending", "Running", "Succeeded", "Failed", "Unknown"];
 
@@ -41,77 +138,70 @@ pub async fn run(
     client: Client,
     target: Target,
     leader: watch::Sender<bool>,
-    metrics: Arc<Metrics>,
+    families: Families,
+    watch_families: watches::Families,
 ) {
     let (workload_tx, workload_rx) = watch::channel(None);
     tokio::join!(
-        pod(client.clone(), &target, workload_tx, metrics.clone()),
+        pod(
+            client.clone(),
+            &target,
+            workload_tx,
+            &families,
+            watch_families.clone()
+        ),
         workload(
             client.clone(),
             &target.namespace,
             workload_rx,
-            metrics.clone()
+            &families,
+            watch_families.clone()
         ),
-        lease(client, &target, leader, metrics),
+        lease(client, &target, leader, &families, watch_families),
     );
-}
-
-fn by_name(name: &str) -> watcher::Config {
-    watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
 
 async fn pod(
     client: Client,
     t: &Target,
     workload_tx: watch::Sender<Option<Workload>>,
-    metrics: Arc<Metrics>,
+    families: &Families,
+    watch_families: watches::Families,
 ) {
     let api: Api<Pod> = Api::namespaced(client.clone(), &t.namespace);
     let rs_api: Api<ReplicaSet> = Api::namespaced(client, &t.namespace);
     let (store, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, by_name(&t.pod)).default_backoff());
-    let mut health = Health::new("pod", metrics.clone());
     let mut series = Series::default();
     let mut owner_rs: Option<String> = None;
-    let mut stream = std::pin::pin!(stream);
-    use futures::StreamExt;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                health.ok();
-                let pod = store.state().into_iter().next();
-                let workload = match pod.as_deref().and_then(controller_of) {
-                    Some(("StatefulSet", name)) => Some(Workload::StatefulSet(name.to_string())),
-                    // A ReplicaSet's owner is looked up once per ReplicaSet: a GET, not a watch,
-                    // since the pod is replaced (and the sidecar with it) when it changes.
-                    Some(("ReplicaSet", name)) if owner_rs.as_deref() != Some(name) => {
-                        owner_rs = Some(name.to_string());
-                        match rs_api.get(name).await {
-                            Ok(rs) => controller_of_meta(&rs.metadata).and_then(|(kind, n)| {
-                                (kind == "Deployment").then(|| Workload::Deployment(n.to_string()))
-                            }),
-                            Err(e) => {
-                                tracing::warn!(replicaset = name, error = %e, "cannot read the pod's ReplicaSet; replica series are off");
-                                None
-                            }
-                        }
+    let mut changes = std::pin::pin!(watches::changes("pod", stream, None, watch_families));
+    while changes.next().await.is_some() {
+        let pod = store.state().into_iter().next();
+        let workload = match pod.as_deref().and_then(controller_of) {
+            Some(("StatefulSet", name)) => Some(Workload::StatefulSet(name.to_string())),
+            // A ReplicaSet's owner is looked up once per ReplicaSet: a GET, not a watch, since
+            // the pod is replaced (and the sidecar with it) when it changes.
+            Some(("ReplicaSet", name)) if owner_rs.as_deref() != Some(name) => {
+                owner_rs = Some(name.to_string());
+                match rs_api.get(name).await {
+                    Ok(rs) => controller_of_meta(&rs.metadata).and_then(|(kind, n)| {
+                        (kind == "Deployment").then(|| Workload::Deployment(n.to_string()))
+                    }),
+                    Err(e) => {
+                        tracing::warn!(replicaset = name, error = %e, "cannot read the pod's ReplicaSet; replica series are off");
+                        None
                     }
-                    Some(("ReplicaSet", _)) => workload_tx.borrow().clone(),
-                    _ => None,
-                };
-                workload_tx.send_if_modified(|w| {
-                    let changed = *w != workload;
-                    *w = workload.clone();
-                    changed
-                });
-                write_pod(&mut series, &metrics, t, pod.as_deref(), workload.as_ref());
-                metrics.touch();
+                }
             }
-            Ok(watcher::Event::InitApply(_)) => health.ok(),
-            // Init is sent before the list request, on every retry: it proves nothing.
-            Ok(watcher::Event::Init) => {}
-            Err(e) => health.failed(&e),
-        }
+            Some(("ReplicaSet", _)) => workload_tx.borrow().clone(),
+            _ => None,
+        };
+        workload_tx.send_if_modified(|w| {
+            let changed = *w != workload;
+            *w = workload.clone();
+            changed
+        });
+        write_pod(&mut series, families, t, pod.as_deref(), workload.as_ref());
     }
 }
 
@@ -129,14 +219,15 @@ fn controller_of_meta(
         .map(|o| (o.kind.as_str(), o.name.as_str()))
 }
 
+/// Writes the pod's series; `None` (the pod is gone) removes them.
 fn write_pod(
     series: &mut Series,
-    metrics: &Metrics,
+    f: &Families,
     t: &Target,
     pod: Option<&Pod>,
     workload: Option<&Workload>,
 ) {
-    let k = &metrics.kube;
+    let mut restarts = Vec::new();
     if let Some(pod) = pod {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let component = t
@@ -154,27 +245,33 @@ fn write_pod(
             .and_then(|s| s.node_name.clone())
             .or_else(|| t.node.clone())
             .unwrap_or_default();
-        let (kind, name) = match workload {
+        let (workload_kind, workload) = match workload {
             Some(Workload::Deployment(n)) => ("Deployment", n.as_str()),
             Some(Workload::StatefulSet(n)) => ("StatefulSet", n.as_str()),
             None => ("", ""),
         };
-        series.set(&k.component_info, &[&component, &node, kind, name], 1.0);
+        let info = Info {
+            component,
+            node,
+            workload_kind: workload_kind.to_string(),
+            workload: workload.to_string(),
+        };
+        series.set(&f.info, &info, 1.0);
         let status = pod.status.clone().unwrap_or_default();
-        series.one_hot(
-            &k.pod_phase,
-            &[],
-            PHASES,
-            status.phase.as_deref().unwrap_or("Unknown"),
-        );
-        let mut restarts = Vec::new();
+        let phase = status.phase.as_deref().unwrap_or("Unknown");
+        series.one_hot(&f.pod_phase, PHASES, phase, |phase| PodPhase {
+            phase: phase.to_string(),
+        });
         for c in status
             .init_container_statuses
             .iter()
             .flatten()
             .chain(status.container_statuses.iter().flatten())
         {
-            series.set(&k.container_ready, &[&c.name], f64::from(u8::from(c.ready)));
+            let container = Container {
+                container: c.name.clone(),
+            };
+            series.set(&f.container_ready, &container, f64::from(u8::from(c.ready)));
             restarts.push((c.name.clone(), i64::from(c.restart_count)));
             let reason = c
                 .last_state
@@ -182,13 +279,15 @@ fn write_pod(
                 .and_then(|s| s.terminated.as_ref())
                 .and_then(|t| t.reason.as_deref());
             if let Some(reason) = reason {
-                series.set(&k.container_last_terminated, &[&c.name, reason], 1.0);
+                let terminated = Terminated {
+                    container: c.name.clone(),
+                    reason: reason.to_string(),
+                };
+                series.set(&f.container_last_terminated, &terminated, 1.0);
             }
         }
-        k.set_container_restarts(&restarts);
-    } else {
-        k.set_container_restarts(&[]);
     }
+    f.set_container_restarts(&restarts);
     series.finish();
 }
 
@@ -196,17 +295,18 @@ async fn workload(
     client: Client,
     namespace: &str,
     mut target: watch::Receiver<Option<Workload>>,
-    metrics: Arc<Metrics>,
+    families: &Families,
+    watch_families: watches::Families,
 ) {
     let mut series = Series::default();
     loop {
         let current = target.borrow_and_update().clone();
         let watching = async {
-            let mut health = Health::new("workload", metrics.clone());
+            let w = watch_families.clone();
             match &current {
                 Some(Workload::Deployment(name)) => {
                     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                    follow_replicas(api, name, &mut health, &mut series, &metrics, |d| {
+                    follow_replicas(api, name, w, &mut series, families, |d| {
                         let s = d.status.clone().unwrap_or_default();
                         let desired = d.spec.as_ref().and_then(|s| s.replicas);
                         (
@@ -220,7 +320,7 @@ async fn workload(
                 }
                 Some(Workload::StatefulSet(name)) => {
                     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-                    follow_replicas(api, name, &mut health, &mut series, &metrics, |s| {
+                    follow_replicas(api, name, w, &mut series, families, |s| {
                         let st = s.status.clone().unwrap_or_default();
                         let desired = s.spec.as_ref().and_then(|s| s.replicas);
                         (
@@ -233,7 +333,7 @@ async fn workload(
                     .await
                 }
                 None => {
-                    write_replicas(&mut series, &metrics, None);
+                    write_replicas(&mut series, families, None);
                     std::future::pending::<()>().await
                 }
             }
@@ -252,9 +352,9 @@ type Replicas = (Option<i32>, Option<i32>, Option<i32>, Option<i32>);
 async fn follow_replicas<K>(
     api: Api<K>,
     name: &str,
-    health: &mut Health,
+    watch_families: watches::Families,
     series: &mut Series,
-    metrics: &Metrics,
+    families: &Families,
     counts: impl Fn(&K) -> Replicas,
 ) where
     K: kube::Resource<DynamicType = ()>
@@ -267,7 +367,8 @@ async fn follow_replicas<K>(
 {
     let (store, writer) = reflector::store::<K>();
     let stream = reflector(writer, watcher(api, by_name(name)).default_backoff());
-    follow(stream, health, || {
+    let mut changes = std::pin::pin!(watches::changes("workload", stream, None, watch_families));
+    while changes.next().await.is_some() {
         let found = store.state().into_iter().next().map(|w| {
             let (desired, ready, available, updated) = counts(&w);
             // An unset spec.replicas means 1, as the API server defaults it.
@@ -278,18 +379,20 @@ async fn follow_replicas<K>(
                 updated.unwrap_or(0),
             ]
         });
-        write_replicas(series, metrics, found);
-    })
-    .await
+        write_replicas(series, families, found);
+    }
 }
 
-fn write_replicas(series: &mut Series, metrics: &Metrics, counts: Option<[i32; 4]>) {
+fn write_replicas(series: &mut Series, f: &Families, counts: Option<[i32; 4]>) {
     if let Some(counts) = counts {
         for (state, n) in ["desired", "ready", "available", "updated"]
             .iter()
             .zip(counts)
         {
-            series.set(&metrics.kube.replicas, &[state], f64::from(n));
+            let state = ReplicaState {
+                state: state.to_string(),
+            };
+            series.set(&f.replicas, &state, f64::from(n));
         }
     }
     series.finish();
@@ -308,17 +411,22 @@ fn holds(lease: &Lease, pod: &str) -> bool {
         })
 }
 
-async fn lease(client: Client, t: &Target, leader: watch::Sender<bool>, metrics: Arc<Metrics>) {
+async fn lease(
+    client: Client,
+    t: &Target,
+    leader: watch::Sender<bool>,
+    families: &Families,
+    watch_families: watches::Families,
+) {
     let api: Api<Lease> = Api::namespaced(client, &t.namespace);
     let (store, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, by_name(&t.lease)).default_backoff());
-    let mut health = Health::new("lease", metrics.clone());
-    follow(stream, &mut health, || {
+    let mut changes = std::pin::pin!(watches::changes("lease", stream, None, watch_families));
+    while changes.next().await.is_some() {
         let is_leader = store.state().first().is_some_and(|l| holds(l, &t.pod));
-        metrics.kube.leader.set(i64::from(is_leader));
+        families.leader.set(&(), f64::from(u8::from(is_leader)));
         leader.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader);
-    })
-    .await;
+    }
 }
 
 #[cfg(test)]

@@ -1,28 +1,29 @@
 //! Collectors that read the Kubernetes API: the component's pod, workload and leader Lease
-//! (`component`), KSIT's Integrations and IntegrationTargets (`ksit`), and open-cluster-management
-//! ManagedClusters (`ocm`).
+//! (`component`), KSIT's IntegrationTargets (`targets`) and Integrations (`integrations`), and
+//! open-cluster-management ManagedClusters (`ocm`). Each declares its families and runs its
+//! watches through the one runner in `watch`.
 //!
-//! Each is a kube-rs watcher feeding a reflector store: after the initial list the API server
-//! carries one watch per watched kind, re-established with backoff. Every change recomputes
-//! that kind's series from its store, so a deleted object loses its series at once. A failing
-//! collector sets its `ksit_exporter_collector_up` to 0 and keeps its last series; the others
-//! carry on and it recovers by itself.
+//! Each watch feeds a reflector store: after the initial list the API server carries one watch
+//! per watched kind, re-established with backoff. Every change recomputes that kind's series
+//! from its store, so a deleted object loses its series at once. A failing collector sets its
+//! `ksit_exporter_collector_up` to 0 and keeps its last series; the others carry on and it
+//! recovers by itself.
 
-mod component;
-mod ksit;
-mod ocm;
-mod series;
+pub mod cluster;
+pub mod component;
+pub mod integrations;
+pub mod ocm;
+pub mod series;
+pub mod targets;
+pub mod watch;
 
-use std::sync::Arc;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use serde::Deserialize;
 
-use futures::{Stream, StreamExt};
-use kube::runtime::watcher;
-use tokio::sync::watch;
-
+use crate::collector;
 use crate::config::{Config, CrMetrics, KubeMode, Namespaces};
-use crate::metrics::Metrics;
-
-pub use series::Series;
+use crate::metrics::Registry;
 
 /// What the Kubernetes collectors need from the configuration.
 #[derive(Debug, Clone)]
@@ -72,8 +73,29 @@ pub async fn client(mode: KubeMode) -> anyhow::Result<Option<kube::Client>> {
     }
 }
 
+/// The families of every Kubernetes collector, registered whether or not they run, so that the
+/// registry always names them (an upstream family of one of these names is dropped).
+#[derive(Clone)]
+pub struct Families {
+    watch: watch::Families,
+    component: component::Families,
+    clusters: cluster::Families,
+    integrations: integrations::Families,
+}
+
+impl Families {
+    pub fn register(registry: &Registry, collectors: collector::Families) -> Self {
+        Self {
+            watch: watch::Families::register(registry, collectors),
+            component: component::Families::register(registry),
+            clusters: cluster::Families::register(registry),
+            integrations: integrations::Families::register(registry),
+        }
+    }
+}
+
 /// Starts every Kubernetes collector the settings call for, each in its own task.
-pub fn spawn(client: kube::Client, settings: Settings, metrics: Arc<Metrics>) {
+pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
     let own_namespace = settings
         .pod_namespace
         .clone()
@@ -85,11 +107,13 @@ pub fn spawn(client: kube::Client, settings: Settings, metrics: Arc<Metrics>) {
         .zip(settings.pod_namespace.clone());
     if identity.is_none() && cr_metrics == CrMetrics::Leader {
         tracing::warn!(
-            "POD_NAME and POD_NAMESPACE are unset, so leadership cannot be known; exporting Integration series as with KSIT_CR_METRICS=always"
+            "POD_NAME and POD_NAMESPACE are unset, so leadership cannot be known; exporting Integration, IntegrationTarget and ManagedCluster series as with KSIT_CR_METRICS=always"
         );
         cr_metrics = CrMetrics::Always;
     }
-    let (leader_tx, leader_rx) = watch::channel(false);
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    // Series every replica's sidecar would see alike come from the leader's alone.
+    let gate = (cr_metrics == CrMetrics::Leader).then_some(leader_rx);
     if let Some((pod, namespace)) = identity {
         tokio::spawn(component::run(
             client.clone(),
@@ -101,7 +125,8 @@ pub fn spawn(client: kube::Client, settings: Settings, metrics: Arc<Metrics>) {
                 lease: settings.leader_lease.clone(),
             },
             leader_tx,
-            metrics.clone(),
+            families.component.clone(),
+            families.watch.clone(),
         ));
     }
     if cr_metrics != CrMetrics::Never {
@@ -110,121 +135,59 @@ pub fn spawn(client: kube::Client, settings: Settings, metrics: Arc<Metrics>) {
             Namespaces::All => None,
             Namespaces::List(l) => Some(l.clone()),
         };
-        let gate = (cr_metrics == CrMetrics::Leader).then_some(leader_rx);
-        tokio::spawn(ksit::run_targets(
+        tokio::spawn(targets::run(
             client.clone(),
             namespaces.clone(),
             gate.clone(),
             settings.max_objects,
-            metrics.clone(),
+            families.clusters.clone(),
+            families.watch.clone(),
         ));
-        tokio::spawn(ksit::run_integrations(
+        tokio::spawn(integrations::run(
             client.clone(),
             namespaces,
-            gate,
+            gate.clone(),
             settings.max_objects,
-            metrics.clone(),
+            families.integrations.clone(),
+            families.watch.clone(),
         ));
     }
     if settings.ocm_clusters {
-        tokio::spawn(ocm::run(client, settings.max_objects, metrics));
+        tokio::spawn(ocm::run(
+            client,
+            gate,
+            settings.max_objects,
+            families.clusters,
+            families.watch,
+        ));
     }
 }
 
-/// Keeps `ksit_exporter_collector_up` and `ksit_exporter_kube_up` for one watcher, and logs its
-/// failures once per outage rather than on every retry.
-struct Health {
-    name: &'static str,
-    metrics: Arc<Metrics>,
-    up: Option<bool>,
+/// A condition of a KSIT or open-cluster-management object's status.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default)]
+    pub status: String,
 }
 
-impl Health {
-    fn new(name: &'static str, metrics: Arc<Metrics>) -> Self {
-        Self {
-            name,
-            metrics,
-            up: None,
-        }
-    }
-
-    fn ok(&mut self) {
-        if self.up == Some(false) {
-            tracing::info!(collector = self.name, "watch recovered");
-        }
-        self.up = Some(true);
-        self.metrics
-            .collector_up
-            .with_label_values(&[self.name])
-            .set(1);
-        self.metrics.kube.up.set(1);
-    }
-
-    fn failed(&mut self, e: &watcher::Error) {
-        if self.up != Some(false) {
-            tracing::warn!(collector = self.name, error = %e, hint = hint(e), "watch failed; retrying with backoff");
-        }
-        self.up = Some(false);
-        self.metrics
-            .collector_up
-            .with_label_values(&[self.name])
-            .set(0);
-        self.metrics.kube.up.set(i64::from(api_answered(e)));
-        self.metrics.touch();
-    }
+/// A kind of KSIT's API group `ksit.io/v1alpha1`.
+fn ksit_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("ksit.io", "v1alpha1", kind), plural)
 }
 
-/// Whether the error came from an API server that answered (403, 404, 410...) rather than from
-/// one that could not be reached.
-fn api_answered(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(k)
-        | watcher::Error::WatchStartFailed(k)
-        | watcher::Error::WatchFailed(k) => {
-            matches!(k, kube::Error::Api(_))
-        }
-        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => true,
-    }
-}
-
-fn hint(e: &watcher::Error) -> &'static str {
-    let code = match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
-        watcher::Error::WatchError(s) => s.code,
-        _ => 0,
-    };
-    match code {
-        403 => "the service account lacks get/list/watch on this resource; see manifests/rbac",
-        404 => "the resource is not served; is its CRD installed?",
-        0 => "the API server could not be reached",
-        _ => "",
-    }
-}
-
-/// Drives a watch stream, calling `changed` whenever the set of objects changed.
-async fn follow<K, S>(stream: S, health: &mut Health, mut changed: impl FnMut())
-where
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                health.ok();
-                changed();
-                health.metrics.touch();
-            }
-            Ok(watcher::Event::InitApply(_)) => health.ok(),
-            // Init is sent before the list request, on every retry: it proves nothing.
-            Ok(watcher::Event::Init) => {}
-            Err(e) => health.failed(&e),
-        }
-    }
+/// Reads `obj.data[field]` as `T`; a field of an unexpected shape reads as the default, so one
+/// odd object cannot stop the others from being reported.
+fn field<T: for<'de> Deserialize<'de> + Default>(obj: &DynamicObject, name: &str) -> T {
+    obj.data
+        .get(name)
+        .and_then(|v| T::deserialize(v).ok())
+        .unwrap_or_default()
 }
 
 /// Unix seconds of an RFC 3339 time as Kubernetes writes it.
-fn unix_seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+fn unix_seconds(t: &Time) -> f64 {
     t.0.as_second() as f64 + f64::from(t.0.subsec_nanosecond()) / 1e9
 }

@@ -4,47 +4,51 @@
 //! ManagedClusters, told apart by `source`), so a collector cannot reset a family whole.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use prometheus::GaugeVec;
-use prometheus::core::Collector;
+use crate::metrics::{ErasedGauges, Gauges, Labels};
 
 #[derive(Default)]
 pub struct Series {
-    families: HashMap<String, GaugeVec>,
-    previous: HashSet<(String, Vec<String>)>,
-    written: HashSet<(String, Vec<String>)>,
+    families: HashMap<Arc<str>, ErasedGauges>,
+    previous: HashSet<(Arc<str>, Vec<String>)>,
+    written: HashSet<(Arc<str>, Vec<String>)>,
 }
 
 impl Series {
-    pub fn set(&mut self, family: &GaugeVec, labels: &[&str], value: f64) {
-        family.with_label_values(labels).set(value);
-        let name = family
-            .desc()
-            .first()
-            .map(|d| d.fq_name.clone())
-            .unwrap_or_default();
-        self.families
-            .entry(name.clone())
-            .or_insert_with(|| family.clone());
-        self.written
-            .insert((name, labels.iter().map(|l| l.to_string()).collect()));
+    pub fn set<L: Labels>(&mut self, family: &Gauges<L>, labels: &L, value: f64) {
+        family.set(labels, value);
+        let erased = family.erased();
+        let name = erased.name().clone();
+        let values = labels.values().into_iter().map(String::from).collect();
+        self.families.entry(name.clone()).or_insert(erased);
+        self.written.insert((name, values));
     }
 
-    /// Sets `labels + [state]` to 1 for `current` and to 0 for every other state.
-    pub fn one_hot(&mut self, family: &GaugeVec, labels: &[&str], states: &[&str], current: &str) {
+    /// Writes one series per state, 1 for `current` and 0 for the others; `labels` makes the
+    /// label set of each state.
+    pub fn one_hot<L: Labels>(
+        &mut self,
+        family: &Gauges<L>,
+        states: &[&str],
+        current: &str,
+        labels: impl Fn(&str) -> L,
+    ) {
         for state in states {
-            let mut all = labels.to_vec();
-            all.push(state);
-            self.set(family, &all, f64::from(u8::from(*state == current)));
+            self.set(
+                family,
+                &labels(state),
+                f64::from(u8::from(*state == current)),
+            );
         }
     }
 
     /// Ends a pass: every series written in the previous pass and not in this one is removed.
     pub fn finish(&mut self) {
-        for (name, labels) in self.previous.difference(&self.written) {
+        for (name, values) in self.previous.difference(&self.written) {
             if let Some(family) = self.families.get(name) {
-                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-                let _ = family.remove_label_values(&labels);
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                family.remove(&values);
             }
         }
         self.previous = std::mem::take(&mut self.written);
@@ -54,43 +58,54 @@ impl Series {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::Opts;
+    use crate::metrics::{Family, Registry};
+
+    crate::labels! {
+        struct Named { source, name }
+    }
+
+    crate::labels! {
+        struct Phase { phase }
+    }
+
+    const F: Family = Family {
+        name: "t",
+        help: "t",
+    };
+
+    fn named(source: &str, name: &str) -> Named {
+        Named {
+            source: source.into(),
+            name: name.into(),
+        }
+    }
 
     #[test]
     fn unwritten_series_are_removed_and_others_kept() {
-        let vec = GaugeVec::new(Opts::new("t", "t"), &["source", "name"]).expect("valid");
+        let r = Registry::new();
+        let family = r.gauges::<Named>(F);
         let mut a = Series::default();
         let mut b = Series::default();
-        b.set(&vec, &["b", "x"], 1.0);
+        b.set(&family, &named("b", "x"), 1.0);
         b.finish();
-        a.set(&vec, &["a", "x"], 1.0);
-        a.set(&vec, &["a", "y"], 0.0);
+        a.set(&family, &named("a", "x"), 1.0);
+        a.set(&family, &named("a", "y"), 0.0);
         a.finish();
-        a.set(&vec, &["a", "y"], 1.0);
+        a.set(&family, &named("a", "y"), 1.0);
         a.finish();
-        let mut left: Vec<String> = vec
-            .collect()
-            .iter()
-            .flat_map(|f| f.get_metric().to_vec())
-            .map(|m| {
-                m.get_label()
-                    .iter()
-                    .map(|l| l.value().to_string())
-                    .collect::<Vec<_>>()
-                    .join("/")
-            })
-            .collect();
-        left.sort();
-        // Labels come sorted by name: name, then source.
-        assert_eq!(left, ["x/b", "y/a"]);
+        assert_eq!(family.get(&named("a", "x")), None, "not written again");
+        assert_eq!(family.get(&named("a", "y")), Some(1.0));
+        assert_eq!(family.get(&named("b", "x")), Some(1.0), "another writer's");
     }
 
     #[test]
     fn one_hot_sets_exactly_one() {
-        let vec = GaugeVec::new(Opts::new("p", "p"), &["phase"]).expect("valid");
+        let r = Registry::new();
+        let family = r.gauges::<Phase>(F);
         let mut s = Series::default();
-        s.one_hot(&vec, &[], &["Pending", "Running"], "Running");
-        assert_eq!(vec.with_label_values(&["Running"]).get(), 1.0);
-        assert_eq!(vec.with_label_values(&["Pending"]).get(), 0.0);
+        let phase = |p: &str| Phase { phase: p.into() };
+        s.one_hot(&family, &["Pending", "Running"], "Running", phase);
+        assert_eq!(family.get(&phase("Running")), Some(1.0));
+        assert_eq!(family.get(&phase("Pending")), Some(0.0));
     }
 }

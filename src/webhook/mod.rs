@@ -34,9 +34,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::collector::Readiness;
 use crate::config::{self, LogFormat};
 use crate::inject::{self, InjectorConfig};
+use crate::metrics::Registry;
 use crate::runtime;
 use crate::server::{self, HEADER_READ_TIMEOUT};
 use admission::{Answer, Decision, Entry, MAX_BODY_BYTES};
@@ -252,7 +252,7 @@ fn serve() -> ExitCode {
 /// What each admission request needs.
 struct Handler {
     injector: InjectorConfig,
-    metrics: Arc<WebhookMetrics>,
+    metrics: WebhookMetrics,
 }
 
 async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
@@ -268,8 +268,9 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
             config.metrics_addr
         )
     })?;
-    let metrics = Arc::new(WebhookMetrics::new());
-    metrics.certificate_expiry.set(first.not_after as f64);
+    let registry = Arc::new(Registry::new());
+    let metrics = WebhookMetrics::register(&registry);
+    metrics.certificate(first.not_after, false);
     let resolver = tls::Resolver::new(first.key.clone());
     let acceptor = TlsAcceptor::from(tls::server_config(resolver.clone())?);
     let m = metrics.clone();
@@ -280,8 +281,7 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
         resolver,
         first,
         move |loaded| {
-            m.certificate_expiry.set(loaded.not_after as f64);
-            m.certificate_reloads.inc();
+            m.certificate(loaded.not_after, true);
             tracing::info!(cert = %files.cert.display(), not_after = loaded.not_after, "serving the new certificate");
         },
     ));
@@ -308,8 +308,9 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
     // Readiness needs nothing more than this point: the certificate is loaded and both ports
     // are bound.
     let state = server::State {
-        metrics,
-        readiness: Readiness::default(),
+        registry,
+        scrapes: None,
+        readiness: server::Readiness::default(),
     };
     tokio::join!(
         serve_tls(listener, acceptor, handler, stopped(stop_rx.clone())),
@@ -376,11 +377,11 @@ async fn handle(handler: &Handler, req: Request<Incoming>) -> Response<Full<Byte
         Ok(body) => admission::review(&body, entry, &handler.injector),
         Err(answer) => answer,
     };
-    let m = &handler.metrics;
-    m.admissions
-        .with_label_values(&[answer.decision.as_str(), answer.reason])
-        .inc();
-    m.duration.observe(start.elapsed().as_secs_f64());
+    handler.metrics.answered(
+        answer.decision.as_str(),
+        answer.reason,
+        start.elapsed().as_secs_f64(),
+    );
     match answer.decision {
         Decision::Injected => tracing::info!("{}", answer.detail),
         Decision::Skipped => tracing::debug!("{}", answer.detail),

@@ -1,0 +1,108 @@
+//! The exporter: every collector's families in one registry, and the collectors the
+//! configuration asks for started in the background. Adding a collector is one module and one
+//! line in each of [`Exporter::new`] and [`Exporter::start`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::collector::Collect;
+use crate::config::Config;
+use crate::metrics::Registry;
+use crate::server::{self, Readiness};
+use crate::{collector, health, kube, process, upstream};
+
+pub struct Exporter {
+    pub registry: Arc<Registry>,
+    scrapes: prometheus::IntCounter,
+    collectors: collector::Families,
+    health: health::Families,
+    process: process::Families,
+    upstream: upstream::Families,
+    kube: kube::Families,
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Exporter {
+    /// Registers every collector's families, whether it will run or not: the registry names
+    /// them all, and an upstream family of one of those names is dropped.
+    pub fn new() -> Self {
+        let registry = Arc::new(Registry::new());
+        let scrapes = server::register_exporter_families(&registry);
+        let collectors = collector::Families::register(&registry);
+        Self {
+            scrapes,
+            health: health::Families::register(&registry),
+            process: process::Families::register(&registry),
+            upstream: upstream::Families::register(&registry),
+            kube: kube::Families::register(&registry, collectors.clone()),
+            collectors,
+            registry,
+        }
+    }
+
+    /// Starts the collectors `config` asks for (the Kubernetes ones when `kube` is given) and
+    /// returns what the server serves. Must run inside the Tokio runtime.
+    pub fn start(self, config: &Config, kube: Option<::kube::Client>) -> server::State {
+        let readiness = Readiness::default();
+        let interval = config.probe_interval;
+        let every = Every {
+            interval,
+            families: &self.collectors,
+            readiness: &readiness,
+        };
+        every.spawn(process::Processes::new(
+            config.process_match.clone(),
+            interval,
+            self.process,
+        ));
+        if !config.health_targets.is_empty() {
+            every.spawn(health::Health::new(
+                config.health_targets.clone(),
+                config.probe_timeout,
+                self.health,
+            ));
+        }
+        if let Some(url) = config.upstream_url.clone() {
+            every.spawn(upstream::Upstream::new(
+                url,
+                config.probe_timeout,
+                config.upstream_max_bytes,
+                self.upstream,
+                self.registry.clone(),
+            ));
+        }
+        if let Some(client) = kube {
+            // Not part of readiness: /readyz means "can serve /metrics", which never waits on
+            // the API server.
+            kube::spawn(client, config.into(), self.kube);
+        }
+        server::State {
+            registry: self.registry,
+            scrapes: Some(self.scrapes),
+            readiness,
+        }
+    }
+}
+
+/// Spawns local collectors, each run every `interval` and awaited by /readyz once.
+struct Every<'a> {
+    interval: Duration,
+    families: &'a collector::Families,
+    readiness: &'a Readiness,
+}
+
+impl Every<'_> {
+    fn spawn<C: Collect + Send + 'static>(&self, c: C) {
+        tokio::spawn(collector::run_every(
+            c,
+            self.interval,
+            self.families.clone(),
+            self.readiness.expect_one(),
+        ));
+    }
+}

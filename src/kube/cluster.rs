@@ -1,0 +1,71 @@
+//! The `ksit_cluster_*` families: one series set per managed cluster, written by two collectors
+//! (IntegrationTargets in `targets`, ManagedClusters in `ocm`) and told apart by `source`.
+
+use super::Condition;
+use super::series::Series;
+use crate::labels;
+use crate::metrics::{Family, Gauges, Registry};
+
+/// Condition statuses as Kubernetes writes them, the one-hot states of a condition series.
+pub const CONDITION_STATUSES: &[&str] = &["True", "False", "Unknown"];
+
+labels! {
+    /// One managed cluster. `cluster`, `pod`, `service`, `instance` and `job` are left to
+    /// Prometheus (external and target labels), so objects use `cluster_name` and `target`.
+    pub struct Cluster { source, namespace, target, cluster_name }
+}
+
+labels! {
+    pub struct ClusterCondition { source, namespace, target, cluster_name, condition, status }
+}
+
+pub const STATUS: Family = Family {
+    name: "ksit_cluster_status",
+    help: "1 when the managed cluster is ready (IntegrationTarget status.ready, or ManagedCluster Available), else 0.",
+};
+pub const CONDITION: Family = Family {
+    name: "ksit_cluster_condition",
+    help: "Conditions of the managed cluster, one-hot over True, False and Unknown.",
+};
+pub const LAST_SYNC: Family = Family {
+    name: "ksit_cluster_last_sync_timestamp_seconds",
+    help: "Unix time of the IntegrationTarget's status.lastSyncTime.",
+};
+
+#[derive(Clone)]
+pub struct Families {
+    pub status: Gauges<Cluster>,
+    pub condition: Gauges<ClusterCondition>,
+    pub last_sync: Gauges<Cluster>,
+}
+
+impl Families {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            status: registry.gauges(STATUS),
+            condition: registry.gauges(CONDITION),
+            last_sync: registry.gauges(LAST_SYNC),
+        }
+    }
+
+    /// Writes each condition of `cluster` one-hot over [`CONDITION_STATUSES`].
+    pub fn write_conditions(
+        &self,
+        series: &mut Series,
+        cluster: &Cluster,
+        conditions: &[Condition],
+    ) {
+        for c in conditions {
+            series.one_hot(&self.condition, CONDITION_STATUSES, &c.status, |status| {
+                ClusterCondition {
+                    source: cluster.source.clone(),
+                    namespace: cluster.namespace.clone(),
+                    target: cluster.target.clone(),
+                    cluster_name: cluster.cluster_name.clone(),
+                    condition: c.type_.clone(),
+                    status: status.to_string(),
+                }
+            });
+        }
+    }
+}
