@@ -184,9 +184,7 @@ async fn pod(
             Some(("ReplicaSet", name)) if owner_rs.as_deref() != Some(name) => {
                 owner_rs = Some(name.to_string());
                 match rs_api.get(name).await {
-                    Ok(rs) => controller_of_meta(&rs.metadata).and_then(|(kind, n)| {
-                        (kind == "Deployment").then(|| Workload::Deployment(n.to_string()))
-                    }),
+                    Ok(rs) => owning_deployment(&rs),
                     Err(e) => {
                         tracing::warn!(replicaset = name, error = %e, "cannot read the pod's ReplicaSet; replica series are off");
                         None
@@ -203,6 +201,12 @@ async fn pod(
         });
         write_pod(&mut series, families, t, pod.as_deref(), workload.as_ref());
     }
+}
+
+/// The Deployment a ReplicaSet belongs to; a bare ReplicaSet has no workload the exporter follows.
+fn owning_deployment(rs: &ReplicaSet) -> Option<Workload> {
+    controller_of_meta(&rs.metadata)
+        .and_then(|(kind, n)| (kind == "Deployment").then(|| Workload::Deployment(n.to_string())))
 }
 
 fn controller_of(pod: &Pod) -> Option<(&str, &str)> {
@@ -306,31 +310,11 @@ async fn workload(
             match &current {
                 Some(Workload::Deployment(name)) => {
                     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                    follow_replicas(api, name, w, &mut series, families, |d| {
-                        let s = d.status.clone().unwrap_or_default();
-                        let desired = d.spec.as_ref().and_then(|s| s.replicas);
-                        (
-                            desired,
-                            s.ready_replicas,
-                            s.available_replicas,
-                            s.updated_replicas,
-                        )
-                    })
-                    .await
+                    follow_replicas(api, name, w, &mut series, families, deployment_replicas).await
                 }
                 Some(Workload::StatefulSet(name)) => {
                     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-                    follow_replicas(api, name, w, &mut series, families, |s| {
-                        let st = s.status.clone().unwrap_or_default();
-                        let desired = s.spec.as_ref().and_then(|s| s.replicas);
-                        (
-                            desired,
-                            st.ready_replicas,
-                            st.available_replicas,
-                            st.updated_replicas,
-                        )
-                    })
-                    .await
+                    follow_replicas(api, name, w, &mut series, families, statefulset_replicas).await
                 }
                 None => {
                     write_replicas(&mut series, families, None);
@@ -348,6 +332,38 @@ async fn workload(
 /// (desired, ready, available, updated) as a workload's spec and status give them.
 type Replicas = (Option<i32>, Option<i32>, Option<i32>, Option<i32>);
 
+fn deployment_replicas(d: &Deployment) -> Replicas {
+    let s = d.status.clone().unwrap_or_default();
+    let desired = d.spec.as_ref().and_then(|s| s.replicas);
+    (
+        desired,
+        s.ready_replicas,
+        s.available_replicas,
+        s.updated_replicas,
+    )
+}
+
+fn statefulset_replicas(s: &StatefulSet) -> Replicas {
+    let st = s.status.clone().unwrap_or_default();
+    let desired = s.spec.as_ref().and_then(|s| s.replicas);
+    (
+        desired,
+        st.ready_replicas,
+        st.available_replicas,
+        st.updated_replicas,
+    )
+}
+
+/// The replica counts served: an unset spec.replicas means 1, as the API server defaults it.
+fn replica_counts((desired, ready, available, updated): Replicas) -> [i32; 4] {
+    [
+        desired.unwrap_or(1),
+        ready.unwrap_or(0),
+        available.unwrap_or(0),
+        updated.unwrap_or(0),
+    ]
+}
+
 /// Watches one Deployment or StatefulSet by name and writes its replica counts.
 async fn follow_replicas<K>(
     api: Api<K>,
@@ -355,7 +371,7 @@ async fn follow_replicas<K>(
     watch_families: watches::Families,
     series: &mut Series,
     families: &Families,
-    counts: impl Fn(&K) -> Replicas,
+    counts: fn(&K) -> Replicas,
 ) where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -369,16 +385,11 @@ async fn follow_replicas<K>(
     let stream = reflector(writer, watcher(api, by_name(name)).default_backoff());
     let mut changes = std::pin::pin!(watches::changes("workload", stream, None, watch_families));
     while changes.next().await.is_some() {
-        let found = store.state().into_iter().next().map(|w| {
-            let (desired, ready, available, updated) = counts(&w);
-            // An unset spec.replicas means 1, as the API server defaults it.
-            [
-                desired.unwrap_or(1),
-                ready.unwrap_or(0),
-                available.unwrap_or(0),
-                updated.unwrap_or(0),
-            ]
-        });
+        let found = store
+            .state()
+            .into_iter()
+            .next()
+            .map(|w| replica_counts(counts(&w)));
         write_replicas(series, families, found);
     }
 }
@@ -432,7 +443,179 @@ async fn lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::table;
+    use crate::metrics::Registry;
     use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use serde_json::json;
+
+    fn target(component: Option<&str>) -> Target {
+        Target {
+            pod: "mgr-abc".into(),
+            namespace: "ksit-system".into(),
+            node: Some("node-from-env".into()),
+            component: component.map(String::from),
+            lease: "ksit.io".into(),
+        }
+    }
+
+    #[test]
+    fn pod_series() {
+        let running = json!({
+            "metadata": {"name": "mgr-abc", "labels": {"control-plane": "controller-manager", "app": "ksit"}},
+            "spec": {"nodeName": "node-1", "containers": []},
+            "status": {
+                "phase": "Running",
+                "initContainerStatuses": [
+                    {"name": "ksit-exporter", "ready": true, "restartCount": 0, "image": "", "imageID": ""}
+                ],
+                "containerStatuses": [{
+                    "name": "manager", "ready": false, "restartCount": 3, "image": "", "imageID": "",
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+                }]
+            }
+        });
+        let cases = [
+            (
+                "running, owned by a Deployment, a container OOMKilled",
+                (
+                    target(None),
+                    Some(running.clone()),
+                    Some(Workload::Deployment("ksit-controller-manager".into())),
+                ),
+                r#"
+                ksit_component_container_last_terminated_reason{container="manager",reason="OOMKilled"} 1
+                ksit_component_container_ready{container="ksit-exporter"} 1
+                ksit_component_container_ready{container="manager"} 0
+                ksit_component_container_restarts_total{container="ksit-exporter"} 0
+                ksit_component_container_restarts_total{container="manager"} 3
+                ksit_component_info{component="ksit",node="node-1",workload="ksit-controller-manager",workload_kind="Deployment"} 1
+                ksit_component_pod_phase{phase="Failed"} 0
+                ksit_component_pod_phase{phase="Pending"} 0
+                ksit_component_pod_phase{phase="Running"} 1
+                ksit_component_pod_phase{phase="Succeeded"} 0
+                ksit_component_pod_phase{phase="Unknown"} 0
+                "#,
+            ),
+            (
+                "pending, unscheduled, of a StatefulSet, named by KSIT_COMPONENT",
+                (
+                    target(Some("ksit-manager")),
+                    Some(json!({
+                        "metadata": {"name": "mgr-0"},
+                        "status": {"phase": "Pending"}
+                    })),
+                    Some(Workload::StatefulSet("mgr".into())),
+                ),
+                r#"
+                ksit_component_info{component="ksit-manager",node="node-from-env",workload="mgr",workload_kind="StatefulSet"} 1
+                ksit_component_pod_phase{phase="Failed"} 0
+                ksit_component_pod_phase{phase="Pending"} 1
+                ksit_component_pod_phase{phase="Running"} 0
+                ksit_component_pod_phase{phase="Succeeded"} 0
+                ksit_component_pod_phase{phase="Unknown"} 0
+                "#,
+            ),
+            (
+                "no labels, no status, no workload (a bare ReplicaSet or none)",
+                (target(None), Some(json!({"metadata": {"name": "p"}})), None),
+                r#"
+                ksit_component_info{component="unknown",node="node-from-env",workload="",workload_kind=""} 1
+                ksit_component_pod_phase{phase="Failed"} 0
+                ksit_component_pod_phase{phase="Pending"} 0
+                ksit_component_pod_phase{phase="Running"} 0
+                ksit_component_pod_phase{phase="Succeeded"} 0
+                ksit_component_pod_phase{phase="Unknown"} 1
+                "#,
+            ),
+            ("the pod is gone", (target(None), None, None), ""),
+        ];
+        table::check(&cases, |registry, series, (t, pod, workload)| {
+            let families = Families::register(registry);
+            let pod: Option<Pod> = pod.clone().map(|p| serde_json::from_value(p).expect("pod"));
+            write_pod(series, &families, t, pod.as_ref(), workload.as_ref());
+        });
+    }
+
+    #[test]
+    fn a_pod_gone_takes_its_series_with_it() {
+        let registry = Registry::new();
+        let families = Families::register(&registry);
+        let mut series = Series::default();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "manager", "ready": true, "restartCount": 1, "image": "", "imageID": ""}
+            ]}
+        }))
+        .expect("pod");
+        write_pod(&mut series, &families, &target(None), Some(&pod), None);
+        assert_eq!(table::samples(&registry).len(), 8);
+        write_pod(&mut series, &families, &target(None), None, None);
+        assert_eq!(table::samples(&registry), Vec::<String>::new());
+    }
+
+    #[test]
+    fn workload_of_a_replicaset() {
+        let rs = |owner: serde_json::Value| -> ReplicaSet {
+            serde_json::from_value(json!({"metadata": {"name": "rs", "ownerReferences": owner}}))
+                .expect("replicaset")
+        };
+        let owned = rs(json!([{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": "mgr", "uid": "1", "controller": true
+        }]));
+        assert_eq!(
+            owning_deployment(&owned),
+            Some(Workload::Deployment("mgr".into()))
+        );
+        assert_eq!(owning_deployment(&rs(json!([]))), None, "a bare ReplicaSet");
+        let not_controller = rs(json!([{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": "mgr", "uid": "1"
+        }]));
+        assert_eq!(owning_deployment(&not_controller), None);
+    }
+
+    #[test]
+    fn replica_series() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "mgr"},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 2}
+        }))
+        .expect("deployment");
+        let statefulset: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "mgr"},
+            "spec": {"selector": {}, "template": {}, "serviceName": "mgr"},
+            "status": {"replicas": 1, "readyReplicas": 1}
+        }))
+        .expect("statefulset");
+        let cases = [
+            (
+                "a Deployment rolling out",
+                Some(replica_counts(deployment_replicas(&deployment))),
+                r#"
+                ksit_component_replicas{state="available"} 1
+                ksit_component_replicas{state="desired"} 2
+                ksit_component_replicas{state="ready"} 1
+                ksit_component_replicas{state="updated"} 2
+                "#,
+            ),
+            (
+                "a StatefulSet without spec.replicas wants 1",
+                Some(replica_counts(statefulset_replicas(&statefulset))),
+                r#"
+                ksit_component_replicas{state="available"} 0
+                ksit_component_replicas{state="desired"} 1
+                ksit_component_replicas{state="ready"} 1
+                ksit_component_replicas{state="updated"} 0
+                "#,
+            ),
+            ("no workload", None, ""),
+        ];
+        table::check(&cases, |registry, series, counts| {
+            let families = Families::register(registry);
+            write_replicas(series, &families, *counts);
+        });
+    }
 
     #[test]
     fn lease_holder_is_matched_by_pod_name_prefix() {

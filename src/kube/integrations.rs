@@ -209,3 +209,118 @@ pub fn write(series: &mut Series, f: &Families, obj: &DynamicObject) {
     let lag = generation - status.observed_generation.unwrap_or(0);
     series.set(&f.generation_lag, &it, lag.max(0) as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::table;
+    use serde_json::json;
+
+    #[test]
+    fn integration_series() {
+        let cases = [
+            (
+                "running, reconciled, one cluster connected and one not",
+                json!({
+                    "metadata": {"name": "argocd", "namespace": "ksit-system", "generation": 3},
+                    "spec": {"type": "argocd", "enabled": true},
+                    "status": {
+                        "phase": "Running",
+                        "observedGeneration": 3,
+                        "lastReconcileTime": "2026-11-27T10:00:00Z",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "clusterStatuses": [
+                            {"name": "edge-1", "connected": true},
+                            {"name": "edge-2", "connected": false}
+                        ]
+                    }
+                }),
+                r#"
+                ksit_integration_cluster_connected{cluster_name="edge-1",integration="argocd",namespace="ksit-system"} 1
+                ksit_integration_cluster_connected{cluster_name="edge-2",integration="argocd",namespace="ksit-system"} 0
+                ksit_integration_condition{condition="Ready",integration="argocd",namespace="ksit-system",status="False"} 0
+                ksit_integration_condition{condition="Ready",integration="argocd",namespace="ksit-system",status="True"} 1
+                ksit_integration_condition{condition="Ready",integration="argocd",namespace="ksit-system",status="Unknown"} 0
+                ksit_integration_generation_lag{integration="argocd",namespace="ksit-system"} 0
+                ksit_integration_info{enabled="true",integration="argocd",namespace="ksit-system",type="argocd"} 1
+                ksit_integration_last_reconcile_timestamp_seconds{integration="argocd",namespace="ksit-system"} 1795773600
+                ksit_integration_status_phase{integration="argocd",namespace="ksit-system",phase="Failed",type="argocd"} 0
+                ksit_integration_status_phase{integration="argocd",namespace="ksit-system",phase="Initializing",type="argocd"} 0
+                ksit_integration_status_phase{integration="argocd",namespace="ksit-system",phase="Running",type="argocd"} 1
+                ksit_integration_status_phase{integration="argocd",namespace="ksit-system",phase="Succeeded",type="argocd"} 0
+                "#,
+            ),
+            (
+                "never reconciled: Initializing, lagging by its generation, enabled by default",
+                json!({
+                    "metadata": {"name": "flux", "namespace": "team-b", "generation": 2},
+                    "spec": {"type": "flux"}
+                }),
+                r#"
+                ksit_integration_generation_lag{integration="flux",namespace="team-b"} 2
+                ksit_integration_info{enabled="true",integration="flux",namespace="team-b",type="flux"} 1
+                ksit_integration_status_phase{integration="flux",namespace="team-b",phase="Failed",type="flux"} 0
+                ksit_integration_status_phase{integration="flux",namespace="team-b",phase="Initializing",type="flux"} 1
+                ksit_integration_status_phase{integration="flux",namespace="team-b",phase="Running",type="flux"} 0
+                ksit_integration_status_phase{integration="flux",namespace="team-b",phase="Succeeded",type="flux"} 0
+                "#,
+            ),
+            (
+                "disabled and failed; a cluster listed twice keeps its last entry",
+                json!({
+                    "metadata": {"name": "kyverno", "namespace": "ksit-system", "generation": 1},
+                    "spec": {"type": "kyverno", "enabled": false},
+                    "status": {
+                        "phase": "Failed",
+                        "observedGeneration": 1,
+                        "clusterStatuses": [
+                            {"name": "edge-1", "connected": true},
+                            {"name": "edge-1", "connected": false}
+                        ]
+                    }
+                }),
+                r#"
+                ksit_integration_cluster_connected{cluster_name="edge-1",integration="kyverno",namespace="ksit-system"} 0
+                ksit_integration_generation_lag{integration="kyverno",namespace="ksit-system"} 0
+                ksit_integration_info{enabled="false",integration="kyverno",namespace="ksit-system",type="kyverno"} 1
+                ksit_integration_status_phase{integration="kyverno",namespace="ksit-system",phase="Failed",type="kyverno"} 1
+                ksit_integration_status_phase{integration="kyverno",namespace="ksit-system",phase="Initializing",type="kyverno"} 0
+                ksit_integration_status_phase{integration="kyverno",namespace="ksit-system",phase="Running",type="kyverno"} 0
+                ksit_integration_status_phase{integration="kyverno",namespace="ksit-system",phase="Succeeded",type="kyverno"} 0
+                "#,
+            ),
+        ];
+        table::check(&cases, |registry, series, obj| {
+            let families = Families::register(registry);
+            let obj: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
+            write(series, &families, &obj);
+            series.finish();
+        });
+    }
+
+    #[test]
+    fn a_deleted_integration_loses_its_series_and_others_keep_theirs() {
+        let registry = Registry::new();
+        let families = Families::register(&registry);
+        let mut series = Series::default();
+        let obj = |name: &str| -> DynamicObject {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns", "generation": 1},
+                "spec": {"type": "t"},
+                "status": {"phase": "Running", "observedGeneration": 1}
+            }))
+            .expect("object")
+        };
+        write(&mut series, &families, &obj("a"));
+        write(&mut series, &families, &obj("b"));
+        series.finish();
+        write(&mut series, &families, &obj("b"));
+        series.finish();
+        let left = table::samples(&registry);
+        assert!(
+            left.iter().all(|l| l.contains("integration=\"b\"")),
+            "{left:#?}"
+        );
+        assert_eq!(left.len(), 6, "{left:#?}");
+    }
+}

@@ -130,11 +130,7 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
         ));
     }
     if cr_metrics != CrMetrics::Never {
-        let namespaces = match &settings.namespaces {
-            Namespaces::Own => Some(vec![own_namespace]),
-            Namespaces::All => None,
-            Namespaces::List(l) => Some(l.clone()),
-        };
+        let namespaces = watched_namespaces(&settings.namespaces, own_namespace);
         tokio::spawn(targets::run(
             client.clone(),
             namespaces.clone(),
@@ -190,4 +186,76 @@ fn field<T: for<'de> Deserialize<'de> + Default>(obj: &DynamicObject, name: &str
 /// Unix seconds of an RFC 3339 time as Kubernetes writes it.
 fn unix_seconds(t: &Time) -> f64 {
     t.0.as_second() as f64 + f64::from(t.0.subsec_nanosecond()) / 1e9
+}
+
+/// Namespaces to watch: one list of namespaces, or `None` for one watch over all.
+fn watched_namespaces(namespaces: &Namespaces, own: String) -> Option<Vec<String>> {
+    match namespaces {
+        Namespaces::Own => Some(vec![own]),
+        Namespaces::All => None,
+        Namespaces::List(l) => Some(l.clone()),
+    }
+}
+
+/// Helpers for the writers' table tests, in the style of kube-state-metrics': an object in, the
+/// exact samples out.
+#[cfg(test)]
+pub(crate) mod table {
+    use super::series::Series;
+    use crate::metrics::Registry;
+
+    /// The samples (no HELP or TYPE lines) the registry serves, sorted.
+    pub fn samples(registry: &Registry) -> Vec<String> {
+        let text = String::from_utf8(registry.snapshot().text.to_vec()).expect("UTF-8");
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// `want`'s non-empty lines, trimmed and sorted.
+    pub fn lines(want: &str) -> Vec<String> {
+        let mut lines: Vec<String> = want
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// Runs each case on a fresh registry: `write` registers its families, writes the object
+    /// into a series set and finishes the pass; the served samples must be exactly `want`.
+    pub fn check<T>(cases: &[(&str, T, &str)], write: impl Fn(&Registry, &mut Series, &T)) {
+        for (name, input, want) in cases {
+            let registry = Registry::new();
+            let mut series = Series::default();
+            write(&registry, &mut series, input);
+            assert_eq!(samples(&registry), lines(want), "case {name:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_to_watch() {
+        let own = || "ksit-system".to_string();
+        assert_eq!(
+            watched_namespaces(&Namespaces::Own, own()),
+            Some(vec!["ksit-system".to_string()])
+        );
+        assert_eq!(watched_namespaces(&Namespaces::All, own()), None);
+        let list = Namespaces::List(vec!["a".into(), "b".into()]);
+        assert_eq!(
+            watched_namespaces(&list, own()),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+    }
 }

@@ -65,3 +65,63 @@ pub fn write(series: &mut Series, f: &cluster::Families, obj: &DynamicObject) {
     series.set(&f.status, &cluster, f64::from(u8::from(available)));
     f.write_conditions(series, &cluster, &status.conditions);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::table;
+    use serde_json::json;
+
+    #[test]
+    fn managed_cluster_series() {
+        let cases = [
+            (
+                "available",
+                json!({
+                    "metadata": {"name": "cluster1"},
+                    "status": {"conditions": [
+                        {"type": "ManagedClusterConditionAvailable", "status": "True"}
+                    ]}
+                }),
+                r#"
+                ksit_cluster_condition{cluster_name="cluster1",condition="ManagedClusterConditionAvailable",namespace="",source="managedcluster",status="False",target="cluster1"} 0
+                ksit_cluster_condition{cluster_name="cluster1",condition="ManagedClusterConditionAvailable",namespace="",source="managedcluster",status="True",target="cluster1"} 1
+                ksit_cluster_condition{cluster_name="cluster1",condition="ManagedClusterConditionAvailable",namespace="",source="managedcluster",status="Unknown",target="cluster1"} 0
+                ksit_cluster_status{cluster_name="cluster1",namespace="",source="managedcluster",target="cluster1"} 1
+                "#,
+            ),
+            (
+                "joined but not available",
+                json!({
+                    "metadata": {"name": "cluster2"},
+                    "status": {"conditions": [
+                        {"type": "ManagedClusterJoined", "status": "True"},
+                        {"type": "ManagedClusterConditionAvailable", "status": "Unknown"}
+                    ]}
+                }),
+                r#"
+                ksit_cluster_condition{cluster_name="cluster2",condition="ManagedClusterConditionAvailable",namespace="",source="managedcluster",status="False",target="cluster2"} 0
+                ksit_cluster_condition{cluster_name="cluster2",condition="ManagedClusterConditionAvailable",namespace="",source="managedcluster",status="True",target="cluster2"} 0
+                ksit_cluster_condition{cluster_name="cluster2",condition="ManagedClusterConditionAvailable",namespace="",source="managedcluster",status="Unknown",target="cluster2"} 1
+                ksit_cluster_condition{cluster_name="cluster2",condition="ManagedClusterJoined",namespace="",source="managedcluster",status="False",target="cluster2"} 0
+                ksit_cluster_condition{cluster_name="cluster2",condition="ManagedClusterJoined",namespace="",source="managedcluster",status="True",target="cluster2"} 1
+                ksit_cluster_condition{cluster_name="cluster2",condition="ManagedClusterJoined",namespace="",source="managedcluster",status="Unknown",target="cluster2"} 0
+                ksit_cluster_status{cluster_name="cluster2",namespace="",source="managedcluster",target="cluster2"} 0
+                "#,
+            ),
+            (
+                "no status",
+                json!({"metadata": {"name": "cluster3"}}),
+                r#"
+                ksit_cluster_status{cluster_name="cluster3",namespace="",source="managedcluster",target="cluster3"} 0
+                "#,
+            ),
+        ];
+        table::check(&cases, |registry, series, obj| {
+            let families = cluster::Families::register(registry);
+            let obj: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
+            write(series, &families, &obj);
+            series.finish();
+        });
+    }
+}

@@ -74,3 +74,85 @@ pub fn write(series: &mut Series, f: &cluster::Families, obj: &DynamicObject) {
     }
     f.write_conditions(series, &cluster, &status.conditions);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::table;
+    use serde_json::json;
+
+    #[test]
+    fn integration_target_series() {
+        let cases = [
+            (
+                "ready, with conditions and a last sync",
+                json!({
+                    "metadata": {"name": "edge-1", "namespace": "ksit-system"},
+                    "spec": {"clusterName": "edge-cluster-1"},
+                    "status": {
+                        "ready": true,
+                        "lastSyncTime": "2026-11-27T10:00:00Z",
+                        "conditions": [{"type": "Ready", "status": "True"}]
+                    }
+                }),
+                r#"
+                ksit_cluster_condition{cluster_name="edge-cluster-1",condition="Ready",namespace="ksit-system",source="integrationtarget",status="False",target="edge-1"} 0
+                ksit_cluster_condition{cluster_name="edge-cluster-1",condition="Ready",namespace="ksit-system",source="integrationtarget",status="True",target="edge-1"} 1
+                ksit_cluster_condition{cluster_name="edge-cluster-1",condition="Ready",namespace="ksit-system",source="integrationtarget",status="Unknown",target="edge-1"} 0
+                ksit_cluster_last_sync_timestamp_seconds{cluster_name="edge-cluster-1",namespace="ksit-system",source="integrationtarget",target="edge-1"} 1795773600
+                ksit_cluster_status{cluster_name="edge-cluster-1",namespace="ksit-system",source="integrationtarget",target="edge-1"} 1
+                "#,
+            ),
+            (
+                "not ready in another namespace, two conditions",
+                json!({
+                    "metadata": {"name": "edge-2", "namespace": "team-b"},
+                    "spec": {"clusterName": "edge-cluster-2"},
+                    "status": {
+                        "ready": false,
+                        "conditions": [
+                            {"type": "Ready", "status": "False"},
+                            {"type": "Reachable", "status": "Unknown"}
+                        ]
+                    }
+                }),
+                r#"
+                ksit_cluster_condition{cluster_name="edge-cluster-2",condition="Reachable",namespace="team-b",source="integrationtarget",status="False",target="edge-2"} 0
+                ksit_cluster_condition{cluster_name="edge-cluster-2",condition="Reachable",namespace="team-b",source="integrationtarget",status="True",target="edge-2"} 0
+                ksit_cluster_condition{cluster_name="edge-cluster-2",condition="Reachable",namespace="team-b",source="integrationtarget",status="Unknown",target="edge-2"} 1
+                ksit_cluster_condition{cluster_name="edge-cluster-2",condition="Ready",namespace="team-b",source="integrationtarget",status="False",target="edge-2"} 1
+                ksit_cluster_condition{cluster_name="edge-cluster-2",condition="Ready",namespace="team-b",source="integrationtarget",status="True",target="edge-2"} 0
+                ksit_cluster_condition{cluster_name="edge-cluster-2",condition="Ready",namespace="team-b",source="integrationtarget",status="Unknown",target="edge-2"} 0
+                ksit_cluster_status{cluster_name="edge-cluster-2",namespace="team-b",source="integrationtarget",target="edge-2"} 0
+                "#,
+            ),
+            (
+                "no status yet",
+                json!({
+                    "metadata": {"name": "new", "namespace": "ksit-system"},
+                    "spec": {"clusterName": "c"}
+                }),
+                r#"
+                ksit_cluster_status{cluster_name="c",namespace="ksit-system",source="integrationtarget",target="new"} 0
+                "#,
+            ),
+            (
+                "a status of an unexpected shape reads as empty",
+                json!({
+                    "metadata": {"name": "odd", "namespace": "ksit-system"},
+                    "spec": {"clusterName": 7},
+                    "status": "broken"
+                }),
+                r#"
+                ksit_cluster_status{cluster_name="",namespace="ksit-system",source="integrationtarget",target="odd"} 0
+                "#,
+            ),
+        ];
+        table::check(&cases, |registry, series, obj| {
+            let families = cluster::Families::register(registry);
+            let obj: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
+            write(series, &families, &obj);
+            series.finish();
+        });
+    }
+}
