@@ -1,7 +1,10 @@
 //! ksit-exporter: a Prometheus sidecar for KubeStellar Integration Toolkit components.
 //!
-//! `config` reads the environment; `metrics` names every family; `health`, `process` and
-//! `upstream` are the local collectors, run by `collector`; `server` serves what they left.
+//! `config` reads the environment. `metrics` is the one registry and its exposition cache; each
+//! collector declares the families it fills: the local ones (`health`, `process`, `upstream`) run
+//! in `collector`'s loop, the Kubernetes ones (`kube::*`) through `kube::watch`. `exporter` wires
+//! them into one registry; `server` serves it. `inject` is the pure injector; `webhook` answers
+//! admission reviews with it. docs/architecture.md has the whole map.
 #![forbid(unsafe_code)]
 
 pub mod collector;
