@@ -132,6 +132,7 @@ def write_figures(out, results):
 
 Figures that change with the code, the toolchain or the machine: footprint, speed and build
 times. The other pages link here rather than quote them; tests assert behaviour, never timings.
+`make bench` keeps its raw output in `target/bench.txt` and `target/bench-webhook.txt`.
 
 ## Measured by `make bench`
 
@@ -153,7 +154,7 @@ def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
     binary = sys.argv[1]
-    print(f"release binary: {os.path.getsize(binary) / 1048576:.1f} MiB ({binary})")
+    print(f"binary size: {os.path.getsize(binary) / 1048576:.1f} MiB ({binary})")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     up = f"http://127.0.0.1:{server.server_address[1]}"
