@@ -12,6 +12,11 @@ use ksit_exporter::{config, inject, webhook};
 
 const CONFIGURATION: &str = include_str!("../docs/configuration.md");
 const METRICS: &str = include_str!("../docs/metrics.md");
+const INJECTION: &str = include_str!("../docs/injection.md");
+const OPERATIONS: &str = include_str!("../docs/operations.md");
+const PROMETHEUS_RULE: &str = include_str!("../manifests/monitoring/common/prometheusrule.yaml");
+const WEBHOOK_CONFIGURATION: &str =
+    include_str!("../manifests/webhook/base/mutatingwebhookconfiguration.yaml");
 
 // What the binary says, one library call per function so that an API change touches one place.
 
@@ -153,6 +158,69 @@ fn webhook_metrics_table_matches_its_registry() {
         rows,
         webhook_families(),
         "docs/metrics.md webhook families vs WebhookMetrics"
+    );
+}
+
+/// `text` without any whitespace: a YAML block scalar and a table cell wrap differently.
+fn squeezed(text: &str) -> String {
+    text.split_whitespace().collect()
+}
+
+#[test]
+fn alerts_table_matches_the_prometheus_rule() {
+    let rows: BTreeMap<String, (String, String)> =
+        table(OPERATIONS, "docs/operations.md", "## Alerts and dashboard")
+            .into_iter()
+            .map(|r| (unquote(&r[0]), (squeezed(&unquote(&r[1])), unquote(&r[2]))))
+            .collect();
+    let rule: serde_json::Value =
+        serde_saphyr::from_str(PROMETHEUS_RULE).expect("prometheusrule.yaml is YAML");
+    let shipped: BTreeMap<String, (String, String)> = rule["spec"]["groups"]
+        .as_array()
+        .expect("spec.groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("a group's rules"))
+        .map(|r| {
+            let text = |key: &str| r[key].as_str().map(str::to_string);
+            (
+                text("alert").expect("an alert name"),
+                (
+                    squeezed(&text("expr").expect("an expression")),
+                    text("for").unwrap_or_else(|| "-".to_string()),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows, shipped,
+        "docs/operations.md alerts (alert, expression, for) vs prometheusrule.yaml"
+    );
+}
+
+#[test]
+fn webhook_entries_table_matches_the_configuration() {
+    let rows: BTreeMap<String, String> =
+        table(INJECTION, "docs/injection.md", "### Which pods reach it")
+            .into_iter()
+            .map(|r| (unquote(&r[0]), unquote(&r[3])))
+            .collect();
+    let config: serde_json::Value = serde_saphyr::from_str(WEBHOOK_CONFIGURATION)
+        .expect("mutatingwebhookconfiguration.yaml is YAML");
+    let shipped: BTreeMap<String, String> = config["webhooks"]
+        .as_array()
+        .expect("webhooks")
+        .iter()
+        .map(|w| {
+            let text = |v: &serde_json::Value| v.as_str().expect("a string").to_string();
+            (
+                text(&w["name"]),
+                text(&w["clientConfig"]["service"]["path"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows, shipped,
+        "docs/injection.md webhook entries (entry, path) vs the MutatingWebhookConfiguration"
     );
 }
 
