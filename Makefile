@@ -8,6 +8,9 @@ export KSIT_GIT_REVISION
 
 .PHONY: help build release run test test-unit lint bench controlplane-build controlplane-up controlplane-down
 
+# The result files `make bench` turns into docs/figures.md; included makefiles add theirs.
+BENCH_RESULTS := target/bench.txt
+
 # Image, demos and end-to-end targets; the webhook's benchmark.
 -include mk/ship.mk
 -include mk/webhook.mk
@@ -36,8 +39,9 @@ lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench: release ## footprint and speed of the release binary (writes target/bench.txt)
-	python3 scripts/bench.py target/release/ksit-exporter | tee target/bench.txt
+bench: release ## footprint and speed of the release binary; writes target/bench*.txt and docs/figures.md
+	set -o pipefail; python3 scripts/bench.py target/release/ksit-exporter | tee target/bench.txt
+	python3 scripts/bench.py --figures docs/figures.md $(BENCH_RESULTS)
 
 controlplane-build: ## build etcd, kube-apiserver, prometheus, promtool and the stand-in manager (cached)
 	scripts/controlplane.sh build

@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
-"""Footprint and speed of a ksit-exporter binary, on loopback.
+"""Footprint and speed of a ksit-exporter binary, on loopback; and docs/figures.md from the results.
 
 Usage: bench.py PATH/TO/ksit-exporter
+       bench.py --figures docs/figures.md RESULTS...
 
 Measures, and prints one line each:
+  - the binary's size;
   - time from exec to the first 200 on /readyz (median and max of 20 starts);
   - resident memory when idle, 3 s after start;
   - CPU time per /metrics scrape (gzip, kept-alive connection), over 2000 scrapes, with a health
     probe and an upstream of controller-runtime size;
   - resident memory after those scrapes (growth means a leak on the scrape path).
 Numbers go to stdout; nothing is asserted: tests assert behaviour, this records figures.
+
+With --figures, rewrites the measured part of docs/figures.md from RESULTS (files of such
+"what: figure" lines: this script's output and `cargo bench --bench webhook`'s), stamped with
+the commit (`git rev-parse --short HEAD`) and the UTC date; the part from FIGURES_BY_HAND on,
+figures measured by hand, is kept as it is.
 """
+import datetime
 import http.client
 import http.server
 import os
@@ -22,6 +30,7 @@ import threading
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FIGURES_BY_HAND = "## Measured by hand"
 
 
 def free_port():
@@ -85,8 +94,67 @@ def start(binary, env):
         time.sleep(0.0005)
 
 
+def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def table_row(line):
+    """A "what: figure" result line as a Markdown table row."""
+    what, sep, figure = line.partition(": ")
+    if not sep:
+        what, figure = "", line
+    return f"| {what.strip()} | {figure.strip()} |"
+
+
+def write_figures(out, results):
+    commit = git("rev-parse", "--short", "HEAD")
+    # The figures describe the commit only if nothing else in the tree differs from it.
+    if git("status", "--porcelain", "--", ".", f":!{out}"):
+        commit += " plus uncommitted changes"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = []
+    for path in results:
+        with open(path) as f:
+            rows += [table_row(l) for l in f.read().splitlines() if l.strip()]
+    if not rows:
+        raise SystemExit(f"no results in {results}: run the benchmarks first (make bench)")
+    by_hand = f"{FIGURES_BY_HAND}\n\nNone recorded.\n"
+    if os.path.exists(out):
+        with open(out) as f:
+            old = f.read()
+        heading = f"\n{FIGURES_BY_HAND}\n"
+        if heading in old:
+            by_hand = old[old.index(heading) + 1 :]
+    text = f"""# Figures
+
+<!-- Written by `make bench` (scripts/bench.py --figures): edit only the part from
+"{FIGURES_BY_HAND}" on, which it keeps. -->
+
+Figures that change with the code, the toolchain or the machine: footprint, speed and build
+times. The other pages link here rather than quote them; tests assert behaviour, never timings.
+`make bench` keeps its raw output in `target/bench.txt` and `target/bench-webhook.txt`.
+
+## Measured by `make bench`
+
+Measured at commit `{commit}`, {date}.
+{os.cpu_count()} CPUs, release build, loopback, one run; `make bench` rewrites this section.
+
+| what | figure |
+|---|---|
+""" + "\n".join(rows) + "\n\n" + by_hand
+    with open(out, "w") as f:
+        f.write(text)
+    print(f"wrote {out} ({len(rows)} figures, commit {commit})")
+
+
 def main():
+    if sys.argv[1:2] == ["--figures"] and len(sys.argv) > 3:
+        write_figures(sys.argv[2], sys.argv[3:])
+        return
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
     binary = sys.argv[1]
+    print(f"binary size: {os.path.getsize(binary) / 1048576:.1f} MiB ({binary})")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     up = f"http://127.0.0.1:{server.server_address[1]}"

@@ -188,7 +188,7 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     )
     .unwrap();
     let mut page: Value = serde_saphyr::from_str(PAGE_SCRAPE_CONFIG).unwrap();
-    // The one addition, README "Labels that cannot clash".
+    // The one addition, docs/metrics.md "Labels that cannot clash".
     page["scrape_configs"][0]["honor_labels"] = json!(true);
     assert_eq!(shipped, page);
 
