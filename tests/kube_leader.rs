@@ -85,13 +85,11 @@ async fn two_sidecars_export_one_copy_of_managed_clusters() {
     let (a, b) = (sidecar("mgr-a"), sidecar("mgr-b"));
     let settled = |leader: bool| {
         move |body: &str| {
-            has_line(
-                body,
-                &format!("ksit_component_leader {}", u8::from(leader)),
-            ) && has_line(
-                body,
-                "ksit_exporter_collector_up{collector=\"managedclusters\"} 1",
-            )
+            has_line(body, &format!("ksit_component_leader {}", u8::from(leader)))
+                && has_line(
+                    body,
+                    "ksit_exporter_collector_up{collector=\"managedclusters\"} 1",
+                )
         }
     };
     let body = until(&a, "the leader's sidecar exporting", |body| {

@@ -1,9 +1,8 @@
-//! The component's own pod, the workload that owns it, and its leader Lease: three watches,
-//! each run by [`watch::run`](super::watch::run).
+//! The component's own pod and the workload that owns it: two watches, each run by
+//! [`watch::changes`](super::watch::changes).
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
@@ -59,10 +58,6 @@ pub const REPLICAS: Family = Family {
     name: "ksit_component_replicas",
     help: "Replicas of the component's workload (Deployment or StatefulSet) by state: desired, ready, available, updated.",
 };
-pub const LEADER: Family = Family {
-    name: "ksit_component_leader",
-    help: "1 when this pod holds the component's leader Lease (KSIT_LEADER_LEASE).",
-};
 
 #[derive(Clone)]
 pub struct Families {
@@ -73,7 +68,6 @@ pub struct Families {
     container_restarts: Mirror,
     container_last_terminated: Gauges<Terminated>,
     replicas: Gauges<ReplicaState>,
-    leader: Gauges<()>,
 }
 
 impl Families {
@@ -85,7 +79,6 @@ impl Families {
             container_restarts: registry.mirror(&[(CONTAINER_RESTARTS, &["container"])]),
             container_last_terminated: registry.gauges(CONTAINER_LAST_TERMINATED),
             replicas: registry.gauges(REPLICAS),
-            leader: registry.gauges(LEADER),
         }
     }
 
@@ -124,7 +117,6 @@ pub struct Target {
     pub namespace: String,
     pub node: Option<String>,
     pub component: Option<String>,
-    pub lease: String,
 }
 
 /// The workload that owns the pod, as far as the exporter follows it.
@@ -137,7 +129,6 @@ enum Workload {
 pub async fn run(
     client: Client,
     target: Target,
-    leader: watch::Sender<bool>,
     families: Families,
     watch_families: watches::Families,
 ) {
@@ -151,13 +142,12 @@ pub async fn run(
             watch_families.clone()
         ),
         workload(
-            client.clone(),
+            client,
             &target.namespace,
             workload_rx,
             &families,
-            watch_families.clone()
+            watch_families
         ),
-        lease(client, &target, leader, &families, watch_families),
     );
 }
 
@@ -409,43 +399,11 @@ fn write_replicas(series: &mut Series, f: &Families, counts: Option<[i32; 4]>) {
     series.finish();
 }
 
-/// controller-runtime's leader identity is `<hostname>_<uuid>`, and a pod's hostname is its name.
-fn holds(lease: &Lease, pod: &str) -> bool {
-    lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.holder_identity.as_deref())
-        .is_some_and(|h| {
-            h == pod
-                || h.strip_prefix(pod)
-                    .is_some_and(|rest| rest.starts_with('_'))
-        })
-}
-
-async fn lease(
-    client: Client,
-    t: &Target,
-    leader: watch::Sender<bool>,
-    families: &Families,
-    watch_families: watches::Families,
-) {
-    let api: Api<Lease> = Api::namespaced(client, &t.namespace);
-    let (store, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, by_name(&t.lease)).default_backoff());
-    let mut changes = std::pin::pin!(watches::changes("lease", stream, None, watch_families));
-    while changes.next().await.is_some() {
-        let is_leader = store.state().first().is_some_and(|l| holds(l, &t.pod));
-        families.leader.set(&(), f64::from(u8::from(is_leader)));
-        leader.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kube::table;
     use crate::metrics::Registry;
-    use k8s_openapi::api::coordination::v1::LeaseSpec;
     use serde_json::json;
 
     fn target(component: Option<&str>) -> Target {
@@ -454,7 +412,6 @@ mod tests {
             namespace: "ksit-system".into(),
             node: Some("node-from-env".into()),
             component: component.map(String::from),
-            lease: "ksit.io".into(),
         }
     }
 
@@ -615,20 +572,5 @@ mod tests {
             let families = Families::register(registry);
             write_replicas(series, &families, *counts);
         });
-    }
-
-    #[test]
-    fn lease_holder_is_matched_by_pod_name_prefix() {
-        let lease = |h: &str| Lease {
-            spec: Some(LeaseSpec {
-                holder_identity: Some(h.to_string()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert!(holds(&lease("mgr-abc_0d2c5e4e-1111"), "mgr-abc"));
-        assert!(holds(&lease("mgr-abc"), "mgr-abc"));
-        assert!(!holds(&lease("mgr-abcd_0d2c"), "mgr-abc"));
-        assert!(!holds(&Lease::default(), "mgr-abc"));
     }
 }

@@ -1,5 +1,5 @@
-//! Collectors that read the Kubernetes API: the component's pod, workload and leader Lease
-//! (`component`), KSIT's IntegrationTargets (`targets`) and Integrations (`integrations`), and
+//! Collectors that read the Kubernetes API: the component's pod and workload (`component`), its
+//! leader Lease (`lease`), KSIT's IntegrationTargets (`targets`) and Integrations (`integrations`), and
 //! open-cluster-management ManagedClusters (`ocm`). Each declares its families and runs its
 //! watches through the one runner in `watch`.
 //!
@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod component;
 pub mod integrations;
+pub mod lease;
 pub mod ocm;
 pub mod series;
 pub mod targets;
@@ -79,6 +80,7 @@ pub async fn client(mode: KubeMode) -> anyhow::Result<Option<kube::Client>> {
 pub struct Families {
     watch: watch::Families,
     component: component::Families,
+    lease: lease::Families,
     clusters: cluster::Families,
     integrations: integrations::Families,
 }
@@ -88,6 +90,7 @@ impl Families {
         Self {
             watch: watch::Families::register(registry, collectors),
             component: component::Families::register(registry),
+            lease: lease::Families::register(registry),
             clusters: cluster::Families::register(registry),
             integrations: integrations::Families::register(registry),
         }
@@ -115,6 +118,15 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
     // Series every replica's sidecar would see alike come from the leader's alone.
     let gate = (cr_metrics == CrMetrics::Leader).then_some(leader_rx);
     if let Some((pod, namespace)) = identity {
+        tokio::spawn(lease::run(
+            client.clone(),
+            namespace.clone(),
+            settings.leader_lease.clone(),
+            pod.clone(),
+            leader_tx,
+            families.lease.clone(),
+            families.watch.clone(),
+        ));
         tokio::spawn(component::run(
             client.clone(),
             component::Target {
@@ -122,9 +134,7 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
                 namespace,
                 node: settings.node_name.clone(),
                 component: settings.component.clone(),
-                lease: settings.leader_lease.clone(),
             },
-            leader_tx,
             families.component.clone(),
             families.watch.clone(),
         ));
