@@ -284,6 +284,14 @@ pub fn label(name: &str, value: &str) -> LabelPair {
     l
 }
 
+/// A family without labels has one series, served (at 0) from the start, as a plain gauge or
+/// counter is: `create` makes it. A labelled family has series only once they are written.
+fn served_from_start<L: Labels>(create: impl FnOnce()) {
+    if L::NAMES.is_empty() {
+        create();
+    }
+}
+
 /// An encoded exposition of one state; the gzip form is made the first time a client asks.
 pub struct Snapshot {
     pub text: Bytes,
@@ -338,6 +346,7 @@ impl Registry {
     pub fn gauges<L: Labels>(&self, family: Family) -> Gauges<L> {
         let vec = GaugeVec::new(Opts::new(family.name, family.help), L::NAMES)
             .expect("family names and labels are static and valid");
+        served_from_start::<L>(|| vec.with_label_values::<&str>(&[]).set(0.0));
         self.register(Box::new(vec.clone()));
         Gauges {
             vec,
@@ -350,6 +359,7 @@ impl Registry {
     pub fn counters<L: Labels>(&self, family: Family) -> Counters<L> {
         let vec = IntCounterVec::new(Opts::new(family.name, family.help), L::NAMES)
             .expect("family names and labels are static and valid");
+        served_from_start::<L>(|| vec.with_label_values::<&str>(&[]).reset());
         self.register(Box::new(vec.clone()));
         Counters {
             vec,
@@ -364,6 +374,9 @@ impl Registry {
             L::NAMES,
         )
         .expect("family names, labels and buckets are static and valid");
+        served_from_start::<L>(|| {
+            vec.with_label_values::<&str>(&[]);
+        });
         self.register(Box::new(vec.clone()));
         Histograms {
             vec,
@@ -562,6 +575,26 @@ mod tests {
         assert!(text(&r).contains("\nksit_test_total 1.5\n"), "{}", text(&r));
         m.set(families);
         assert!(Arc::ptr_eq(&after, &r.snapshot()));
+    }
+
+    #[test]
+    fn families_without_labels_are_served_from_the_start() {
+        let r = Registry::new();
+        r.gauges::<()>(G);
+        r.counters::<()>(Family {
+            name: "ksit_test_total",
+            help: "A test counter.",
+        });
+        r.gauges::<Probe>(Family {
+            name: "ksit_test_labelled",
+            help: "A labelled gauge.",
+        });
+        let samples: Vec<String> = text(&r)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        assert_eq!(samples, ["ksit_test_gauge 0", "ksit_test_total 0"]);
     }
 
     #[test]
