@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ksit_exporter::metrics::Metrics;
 use ksit_exporter::server::Exposition;
 use ksit_exporter::webhook::metrics::WebhookMetrics;
-use ksit_exporter::{config, inject, webhook};
+use ksit_exporter::{cmd::webhook, config, inject};
 
 const README: &str = include_str!("../README.md");
 

@@ -1,0 +1,115 @@
+//! `ksit-exporter [serve]` and `ksit-exporter check-config`: the exporter itself.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::collector::{self, Readiness};
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::{health, process, server, telemetry, upstream};
+
+const COMMAND: &str = "ksit-exporter";
+
+/// Validates before anything else happens: a bad variable exits 2 with one line.
+fn load() -> Result<(config::Loaded, Vec<String>), ExitCode> {
+    let env =
+        super::environment(&[config::VARIABLES]).map_err(|e| super::config_error(COMMAND, &e))?;
+    let loaded = Config::from_vars(env.vars).map_err(|e| super::config_error(COMMAND, &e))?;
+    Ok((loaded, env.warnings))
+}
+
+/// `check-config`: the effective configuration, one `VAR=value` a line.
+pub fn check_config() -> ExitCode {
+    match load() {
+        Ok((loaded, warnings)) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}", loaded.effective);
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+pub fn main() -> ExitCode {
+    let (loaded, warnings) = match load() {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    telemetry::init_logging(loaded.config.log_format);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    telemetry::block_on(async {
+        match run(loaded.config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let kube_client = crate::kube::client(config.kubernetes).await?;
+    let listener = server::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on KSIT_LISTEN_ADDR={}", config.listen_addr))?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let interval = config.probe_interval;
+
+    let processes =
+        process::Processes::new(config.process_match.clone(), interval, metrics.clone());
+    tokio::spawn(collector::run_every(
+        processes,
+        interval,
+        metrics.clone(),
+        readiness.expect_one(),
+    ));
+    if !config.health_targets.is_empty() {
+        let h = health::Health::new(
+            config.health_targets.clone(),
+            config.probe_timeout,
+            metrics.clone(),
+        );
+        tokio::spawn(collector::run_every(
+            h,
+            interval,
+            metrics.clone(),
+            readiness.expect_one(),
+        ));
+    }
+    if let Some(url) = config.upstream_url.clone() {
+        let u = upstream::Upstream::new(
+            url,
+            config.probe_timeout,
+            config.upstream_max_bytes,
+            metrics.clone(),
+        );
+        tokio::spawn(collector::run_every(
+            u,
+            interval,
+            metrics.clone(),
+            readiness.expect_one(),
+        ));
+    }
+
+    if let Some(client) = kube_client {
+        // Not part of readiness: /readyz means "can serve /metrics", which never waits on the API.
+        crate::kube::spawn(client, (&config).into(), metrics.clone());
+    }
+
+    tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "serving /metrics");
+    server::serve(
+        listener,
+        server::State { metrics, readiness },
+        telemetry::shutdown_signal(),
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
