@@ -104,7 +104,10 @@ impl Config {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut env = Reader::new(vars);
+        Self::read(&mut Reader::new(vars))
+    }
+
+    fn read(env: &mut Reader) -> Result<Self, ConfigError> {
         Ok(Config {
             listen_addr: env.read(&LISTEN_ADDR)?,
             metrics_addr: env.read(&METRICS_ADDR)?,
@@ -114,7 +117,7 @@ impl Config {
             },
             reload_interval: env.read(&RELOAD_INTERVAL)?,
             log_format: env.read(&LOG_FORMAT)?,
-            injector: InjectorConfig::read(&mut env)?,
+            injector: InjectorConfig::read(env)?,
         })
     }
 }
@@ -311,5 +314,15 @@ mod tests {
         .expect("the documented defaults are valid");
         let unset = Config::from_vars(vars(FILES)).expect("valid");
         assert_eq!(format!("{explicit:?}"), format!("{unset:?}"));
+        // The tables list exactly what is read.
+        let mut env = Reader::new(vars(FILES));
+        Config::read(&mut env).expect("valid");
+        let read: Vec<&str> = env.effective().0.iter().map(|(name, _)| *name).collect();
+        let documented: Vec<&str> = VARIABLES
+            .iter()
+            .chain(inject::VARIABLES)
+            .map(|(name, _, _)| *name)
+            .collect();
+        assert_eq!(read, documented);
     }
 }

@@ -251,5 +251,11 @@ mod tests {
             explicit,
             InjectorConfig::from_vars([]).expect("defaults are valid")
         );
+        // The table lists exactly what is read.
+        let mut env = Reader::new([]);
+        InjectorConfig::read(&mut env).expect("defaults are valid");
+        let read: Vec<&str> = env.effective().0.iter().map(|(name, _)| *name).collect();
+        let documented: Vec<&str> = VARIABLES.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(read, documented);
     }
 }
