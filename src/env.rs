@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::time::Duration;
 
 /// A variable that cannot be used, in one line that names it: `{VAR}={value:?} is invalid:
 /// {expected}`. The one error type of every command's configuration (exit status 2).
@@ -227,7 +228,7 @@ pub fn optional_text(value: &str) -> Result<Option<String>, String> {
 }
 
 /// A duration such as `10s`, `500ms` or `1m`, at least `min`.
-pub fn duration(value: &str, min: std::time::Duration) -> Result<std::time::Duration, String> {
+pub fn duration(value: &str, min: Duration) -> Result<Duration, String> {
     humantime::parse_duration(value)
         .ok()
         .filter(|d| *d >= min)
@@ -239,7 +240,7 @@ pub fn duration(value: &str, min: std::time::Duration) -> Result<std::time::Dura
         })
 }
 
-pub fn show_duration(value: &std::time::Duration) -> String {
+pub fn show_duration(value: &Duration) -> String {
     humantime::format_duration(*value).to_string()
 }
 

@@ -3,9 +3,9 @@
 //! JSONPatch and `ksit-exporter inject` writes it back into manifests; because the function reads
 //! no environment and has no side effects, both (and the tests) see exactly the same decisions.
 //!
-//! As Linkerd's injector keeps the report apart from the patch: [`decision`] says whether and
-//! why not, [`args`] reads and rewrites the containers' Go flags (the metrics takeover),
-//! [`template`] is the sidecar container, [`config`] its variables; [`inject`] ties them.
+//! As Linkerd's injector keeps the report apart from the patch: `decision` says whether and why
+//! not, `args` reads and rewrites the containers' Go flags (the metrics takeover), `template` is
+//! the sidecar container, `config` its variables; [`inject`] ties them.
 
 mod args;
 pub mod config;
