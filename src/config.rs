@@ -66,7 +66,7 @@ pub struct Config {
 }
 
 /// Every variable the exporter reads, in the order `check-config` prints them: the source of
-/// `--help` and of the README's configuration table (a test keeps them equal).
+/// `--help` and of the documented configuration table (a test keeps them equal).
 pub const VARIABLES: &[Doc] = &[
     LISTEN_ADDR.doc(),
     HEALTH_URLS.doc(),

@@ -65,7 +65,7 @@ pub struct Var<T> {
     pub show: fn(&T) -> String,
 }
 
-/// `(name, default, help)` of a variable, as `--help` and the README's tables show it.
+/// `(name, default, help)` of a variable, as `--help` and the documentation's tables show it.
 pub type Doc = (&'static str, &'static str, &'static str);
 
 impl<T> Var<T> {
