@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ksit_exporter::exporter::Exporter;
 use ksit_exporter::metrics::Registry;
 use ksit_exporter::webhook::metrics::WebhookMetrics;
-use ksit_exporter::{config, inject, webhook};
+use ksit_exporter::{cmd, config, inject};
 
 const CONFIGURATION: &str = include_str!("../docs/configuration.md");
 const METRICS: &str = include_str!("../docs/metrics.md");
@@ -37,7 +37,7 @@ fn sidecar_variables() -> BTreeMap<String, String> {
 }
 
 fn webhook_variables() -> BTreeMap<String, String> {
-    defaults(webhook::VARIABLES)
+    defaults(cmd::webhook::VARIABLES)
 }
 
 /// Every family the exporter registers, with its variable labels.

@@ -5,9 +5,11 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use super::manifests::inject_manifests;
-use super::{InjectorConfig, SidecarMode, VARIABLES};
-use crate::config;
+use crate::env;
+use crate::inject::manifests::inject_manifests;
+use crate::inject::{InjectorConfig, SidecarMode, VARIABLES};
+
+const COMMAND: &str = "ksit-exporter inject";
 
 const USAGE: &str = "\
 usage: ksit-exporter inject -f FILE|- [--image IMAGE] [--mode native|classic]
@@ -40,21 +42,23 @@ pub fn main(args: &[String]) -> ExitCode {
     let opts = match parse_args(args) {
         Ok(Some(opts)) => opts,
         Ok(None) => {
-            print!("{USAGE}{}", config::describe(VARIABLES));
+            print!("{USAGE}{}", env::describe(VARIABLES));
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            eprintln!("ksit-exporter inject: {message}\n\n{USAGE}");
+            eprintln!("{COMMAND}: {message}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let mut cfg = match InjectorConfig::from_env() {
-        Ok(cfg) => cfg,
-        Err(err) => {
-            eprintln!("ksit-exporter inject: {}", error_chain(&err));
-            return ExitCode::from(2);
-        }
+    let loaded = super::environment(&[VARIABLES])
+        .and_then(|env| Ok((InjectorConfig::from_vars(env.vars)?, env.warnings)));
+    let (mut cfg, warnings) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => return super::config_error(COMMAND, &err),
     };
+    for w in &warnings {
+        eprintln!("{COMMAND}: warning: {w}");
+    }
     cfg.default_opt_in = true;
     if let Some(image) = opts.image {
         cfg.image = image;
@@ -72,7 +76,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let input = match input {
         Ok(input) => input,
         Err(err) => {
-            eprintln!("ksit-exporter inject: reading {}: {err}", opts.file);
+            eprintln!("{COMMAND}: reading {}: {err}", opts.file);
             return ExitCode::FAILURE;
         }
     };
@@ -83,13 +87,13 @@ pub fn main(args: &[String]) -> ExitCode {
             }
             // Not print!: it panics when the reader of a pipe has gone away.
             if let Err(err) = std::io::stdout().lock().write_all(out.yaml.as_bytes()) {
-                eprintln!("ksit-exporter inject: writing the result: {err}");
+                eprintln!("{COMMAND}: writing the result: {err}");
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("ksit-exporter inject: {}", error_chain(&err));
+            eprintln!("{COMMAND}: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }

@@ -1,12 +1,29 @@
-//! What the long-running commands (`serve` and `webhook`) share around their servers: logging,
-//! the one-thread runtime and the stop signal.
+//! What the long-running commands (`serve` and `webhook`) share around their servers: logging
+//! (and its `KSIT_LOG_FORMAT` variable), the one-thread runtime and the stop signal.
 
 use std::future::Future;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::env::{self, Empty, Var};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+pub const LOG_FORMAT: Var<LogFormat> = Var {
+    name: "KSIT_LOG_FORMAT",
+    default: "text",
+    help: "`text` or `json`; `RUST_LOG` filters (default `info`)",
+    empty: Empty::Default,
+    parse: |v| env::choose(v, LOG_FORMATS),
+    show: |v| env::word_of(v, LOG_FORMATS),
+};
 
 /// Logs to stderr in `format`; `RUST_LOG` filters.
 pub fn init_logging(format: LogFormat) {

@@ -1,0 +1,353 @@
+//! The variable tables every command reads its configuration from.
+//!
+//! A [`Var`] holds everything about one variable: its name, its default (a string that goes
+//! through the same parser as a set value, so it is written once), its help, its parser and how
+//! `check-config` prints the effective value. A command's `VARIABLES` list of [`Doc`]s is made
+//! from its `Var`s, so `--help` and the README check cannot drift from what is applied.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::time::Duration;
+
+/// A variable that cannot be used, in one line that names it: `{VAR}={value:?} is invalid:
+/// {expected}`. The one error type of every command's configuration (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}={value:?} is invalid: {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{var} is not set: expected {expected}")]
+    Missing { var: &'static str, expected: String },
+}
+
+impl ConfigError {
+    pub fn invalid(var: &'static str, value: &str, expected: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            var,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// The variable at fault.
+    pub fn var(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { var, .. } | ConfigError::Missing { var, .. } => var,
+        }
+    }
+}
+
+/// What a variable set to an empty (or blank) value means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Empty {
+    /// The same as unset, as Kubernetes manifests often render `value: ""`; set values are
+    /// trimmed.
+    Default,
+    /// A value of its own (such as "no limit"), given to the parser as written.
+    Value,
+}
+
+/// One variable: everything `--help`, validation and `check-config` know about it.
+pub struct Var<T> {
+    pub name: &'static str,
+    /// Applied when the variable is unset; parsed like a set value. Empty: none, or required
+    /// when the parser rejects the empty string.
+    pub default: &'static str,
+    pub help: &'static str,
+    pub empty: Empty,
+    /// The value, or what was expected instead (the end of the error line).
+    pub parse: fn(&str) -> Result<T, String>,
+    /// The effective value as `check-config` prints it; parsing it again gives the same value.
+    pub show: fn(&T) -> String,
+}
+
+/// `(name, default, help)` of a variable, as `--help` and the documentation's tables show it.
+pub type Doc = (&'static str, &'static str, &'static str);
+
+impl<T> Var<T> {
+    pub const fn doc(&self) -> Doc {
+        (self.name, self.default, self.help)
+    }
+}
+
+/// The variables one command reads, from any set of `(name, value)` pairs (tests pass a map);
+/// remembers the effective value of each variable read, in the order read.
+pub struct Reader {
+    vars: BTreeMap<String, String>,
+    effective: Vec<(&'static str, String)>,
+}
+
+impl Reader {
+    pub fn new(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        Reader {
+            vars: vars.into_iter().collect(),
+            effective: Vec::new(),
+        }
+    }
+
+    /// The value of `var`, or its default when unset.
+    pub fn read<T>(&mut self, var: &Var<T>) -> Result<T, ConfigError> {
+        let set = self.vars.get(var.name).map(|v| match var.empty {
+            Empty::Default => v.trim(),
+            Empty::Value => v.as_str(),
+        });
+        let (value, defaulted) = match set {
+            Some(v) if !(v.is_empty() && var.empty == Empty::Default) => (v, false),
+            _ => (var.default, true),
+        };
+        match (var.parse)(value) {
+            Ok(parsed) => {
+                self.effective.push((var.name, (var.show)(&parsed)));
+                Ok(parsed)
+            }
+            // An empty default that the parser rejects makes the variable required.
+            Err(expected) if defaulted && value.is_empty() => Err(ConfigError::Missing {
+                var: var.name,
+                expected,
+            }),
+            Err(expected) => Err(ConfigError::invalid(var.name, value, expected)),
+        }
+    }
+
+    /// Every variable read so far with its effective value.
+    pub fn effective(self) -> Effective {
+        Effective(self.effective)
+    }
+}
+
+/// The effective configuration, one `VAR=value` a line, as `check-config` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective(pub Vec<(&'static str, String)>);
+
+impl fmt::Display for Effective {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The text variables of an environment such as `std::env::vars_os()` (which, unlike
+/// `std::env::vars()`, does not panic on a value that is not UTF-8). A variable of `ours` that
+/// is not UTF-8 is an error naming it; anything else that is not text is no business of ours.
+pub fn text_vars(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ours: &[&[Doc]],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut text = Vec::new();
+    for (name, value) in vars {
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => text.push((name, value)),
+            Err(value) => {
+                if let Some((var, _, _)) = ours.iter().flat_map(|t| t.iter()).find(|d| d.0 == name)
+                {
+                    return Err(ConfigError::invalid(
+                        var,
+                        &value.to_string_lossy(),
+                        "UTF-8 text",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// One warning per `KSIT_*` variable that no table in `known` has, most likely a typo.
+pub fn unknown_variables(vars: &[(String, String)], known: &[&[Doc]]) -> Vec<String> {
+    vars.iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("KSIT_"))
+        .filter(|name| !known.iter().flat_map(|t| t.iter()).any(|d| d.0 == *name))
+        .map(|name| {
+            format!(
+                "unknown variable {name} is ignored; `ksit-exporter --help` lists the known ones"
+            )
+        })
+        .collect()
+}
+
+/// A variables table as `--help` prints it.
+pub fn describe(variables: &[Doc]) -> String {
+    let mut out = String::new();
+    for (name, default, help) in variables {
+        let default = if default.is_empty() {
+            String::new()
+        } else {
+            format!(" (default {default})")
+        };
+        out.push_str(&format!("  {name}{default}\n      {help}\n"));
+    }
+    out
+}
+
+/// A parser for a variable with a few allowed words, `choices` as `(word, value)`.
+pub fn choose<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(word, _)| *word == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let words: Vec<String> = choices.iter().map(|(w, _)| format!("`{w}`")).collect();
+            match words.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            }
+        })
+}
+
+/// The word of `value` in `choices`, for [`Var::show`].
+pub fn word_of<T: PartialEq>(value: &T, choices: &[(&'static str, T)]) -> String {
+    choices
+        .iter()
+        .find(|(_, v)| v == value)
+        .map(|(word, _)| word.to_string())
+        .unwrap_or_default()
+}
+
+/// A value that may be absent, printed empty when it is.
+pub fn show_optional<T: fmt::Display>(value: &Option<T>) -> String {
+    value.as_ref().map(T::to_string).unwrap_or_default()
+}
+
+/// A text value; empty means none.
+pub fn optional_text(value: &str) -> Result<Option<String>, String> {
+    Ok((!value.is_empty()).then(|| value.to_string()))
+}
+
+/// A duration such as `10s`, `500ms` or `1m`, at least `min`.
+pub fn duration(value: &str, min: Duration) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .ok()
+        .filter(|d| *d >= min)
+        .ok_or_else(|| {
+            format!(
+                "a duration of at least {} such as `10s`, `500ms` or `1m`",
+                humantime::format_duration(min)
+            )
+        })
+}
+
+pub fn show_duration(value: &Duration) -> String {
+    humantime::format_duration(*value).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    const WORD: Var<bool> = Var {
+        name: "KSIT_T_WORD",
+        default: "false",
+        help: "",
+        empty: Empty::Default,
+        parse: |v| choose(v, &[("true", true), ("false", false)]),
+        show: |v| v.to_string(),
+    };
+    const REQUIRED: Var<String> = Var {
+        name: "KSIT_T_REQUIRED",
+        default: "",
+        help: "",
+        empty: Empty::Default,
+        parse: |v| {
+            if v.is_empty() {
+                Err("a path".to_string())
+            } else {
+                Ok(v.to_string())
+            }
+        },
+        show: String::clone,
+    };
+    const LIMIT: Var<Option<String>> = Var {
+        name: "KSIT_T_LIMIT",
+        default: "64Mi",
+        help: "",
+        empty: Empty::Value,
+        parse: optional_text,
+        show: show_optional,
+    };
+
+    fn reader(pairs: &[(&str, &str)]) -> Reader {
+        Reader::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn unset_and_blank_mean_the_default_unless_empty_is_a_value() {
+        let mut r = reader(&[("KSIT_T_WORD", " "), ("KSIT_T_LIMIT", "")]);
+        assert!(!r.read(&WORD).expect("blank is the default"));
+        assert_eq!(r.read(&LIMIT).expect("empty is none"), None);
+        let mut r = reader(&[("KSIT_T_WORD", " true ")]);
+        assert!(r.read(&WORD).expect("trimmed"));
+        assert_eq!(r.read(&LIMIT).expect("default").as_deref(), Some("64Mi"));
+        assert_eq!(
+            r.effective().to_string(),
+            "KSIT_T_WORD=true\nKSIT_T_LIMIT=64Mi"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable_in_one_line() {
+        let err = reader(&[("KSIT_T_WORD", "yes")])
+            .read(&WORD)
+            .expect_err("not a word");
+        assert_eq!(
+            err.to_string(),
+            r#"KSIT_T_WORD="yes" is invalid: `true` or `false`"#
+        );
+        for pairs in [&[][..], &[("KSIT_T_REQUIRED", " ")]] {
+            let err = reader(pairs).read(&REQUIRED).expect_err("required");
+            assert_eq!(
+                err.to_string(),
+                "KSIT_T_REQUIRED is not set: expected a path"
+            );
+            assert_eq!(err.var(), "KSIT_T_REQUIRED");
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_an_error_only_when_it_is_ours() {
+        let bad = || OsString::from_vec(vec![b'a', 0xff]);
+        let ours: &[&[Doc]] = &[&[WORD.doc()]];
+        let vars = vec![
+            (OsString::from("HOME"), OsString::from("/root")),
+            (OsString::from("LESSOPEN"), bad()),
+            (bad(), OsString::from("x")),
+        ];
+        assert_eq!(
+            text_vars(vars.clone(), ours).expect("nothing of ours is broken"),
+            [("HOME".to_string(), "/root".to_string())]
+        );
+        let mut vars = vars;
+        vars.push((OsString::from("KSIT_T_WORD"), bad()));
+        let err = text_vars(vars, ours).expect_err("ours is not text");
+        assert_eq!(
+            err.to_string(),
+            "KSIT_T_WORD=\"a\u{FFFD}\" is invalid: UTF-8 text"
+        );
+    }
+
+    #[test]
+    fn unknown_ksit_variables_warn_across_tables() {
+        let vars: Vec<(String, String)> =
+            [("KSIT_T_WORD", "1"), ("KSIT_T_WROD", "1"), ("HOME", "/")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let warnings = unknown_variables(&vars, &[&[], &[WORD.doc()]]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("KSIT_T_WROD"));
+    }
+}
