@@ -299,7 +299,7 @@ const CR_METRICS_WORDS: &[(&str, CrMetrics)] = &[
 const CR_METRICS: Var<CrMetrics> = Var {
     name: "KSIT_CR_METRICS",
     default: "leader",
-    help: "who exports Integration and IntegrationTarget series: `leader` (only the lease holder's sidecar), `always` or `never`",
+    help: "who exports Integration and IntegrationTarget series (and ManagedCluster series, when on): `leader` (only the lease holder's sidecar), `always` or `never`",
     empty: Empty::Default,
     parse: |v| env::choose(v, CR_METRICS_WORDS),
     show: |v| env::word_of(v, CR_METRICS_WORDS),
