@@ -389,3 +389,37 @@ fn link_checker_sees_what_is_broken() {
         )
     );
 }
+
+/// The code map names files that exist, and every source file is on it, so it cannot rot
+/// silently as modules come and go.
+#[test]
+fn the_code_map_names_every_source_file_and_only_those() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = include_str!("../docs/architecture.md");
+    let named: BTreeSet<String> = map
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("src/") && s.ends_with(".rs"))
+        .map(String::from)
+        .collect();
+    let mut files = BTreeSet::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let relative = path.strip_prefix(root).expect("under the root");
+                files.insert(relative.display().to_string());
+            }
+        }
+    }
+    let missing: Vec<_> = files.difference(&named).collect();
+    let stale: Vec<_> = named.difference(&files).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/architecture.md's code map lacks {missing:?} and names files that do not exist: {stale:?}"
+    );
+}
