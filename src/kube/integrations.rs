@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use kube::{Client, ResourceExt};
@@ -10,7 +9,7 @@ use serde::Deserialize;
 
 use super::cluster::CONDITION_STATUSES;
 use super::series::Series;
-use super::watch::{self, Gate, Limit, watch_all};
+use super::watch::{self, Gate, watch_all};
 use super::{Condition, field, ksit_resource, unix_seconds};
 use crate::labels;
 use crate::metrics::{Family, Gauges, Registry};
@@ -137,19 +136,15 @@ pub async fn run(
     families: Families,
     watch_families: watch::Families,
 ) {
-    let (stores, stream) = watch_all(&client, &ksit_resource("Integration", NAME), &namespaces);
-    let mut series = Series::default();
-    let mut limit = Limit::new(NAME, max, watch_families.clone());
-    let mut changes = std::pin::pin!(watch::changes(NAME, stream, gate, watch_families));
-    while let Some(exporting) = changes.next().await {
-        let objects = limit.apply(&stores);
-        if exporting {
-            for obj in &objects {
-                write(&mut series, &families, obj);
-            }
-        }
-        series.finish();
-    }
+    watch::objects(
+        NAME,
+        watch_all(&client, &ksit_resource("Integration", NAME), &namespaces),
+        gate,
+        max,
+        (families, watch_families),
+        write,
+    )
+    .await;
 }
 
 /// Writes one Integration's series.
@@ -290,12 +285,7 @@ mod tests {
                 "#,
             ),
         ];
-        table::check(&cases, |registry, series, obj| {
-            let families = Families::register(registry);
-            let obj: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
-            write(series, &families, &obj);
-            series.finish();
-        });
+        table::check_objects(&cases, Families::register, write);
     }
 
     #[test]

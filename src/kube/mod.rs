@@ -248,6 +248,20 @@ pub(crate) mod table {
             assert_eq!(samples(&registry), lines(want), "case {name:?}");
         }
     }
+
+    /// [`check`] for a writer of dynamic objects, the cases' inputs given as JSON.
+    pub fn check_objects<F>(
+        cases: &[(&str, serde_json::Value, &str)],
+        register: fn(&Registry) -> F,
+        write: fn(&mut Series, &F, &kube::api::DynamicObject),
+    ) {
+        check(cases, |registry, series, obj| {
+            let families = register(registry);
+            let obj = serde_json::from_value(obj.clone()).expect("a Kubernetes object");
+            write(series, &families, &obj);
+            series.finish();
+        });
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
 //! open-cluster-management ManagedClusters, the clusters of a KubeStellar ITS, reported as
 //! `ksit_cluster_*` series with `source="managedcluster"`.
 
-use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
 use super::series::Series;
-use super::watch::{self, Gate, Limit, watch_all};
+use super::watch::{self, Gate, watch_all};
 use super::{Condition, field};
 
 const NAME: &str = "managedclusters";
@@ -34,19 +33,15 @@ pub async fn run(
         NAME,
     );
     // Cluster-scoped: one watch over all.
-    let (stores, stream) = watch_all(&client, &ar, &None);
-    let mut series = Series::default();
-    let mut limit = Limit::new(NAME, max, watch_families.clone());
-    let mut changes = std::pin::pin!(watch::changes(NAME, stream, gate, watch_families));
-    while let Some(exporting) = changes.next().await {
-        let objects = limit.apply(&stores);
-        if exporting {
-            for obj in &objects {
-                write(&mut series, &families, obj);
-            }
-        }
-        series.finish();
-    }
+    watch::objects(
+        NAME,
+        watch_all(&client, &ar, &None),
+        gate,
+        max,
+        (families, watch_families),
+        write,
+    )
+    .await;
 }
 
 /// Writes one ManagedCluster's series.
@@ -117,11 +112,6 @@ mod tests {
                 "#,
             ),
         ];
-        table::check(&cases, |registry, series, obj| {
-            let families = cluster::Families::register(registry);
-            let obj: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
-            write(series, &families, &obj);
-            series.finish();
-        });
+        table::check_objects(&cases, cluster::Families::register, write);
     }
 }

@@ -1,7 +1,6 @@
 //! KSIT's IntegrationTargets, one per managed cluster: `ksit_cluster_*` with
 //! `source="integrationtarget"`.
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use kube::{Client, ResourceExt};
@@ -9,7 +8,7 @@ use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
 use super::series::Series;
-use super::watch::{self, Gate, Limit, watch_all};
+use super::watch::{self, Gate, watch_all};
 use super::{Condition, field, ksit_resource, unix_seconds};
 
 const NAME: &str = "integrationtargets";
@@ -39,23 +38,19 @@ pub async fn run(
     families: cluster::Families,
     watch_families: watch::Families,
 ) {
-    let (stores, stream) = watch_all(
-        &client,
-        &ksit_resource("IntegrationTarget", NAME),
-        &namespaces,
-    );
-    let mut series = Series::default();
-    let mut limit = Limit::new(NAME, max, watch_families.clone());
-    let mut changes = std::pin::pin!(watch::changes(NAME, stream, gate, watch_families));
-    while let Some(exporting) = changes.next().await {
-        let objects = limit.apply(&stores);
-        if exporting {
-            for obj in &objects {
-                write(&mut series, &families, obj);
-            }
-        }
-        series.finish();
-    }
+    watch::objects(
+        NAME,
+        watch_all(
+            &client,
+            &ksit_resource("IntegrationTarget", NAME),
+            &namespaces,
+        ),
+        gate,
+        max,
+        (families, watch_families),
+        write,
+    )
+    .await;
 }
 
 /// Writes one IntegrationTarget's series.
@@ -148,11 +143,6 @@ mod tests {
                 "#,
             ),
         ];
-        table::check(&cases, |registry, series, obj| {
-            let families = cluster::Families::register(registry);
-            let obj: DynamicObject = serde_json::from_value(obj.clone()).expect("object");
-            write(series, &families, &obj);
-            series.finish();
-        });
+        table::check_objects(&cases, cluster::Families::register, write);
     }
 }

@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
+use super::series::Series;
 use crate::collector::{self, Collector};
 use crate::labels;
 use crate::metrics::{Counters, Family, Gauges, Registry};
@@ -100,6 +101,32 @@ where
         let now = exporting(&gate);
         Some((now, (tracker, stream, gate)))
     })
+}
+
+/// Runs a collector of dynamic objects (one watch per namespace, or one over all): after each
+/// change, `write` writes every object's series, the first `max` objects of all stores only, and
+/// only while the gate says this sidecar exports; what a pass does not write again is removed.
+pub async fn objects<F>(
+    name: &'static str,
+    (stores, stream): (Vec<Store<DynamicObject>>, Events),
+    gate: Gate,
+    max: usize,
+    families: (F, Families),
+    write: fn(&mut Series, &F, &DynamicObject),
+) {
+    let (families, watch_families) = families;
+    let mut series = Series::default();
+    let mut limit = Limit::new(name, max, watch_families.clone());
+    let mut changes = std::pin::pin!(changes(name, stream, gate, watch_families));
+    while let Some(exporting) = changes.next().await {
+        let objects = limit.apply(&stores);
+        if exporting {
+            for obj in &objects {
+                write(&mut series, &families, obj);
+            }
+        }
+        series.finish();
+    }
 }
 
 /// Keeps one watch's health series, and logs its failures once per outage rather than on every
