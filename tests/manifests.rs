@@ -134,15 +134,8 @@ async fn nested_kustomizations_and_the_operator_bundle_pass_server_side_dry_run(
         ]),
         "installing the Prometheus CRD",
     );
-    check(
-        cp.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/prometheuses.monitoring.coreos.com",
-        ]),
-        "waiting for the Prometheus CRD",
-    );
+    cp.wait_established(&["prometheuses.monitoring.coreos.com"])
+        .await;
     for dir in [
         "manifests/monitoring/podmonitor",
         "manifests/monitoring/common",
