@@ -277,14 +277,37 @@ export KSIT_CONTROLPLANE_ETCD='$ETCD_URL'
 EOF
 }
 
+# One line per CRD: its name, "=", and the status of its Established condition (empty while
+# it has none). Not `kubectl wait --for condition=Established`: that fails outright, with
+# ".status.conditions accessor error: <nil>", on a CRD the API server has not given
+# conditions yet, which is what a CRD just applied looks like.
+crd_conditions() {
+	"$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" get crd -o go-template='{{range .items}}{{.metadata.name}}={{with .status}}{{range .conditions}}{{if eq .type "Established"}}{{.status}}{{end}}{{end}}{{end}}{{"\n"}}{{end}}'
+}
+
+# wait_established SECONDS: until every CRD is Established, or fail naming those that are not.
+wait_established() {
+	local deadline=$((SECONDS + $1)) lines pending
+	while :; do
+		if lines=$(crd_conditions 2>&1); then
+			pending=$(grep -v '=True$' <<<"$lines" || true)
+			[[ -n $lines && -z $pending ]] && return 0
+		else
+			pending="kubectl get crd: $lines"
+		fi
+		((SECONDS < deadline)) || die "CRDs not Established after $1s: $(paste -sd' ' <<<"$pending")"
+		sleep 0.2
+	done
+}
+
 install_crds() {
 	local kubectl=("$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE")
 	# Server-side apply: the prometheus-operator CRDs are close to the annotation size limit
 	# that client-side apply needs.
 	"${kubectl[@]}" apply --server-side --force-conflicts -f "$CP_DIR/crds/" >/dev/null
 	"${kubectl[@]}" apply --server-side --force-conflicts -k "$ROOT/manifests/crds/" >/dev/null
-	"${kubectl[@]}" wait --for condition=Established --timeout=60s crd --all >/dev/null
-	log "CRDs established: $("${kubectl[@]}" get crd -o name | sed 's|.*/||' | paste -sd' ')"
+	wait_established 60
+	log "CRDs established: $(crd_conditions | sed 's/=True$//' | paste -sd' ')"
 }
 
 cmd_up() {
