@@ -502,7 +502,9 @@ subsets:
         }
     })
     .await;
-    for s in query(&prom, "ksit_cluster_status").await {
+    let series = query(&prom, "ksit_cluster_status").await;
+    assert_eq!(series.len(), 2, "{series:?}");
+    for s in series {
         // honor_labels: the object's namespace, not exported_namespace.
         assert_eq!(s["metric"]["namespace"], json!(ns.name), "{s}");
         assert_eq!(s["metric"]["source"], "integrationtarget", "{s}");

@@ -114,6 +114,11 @@ async fn only_watches_after_the_initial_lists() {
     // Let the initial lists finish being counted.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = requests(&cp.client).await;
+    // Else the comparison below would pass on nothing.
+    assert!(
+        before.contains_key(&("LIST".to_string(), "integrationtargets".to_string())),
+        "the exporter's initial list is counted: {before:?}"
+    );
     tokio::time::sleep(STEADY).await;
     let after = requests(&cp.client).await;
     let grew: Vec<_> = after

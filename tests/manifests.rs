@@ -217,7 +217,9 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     );
     let deploy = find(&items, "Deployment", "ksit-controller-manager");
     let pod = &deploy["spec"]["template"];
-    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+    let selector = svc["spec"]["selector"].as_object().unwrap();
+    assert!(!selector.is_empty(), "{svc}");
+    for (k, v) in selector {
         assert_eq!(&pod["metadata"]["labels"][k], v, "selector {k}");
     }
     assert_eq!(pod["spec"]["shareProcessNamespace"], true);

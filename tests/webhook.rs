@@ -129,7 +129,13 @@ async fn register(
         .expect("the base has a MutatingWebhookConfiguration");
     let name = format!("ksit-test-{}", namespaces[0]);
     mwc["metadata"]["name"] = json!(name);
-    for webhook in mwc["webhooks"].as_array_mut().unwrap() {
+    let webhooks = mwc["webhooks"].as_array_mut().unwrap();
+    assert_eq!(
+        webhooks.len(),
+        2,
+        "the namespace entry and the pod-label entry"
+    );
+    for webhook in webhooks {
         assert_eq!(webhook["failurePolicy"], "Ignore");
         let path = webhook["clientConfig"]["service"]["path"]
             .as_str()
@@ -351,9 +357,22 @@ fn not_after(path: &Path) -> i64 {
     cert.validity().not_after.timestamp()
 }
 
-/// The leaf certificate the webhook presents to a client trusting `ca.crt`, and the status line
-/// of an HTTP request over that connection.
+/// The leaf certificate the webhook presents to a client trusting `ca.crt`, and the response to
+/// an HTTP request over that connection (which must end within 10 s).
 async fn tls_exchange(addr: SocketAddr, certs: &Path, request: &str) -> (Vec<u8>, String) {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tls_exchange_unbounded(addr, certs, request),
+    )
+    .await
+    .expect("a TLS exchange with the webhook within 10s")
+}
+
+async fn tls_exchange_unbounded(
+    addr: SocketAddr,
+    certs: &Path,
+    request: &str,
+) -> (Vec<u8>, String) {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(certs.join("ca.crt")).unwrap())

@@ -113,6 +113,9 @@ async fn connect() -> Result<ControlPlane, String> {
     })
 }
 
+/// Every request kubectl makes ends within this, so no kubectl run waits forever.
+const KUBECTL_TIMEOUT: &str = "--request-timeout=60s";
+
 impl ControlPlane {
     /// Runs the control plane's kubectl (built with kube-apiserver, so versions match).
     pub fn kubectl(&self, args: &[&str]) -> Output {
@@ -123,6 +126,7 @@ impl ControlPlane {
         let mut child = Command::new(self.bin_dir.join("kubectl"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .arg(KUBECTL_TIMEOUT)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -250,6 +254,7 @@ impl Cleanup {
         let _ = Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .arg(KUBECTL_TIMEOUT)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
