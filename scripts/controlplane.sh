@@ -342,13 +342,22 @@ cmd_up() {
 
 # --- down -----------------------------------------------------------------------------------
 
+# running PID: the process exists and has not exited. Not `kill -0`: that also finds an
+# exited process nobody has reaped (a zombie), as ours stay where PID 1 does not reap.
+running() {
+	local stat state
+	{ stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+	state=${stat##*) }
+	[[ $state != Z* ]]
+}
+
 stop_pid() {
 	local name=$1 pid
 	pid_alive "$name" || { rm -f "$RUN_DIR/$name.pid"; return 0; }
 	pid=$(<"$RUN_DIR/$name.pid")
 	kill -TERM "$pid" 2>/dev/null || true
 	for _ in $(seq 50); do
-		kill -0 "$pid" 2>/dev/null || break
+		running "$pid" || break
 		sleep 0.2
 	done
 	kill -KILL "$pid" 2>/dev/null || true
