@@ -3,15 +3,19 @@
 //! one polling helper, [`eventually`].
 //!
 //! Each test crate includes this with `mod common;` and uses a subset of it.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod exporter;
 pub mod http;
 pub mod poll;
 pub mod scrape;
 
+// The names most suites use; a crate that uses none of one would warn.
+#[allow(unused_imports)]
 pub use exporter::{Exporter, assert_promtool_clean, start};
+#[allow(unused_imports)]
 pub use poll::eventually;
+#[allow(unused_imports)]
 pub use scrape::Scrape;
 
 use std::io::Write;
