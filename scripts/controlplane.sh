@@ -193,12 +193,25 @@ start() {
 	echo $! >"$RUN_DIR/$name.pid"
 }
 
+# running PID: the process exists and has not exited. Not `kill -0`: that also finds an
+# exited process nobody has reaped (a zombie), as ours stay where PID 1 does not reap.
+running() {
+	local stat state
+	# cat, not $(<...): under set -e a missing file there exits the whole script.
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	state=${stat##*) }
+	[[ $state != Z* ]]
+}
+
 # wait_for NAME SECONDS COMMAND... : poll COMMAND until it succeeds or NAME exits.
 wait_for() {
-	local name=$1 deadline=$((SECONDS + $2))
+	local name=$1 deadline=$((SECONDS + $2)) pid
 	shift 2
+	pid=$(cat "$RUN_DIR/$name.pid")
 	until "$@" >/dev/null 2>&1; do
-		pid_alive "$name" || { tail -n 20 "$CP_DIR/$name.log" >&2; return 1; }
+		# Not pid_alive: until the forked shell has exec'd the binary, its command line is
+		# this script's, which pid_alive would take for a recycled PID.
+		running "$pid" || { tail -n 20 "$CP_DIR/$name.log" >&2; log "$name exited"; return 1; }
 		((SECONDS < deadline)) || { tail -n 20 "$CP_DIR/$name.log" >&2; log "$name: not ready after timeout"; return 1; }
 		sleep 0.2
 	done
@@ -289,13 +302,17 @@ crd_conditions() {
 wait_established() {
 	local deadline=$((SECONDS + $1)) lines pending
 	while :; do
-		if lines=$(crd_conditions 2>&1); then
+		if lines=$(crd_conditions 2>/dev/null); then
 			pending=$(grep -v '=True$' <<<"$lines" || true)
 			[[ -n $lines && -z $pending ]] && return 0
 		else
-			pending="kubectl get crd: $lines"
+			# Its error shows when the wait gives up.
+			pending="(kubectl get crd failed)"
 		fi
-		((SECONDS < deadline)) || die "CRDs not Established after $1s: $(paste -sd' ' <<<"$pending")"
+		if ((SECONDS >= deadline)); then
+			crd_conditions >/dev/null || true
+			die "CRDs not Established after $1s: $(paste -sd' ' <<<"$pending")"
+		fi
 		sleep 0.2
 	done
 }
@@ -341,15 +358,6 @@ cmd_up() {
 }
 
 # --- down -----------------------------------------------------------------------------------
-
-# running PID: the process exists and has not exited. Not `kill -0`: that also finds an
-# exited process nobody has reaped (a zombie), as ours stay where PID 1 does not reap.
-running() {
-	local stat state
-	{ stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
-	state=${stat##*) }
-	[[ $state != Z* ]]
-}
 
 stop_pid() {
 	local name=$1 pid
