@@ -193,12 +193,25 @@ start() {
 	echo $! >"$RUN_DIR/$name.pid"
 }
 
+# running PID: the process exists and has not exited. Not `kill -0`: that also finds an
+# exited process nobody has reaped (a zombie), as ours stay where PID 1 does not reap.
+running() {
+	local stat state
+	# cat, not $(<...): under set -e a missing file there exits the whole script.
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	state=${stat##*) }
+	[[ $state != Z* ]]
+}
+
 # wait_for NAME SECONDS COMMAND... : poll COMMAND until it succeeds or NAME exits.
 wait_for() {
-	local name=$1 deadline=$((SECONDS + $2))
+	local name=$1 deadline=$((SECONDS + $2)) pid
 	shift 2
+	pid=$(cat "$RUN_DIR/$name.pid")
 	until "$@" >/dev/null 2>&1; do
-		pid_alive "$name" || { tail -n 20 "$CP_DIR/$name.log" >&2; return 1; }
+		# Not pid_alive: until the forked shell has exec'd the binary, its command line is
+		# this script's, which pid_alive would take for a recycled PID.
+		running "$pid" || { tail -n 20 "$CP_DIR/$name.log" >&2; log "$name exited"; return 1; }
 		((SECONDS < deadline)) || { tail -n 20 "$CP_DIR/$name.log" >&2; log "$name: not ready after timeout"; return 1; }
 		sleep 0.2
 	done
@@ -277,14 +290,41 @@ export KSIT_CONTROLPLANE_ETCD='$ETCD_URL'
 EOF
 }
 
+# One line per CRD: its name, "=", and the status of its Established condition (empty while
+# it has none). Not `kubectl wait --for condition=Established`: that fails outright, with
+# ".status.conditions accessor error: <nil>", on a CRD the API server has not given
+# conditions yet, which is what a CRD just applied looks like.
+crd_conditions() {
+	"$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" get crd -o go-template='{{range .items}}{{.metadata.name}}={{with .status}}{{range .conditions}}{{if eq .type "Established"}}{{.status}}{{end}}{{end}}{{end}}{{"\n"}}{{end}}'
+}
+
+# wait_established SECONDS: until every CRD is Established, or fail naming those that are not.
+wait_established() {
+	local deadline=$((SECONDS + $1)) lines pending
+	while :; do
+		if lines=$(crd_conditions 2>/dev/null); then
+			pending=$(grep -v '=True$' <<<"$lines" || true)
+			[[ -n $lines && -z $pending ]] && return 0
+		else
+			# Its error shows when the wait gives up.
+			pending="(kubectl get crd failed)"
+		fi
+		if ((SECONDS >= deadline)); then
+			crd_conditions >/dev/null || true
+			die "CRDs not Established after $1s: $(paste -sd' ' <<<"$pending")"
+		fi
+		sleep 0.2
+	done
+}
+
 install_crds() {
 	local kubectl=("$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE")
 	# Server-side apply: the prometheus-operator CRDs are close to the annotation size limit
 	# that client-side apply needs.
 	"${kubectl[@]}" apply --server-side --force-conflicts -f "$CP_DIR/crds/" >/dev/null
 	"${kubectl[@]}" apply --server-side --force-conflicts -k "$ROOT/manifests/crds/" >/dev/null
-	"${kubectl[@]}" wait --for condition=Established --timeout=60s crd --all >/dev/null
-	log "CRDs established: $("${kubectl[@]}" get crd -o name | sed 's|.*/||' | paste -sd' ')"
+	wait_established 60
+	log "CRDs established: $(crd_conditions | sed 's/=True$//' | paste -sd' ')"
 }
 
 cmd_up() {
@@ -325,7 +365,7 @@ stop_pid() {
 	pid=$(<"$RUN_DIR/$name.pid")
 	kill -TERM "$pid" 2>/dev/null || true
 	for _ in $(seq 50); do
-		kill -0 "$pid" 2>/dev/null || break
+		running "$pid" || break
 		sleep 0.2
 	done
 	kill -KILL "$pid" 2>/dev/null || true

@@ -44,11 +44,15 @@ async fn status_when(
 ) -> Value {
     common::eventually(
         Duration::from_secs(15),
-        &format!("status of {name}"),
+        &format!("the wanted status of {name}"),
         || async {
-            let obj = api.get(name).await.ok()?;
-            let status = obj.data.get("status")?.clone();
-            ready(&status).then_some(status)
+            let obj = api.get(name).await.map_err(|e| e.to_string())?;
+            let status = obj.data.get("status").cloned().unwrap_or(Value::Null);
+            if ready(&status) {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
         },
     )
     .await
@@ -68,7 +72,7 @@ async fn samples_get_status_from_the_stand_in_manager() {
     };
     let ns = common::test_namespace(&cp, "smoke-samples", &[]).await;
     cp.apply_path(&ns.name, "manifests/samples");
-    let manager = common::start_manager(&cp, &[&ns.name]);
+    let manager = common::start_manager(&cp, &[&ns.name]).await;
 
     let targets = ksit_api(&cp, &ns.name, "IntegrationTarget");
     let ready = status_when(&targets, "cluster1", |s| s["ready"] == true).await;
@@ -109,16 +113,14 @@ async fn samples_get_status_from_the_stand_in_manager() {
         .await
         .expect("ksit.io Lease");
     assert!(lease.spec.and_then(|s| s.holder_identity).is_some());
-    let metrics = manager.metrics();
+    let metrics = manager.metrics().await;
     // Every reconcile requeues after a period, as upstream's do, so that is the result counted.
     for controller in ["integration", "integrationtarget"] {
         let series = format!(
-            r#"controller_runtime_reconcile_total{{controller="{controller}",result="requeue_after"}} "#
+            r#"controller_runtime_reconcile_total{{controller="{controller}",result="requeue_after"}}"#
         );
-        let count: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|v| v.parse().ok())
+        let count = metrics
+            .get(&series)
             .unwrap_or_else(|| panic!("{series} missing from {}", manager.metrics_url));
         assert!(count > 0.0, "{series} is {count}");
     }
@@ -127,7 +129,7 @@ async fn samples_get_status_from_the_stand_in_manager() {
         "workqueue_adds_total",
     ] {
         assert!(
-            metrics.contains(family),
+            metrics.has_family(family),
             "{family} missing from {}",
             manager.metrics_url
         );

@@ -18,12 +18,14 @@
 
 mod common;
 
+use std::fmt;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, check, control_plane, free_port, http_get, test_namespace};
+use common::{ControlPlane, check, control_plane, eventually, free_port, http, test_namespace};
 use serde_json::{Value, json};
 
 /// A network namespace with a veth pair to this one, deleted (with its veth) on drop.
@@ -199,7 +201,7 @@ impl Drop for Relay {
     }
 }
 
-fn start_relay(ns: &NetNs, ports: &[u16]) -> Relay {
+async fn start_relay(ns: &NetNs, ports: &[u16]) -> Relay {
     let mut child = Command::new("python3")
         .arg("-c")
         .arg(RELAY)
@@ -208,10 +210,19 @@ fn start_relay(ns: &NetNs, ports: &[u16]) -> Relay {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 runs the relay");
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.stdout.take().expect("stdout is piped");
     let relay = Relay(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    // Read on a thread, so the wait for the line can have a deadline.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the relay says ready within 10s")
+        .unwrap_or_default();
     assert_eq!(line.trim(), "ready", "relay did not start");
     relay
 }
@@ -261,17 +272,17 @@ fn urlencode(s: &str) -> String {
 }
 
 /// `data.result` of an instant query.
-fn query(prom: &str, promql: &str) -> Vec<Value> {
-    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", urlencode(promql)))
-        .expect("Prometheus answers");
-    assert_eq!(status, 200, "{promql}: {body}");
-    let v: Value = serde_json::from_str(&body).expect("JSON from Prometheus");
+async fn query(prom: &str, promql: &str) -> Vec<Value> {
+    let reply = http::get(prom, &format!("/api/v1/query?query={}", urlencode(promql))).await;
+    assert_eq!(reply.status, 200, "{promql}: {}", reply.text());
+    let v: Value = serde_json::from_slice(&reply.body).expect("JSON from Prometheus");
     v["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
 /// `{target label: value}` of the `ksit_cluster_status` series.
-fn cluster_status(prom: &str) -> Vec<(String, String)> {
+async fn cluster_status(prom: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = query(prom, "ksit_cluster_status")
+        .await
         .iter()
         .map(|s| {
             (
@@ -284,26 +295,34 @@ fn cluster_status(prom: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Polls `f` every 200 ms until it returns `Some`; after `timeout`, panics with `what` and the
-/// logs of the processes under test.
-fn poll<T>(what: &str, logs: &dyn Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let timeout = Duration::from_secs(60);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+/// The last thing a wait saw, and the logs of the processes under test: read only if it fails.
+struct Seen<'a> {
+    last: String,
+    logs: &'a dyn Fn() -> String,
+}
+
+impl fmt::Display for Seen<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.last, (self.logs)())
     }
 }
 
-fn reconcile_count(prom: &str) -> Option<f64> {
+/// [`eventually`] for up to 60 s, its failure showing the logs too.
+async fn poll<T, F, Fut>(what: &str, logs: &dyn Fn() -> String, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    eventually(Duration::from_secs(60), what, || {
+        let attempt = check();
+        async move { attempt.await.map_err(|last| Seen { last, logs }) }
+    })
+    .await
+}
+
+async fn reconcile_count(prom: &str) -> Option<f64> {
     query(prom, "sum(ksit_reconcile_duration_seconds_count)")
+        .await
         .first()?
         .get("value")?[1]
         .as_str()?
@@ -338,7 +357,8 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
             "--target-ready-requeue=2s",
             "--target-failing-requeue=2s",
         ],
-    );
+    )
+    .await;
 
     let api_port = port_of(&cp.server_url);
     let _relay = start_relay(
@@ -348,7 +368,8 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
             port_of(&manager.metrics_addr),
             port_of(&manager.health_addr),
         ],
-    );
+    )
+    .await;
     let listen = format!("{}:8080", netns.ns_ip);
     let exporter_bin = env!("CARGO_BIN_EXE_ksit-exporter");
     let exporter = spawn_logged(
@@ -436,15 +457,20 @@ subsets:
     };
 
     // Prometheus found the ksit-monitor endpoint and scrapes the namespaced host.
-    let target = poll("an up ksit target in Prometheus", &logs, || {
-        let (_, body) = http_get(&prom, "/api/v1/targets?state=active").ok()?;
-        let v: Value = serde_json::from_str(&body).ok()?;
+    let target = poll("an up ksit target in Prometheus", &logs, || async {
+        let reply = http::try_request(&prom, "GET", "/api/v1/targets?state=active", &[]).await?;
+        let v: Value =
+            serde_json::from_slice(&reply.body).map_err(|e| format!("{e}: {}", reply.text()))?;
         v["data"]["activeTargets"]
-            .as_array()?
-            .iter()
-            .find(|t| t["labels"]["job"] == "ksit" && t["health"] == "up")
-            .cloned()
-    });
+            .as_array()
+            .and_then(|ts| {
+                ts.iter()
+                    .find(|t| t["labels"]["job"] == "ksit" && t["health"] == "up")
+                    .cloned()
+            })
+            .ok_or_else(|| format!("active targets: {}", v["data"]["activeTargets"]))
+    })
+    .await;
     assert_eq!(
         target["scrapeUrl"],
         format!("http://{listen}/metrics"),
@@ -455,7 +481,7 @@ subsets:
         "{target}"
     );
     assert_eq!(
-        query(&prom, r#"up{job="ksit"}"#).len(),
+        query(&prom, r#"up{job="ksit"}"#).await.len(),
         1,
         "exactly one ksit target"
     );
@@ -467,18 +493,30 @@ subsets:
             ("cluster2".into(), c2.into()),
         ]
     };
-    poll("ksit_cluster_status for both targets", &logs, || {
-        (cluster_status(&prom) == expected("0")).then_some(())
-    });
-    for s in query(&prom, "ksit_cluster_status") {
+    poll("ksit_cluster_status for both targets", &logs, || async {
+        let got = cluster_status(&prom).await;
+        if got == expected("0") {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    let series = query(&prom, "ksit_cluster_status").await;
+    assert_eq!(series.len(), 2, "{series:?}");
+    for s in series {
         // honor_labels: the object's namespace, not exported_namespace.
         assert_eq!(s["metric"]["namespace"], json!(ns.name), "{s}");
         assert_eq!(s["metric"]["source"], "integrationtarget", "{s}");
         assert!(s["metric"].get("exported_namespace").is_none(), "{s}");
     }
-    let before = poll("ksit_reconcile_duration_seconds_count", &logs, || {
-        reconcile_count(&prom).filter(|n| *n > 0.0)
-    });
+    let before = poll("ksit_reconcile_duration_seconds_count", &logs, || async {
+        match reconcile_count(&prom).await {
+            Some(n) if n > 0.0 => Ok(n),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     // cluster2 recovers: the manager marks it ready, and Prometheus follows.
     check(
@@ -493,12 +531,22 @@ subsets:
         ]),
         "kubectl annotate",
     );
-    poll("cluster2 ready in Prometheus", &logs, || {
-        (cluster_status(&prom) == expected("1")).then_some(())
-    });
-    let after = poll("reconcile count growing", &logs, || {
-        reconcile_count(&prom).filter(|n| *n > before)
-    });
+    poll("cluster2 ready in Prometheus", &logs, || async {
+        let got = cluster_status(&prom).await;
+        if got == expected("1") {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    let after = poll("reconcile count growing", &logs, || async {
+        match reconcile_count(&prom).await {
+            Some(n) if n > before => Ok(n),
+            other => Err(format!("{other:?}, was {before}")),
+        }
+    })
+    .await;
     eprintln!(
         "e2e: Prometheus scraped {listen} through kubernetes_sd; reconciles {before} -> {after}; {:.1}s",
         started.elapsed().as_secs_f64()

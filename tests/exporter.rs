@@ -1,52 +1,50 @@
 //! The real binary, started on a free loopback port, read back over HTTP.
 //!
 //! The health endpoints and the upstream here are small local HTTP servers because these tests
-//! need faults on demand (a 500, a hang, a huge or malformed body) that no real component gives.
-//! The real controller-runtime upstream is exercised in the control-plane tests.
+//! need faults on demand (a 500, a delay, a hang, a huge or malformed body) that no real
+//! component gives. The real controller-runtime upstream is exercised in the control-plane tests.
 
-mod exporter_support;
+mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use exporter_support::{assert_promtool_clean, get, has_line, request, start, wait_for};
+use common::{assert_promtool_clean, eventually, start};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A local HTTP server whose answer per path the test sets and changes.
 #[derive(Clone)]
 enum Answer {
     Status(u16, String),
+    /// The status and body, after a delay.
+    Slow(Duration, u16, String),
     Hang,
 }
 
+/// Serves on the test's own runtime, so it lives as long as the test.
 struct FakeHttp {
     addr: SocketAddr,
     routes: Arc<Mutex<HashMap<String, Answer>>>,
-    _runtime: tokio::runtime::Runtime,
 }
 
 impl FakeHttp {
-    fn start() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let routes: Arc<Mutex<HashMap<String, Answer>>> = Arc::default();
         let shared = routes.clone();
-        runtime.spawn(async move {
+        tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -60,6 +58,10 @@ impl FakeHttp {
                             async move {
                                 let (code, body) = match answer {
                                     Some(Answer::Status(c, b)) => (c, b),
+                                    Some(Answer::Slow(delay, c, b)) => {
+                                        tokio::time::sleep(delay).await;
+                                        (c, b)
+                                    }
                                     Some(Answer::Hang) => {
                                         tokio::time::sleep(Duration::from_secs(3600)).await;
                                         (200, String::new())
@@ -78,11 +80,7 @@ impl FakeHttp {
                 });
             }
         });
-        Self {
-            addr,
-            routes,
-            _runtime: runtime,
-        }
+        Self { addr, routes }
     }
 
     fn set(&self, path: &str, answer: Answer) {
@@ -95,6 +93,14 @@ impl FakeHttp {
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+}
+
+/// Seconds since the epoch, as the exporter's timestamps are.
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
 }
 
 const UPSTREAM: &str = r#"# HELP controller_runtime_reconcile_time_seconds Length of time per reconciliation per controller
@@ -115,48 +121,87 @@ process_cpu_seconds_total 1.5
 workqueue_depth{name="integrationtarget"} 0
 "#;
 
-#[test]
-fn serves_probes_and_metrics() {
-    let e = start(&[]);
-    assert_eq!(get(e.addr, "/healthz").status, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(e.addr, "/readyz").status != 200 {
-        assert!(Instant::now() < deadline, "not ready within 5s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let m = get(e.addr, "/metrics");
+#[tokio::test]
+async fn serves_probes_and_metrics() {
+    let e = start(&[]).await;
+    assert_eq!(e.get("/healthz").await.status, 200);
+    eventually(Duration::from_secs(5), "/readyz 200", || async {
+        let r = e.get("/readyz").await;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(r.status)
+        }
+    })
+    .await;
+    let m = e.get("/metrics").await;
     assert_eq!(m.status, 200);
     assert_eq!(
         m.headers["content-type"],
         "text/plain; version=0.0.4; charset=utf-8"
     );
-    let body = m.text();
-    assert!(
-        body.contains(&format!(
-            "ksit_exporter_build_info{{revision=\"{}\",version=\"{}\"}} 1",
+    let s = common::Scrape::parse(&m.text());
+    s.assert(
+        &format!(
+            "ksit_exporter_build_info{{revision=\"{}\",version=\"{}\"}}",
             option_env!("KSIT_GIT_REVISION").unwrap_or("unknown"),
             env!("CARGO_PKG_VERSION")
-        )),
-        "{body}"
+        ),
+        1.0,
     );
-    assert!(
-        has_line(&body, "ksit_exporter_collector_up{collector=\"process\"} 1"),
-        "{body}"
-    );
-    assert!(
-        body.contains("\nprocess_resident_memory_bytes "),
-        "own process series: {body}"
-    );
-    assert_eq!(get(e.addr, "/nope").status, 404);
-    let post = request(e.addr, "POST", "/metrics", &[("Content-Length", "0")]);
+    s.assert("ksit_exporter_collector_up{collector=\"process\"}", 1.0);
+    let rss = s.get("process_resident_memory_bytes");
+    assert!(rss.is_some_and(|v| v > 0.0), "own process series: {s}");
+    assert_eq!(e.get("/nope").await.status, 404);
+    let post = e
+        .request("POST", "/metrics", &[("Content-Length", "0")])
+        .await;
     assert_eq!(post.status, 405);
     assert_eq!(post.headers["allow"], "GET, HEAD");
 }
 
-#[test]
-fn gzip_when_asked() {
-    let e = start(&[]);
-    let r = request(e.addr, "GET", "/metrics", &[("Accept-Encoding", "gzip")]);
+/// /readyz answers 503 until every collector has finished a first pass, here one health probe
+/// of an endpoint that takes 2 s to answer, and 200 from then on.
+#[tokio::test]
+async fn readyz_waits_for_the_first_collection() {
+    let fake = FakeHttp::start().await;
+    fake.set(
+        "/healthz",
+        Answer::Slow(Duration::from_secs(2), 200, "ok".into()),
+    );
+    let e = start(&[
+        ("KSIT_HEALTH_URLS", &fake.url("/healthz")),
+        ("KSIT_PROBE_INTERVAL", "10s"),
+        ("KSIT_PROBE_TIMEOUT", "5s"),
+    ])
+    .await;
+    let early = e.get("/readyz").await;
+    assert_eq!(
+        (early.status, early.text().as_str()),
+        (503, "first collection not finished\n")
+    );
+    assert_eq!(e.get("/healthz").await.status, 200, "alive while not ready");
+    eventually(Duration::from_secs(10), "/readyz 200", || async {
+        let r = e.get("/readyz").await;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(r.status)
+        }
+    })
+    .await;
+    // Ready means the first pass is in: the slow probe's result is there.
+    e.scrape()
+        .await
+        .assert("ksit_component_health_up{probe=\"healthz\"}", 1.0);
+}
+
+#[tokio::test]
+async fn gzip_when_asked() {
+    let e = start(&[]).await;
+    let r = e
+        .request("GET", "/metrics", &[("Accept-Encoding", "gzip")])
+        .await;
     assert_eq!(
         r.headers.get("content-encoding").map(String::as_str),
         Some("gzip")
@@ -166,21 +211,29 @@ fn gzip_when_asked() {
         .read_to_string(&mut text)
         .expect("valid gzip");
     assert!(
-        text.contains("# TYPE ksit_exporter_build_info gauge"),
+        text.lines()
+            .any(|l| l == "# TYPE ksit_exporter_build_info gauge"),
         "{text}"
     );
-    let plain = request(
-        e.addr,
-        "GET",
-        "/metrics",
-        &[("Accept-Encoding", "gzip;q=0, identity")],
-    );
+    let plain = e
+        .request(
+            "GET",
+            "/metrics",
+            &[("Accept-Encoding", "gzip;q=0, identity")],
+        )
+        .await;
     assert!(!plain.headers.contains_key("content-encoding"));
+    assert!(
+        plain
+            .text()
+            .contains("# TYPE ksit_exporter_build_info gauge"),
+        "identity is plain text"
+    );
 }
 
-#[test]
-fn health_probes_report_each_endpoint() {
-    let fake = FakeHttp::start();
+#[tokio::test]
+async fn health_probes_report_each_endpoint() {
+    let fake = FakeHttp::start().await;
     fake.set("/healthz", Answer::Status(200, "ok".into()));
     fake.set("/readyz", Answer::Status(500, "not ready".into()));
     fake.set("/hang", Answer::Hang);
@@ -190,38 +243,34 @@ fn health_probes_report_each_endpoint() {
         fake.url("/readyz"),
         fake.url("/hang")
     );
+    let started = now();
     let e = start(&[
         ("KSIT_HEALTH_URLS", &urls),
         ("KSIT_PROBE_INTERVAL", "200ms"),
         ("KSIT_PROBE_TIMEOUT", "100ms"),
-    ]);
-    let body = wait_for(e.addr, "three probes", |b| {
-        b.contains("ksit_component_health_up{probe=\"stuck\"}")
-    });
-    assert!(
-        has_line(&body, "ksit_component_health_up{probe=\"healthz\"} 1"),
-        "{body}"
-    );
-    assert!(
-        has_line(&body, "ksit_component_health_up{probe=\"readyz\"} 0"),
-        "{body}"
-    );
-    assert!(
-        has_line(&body, "ksit_component_health_up{probe=\"stuck\"} 0"),
-        "{body}"
-    );
-    assert!(
-        body.contains("ksit_component_health_last_success_timestamp_seconds{probe=\"healthz\"} 1")
-    );
-    assert!(
-        !body.contains("ksit_component_health_last_success_timestamp_seconds{probe=\"stuck\"}")
-    );
-    let stuck: f64 = body
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("ksit_component_health_probe_duration_seconds{probe=\"stuck\"} ")
+    ])
+    .await;
+    let s = e
+        .scrape_until("three probes", |s| {
+            s.has("ksit_component_health_up{probe=\"stuck\"}")
         })
-        .and_then(|v| v.parse().ok())
+        .await;
+    s.assert("ksit_component_health_up{probe=\"healthz\"}", 1.0);
+    s.assert("ksit_component_health_up{probe=\"readyz\"}", 0.0);
+    s.assert("ksit_component_health_up{probe=\"stuck\"}", 0.0);
+    let last_success =
+        s.get("ksit_component_health_last_success_timestamp_seconds{probe=\"healthz\"}");
+    assert!(
+        last_success.is_some_and(|t| (started.floor()..=now()).contains(&t)),
+        "the last success is a time since the start, {last_success:?}: {s}"
+    );
+    assert_eq!(
+        s.get("ksit_component_health_last_success_timestamp_seconds{probe=\"stuck\"}"),
+        None,
+        "a probe that never succeeded has no last success: {s}"
+    );
+    let stuck = s
+        .get("ksit_component_health_probe_duration_seconds{probe=\"stuck\"}")
         .expect("duration of the hung probe");
     assert!(
         (0.09..1.0).contains(&stuck),
@@ -229,44 +278,71 @@ fn health_probes_report_each_endpoint() {
     );
     // Recovery follows within an interval or two.
     fake.set("/readyz", Answer::Status(200, "ok".into()));
-    wait_for(e.addr, "readyz recovered", |b| {
-        has_line(b, "ksit_component_health_up{probe=\"readyz\"} 1")
-    });
+    e.scrape_until("readyz recovered", |s| {
+        s.is("ksit_component_health_up{probe=\"readyz\"}", 1.0)
+    })
+    .await;
 }
 
-#[test]
-fn upstream_reconciles_and_passthrough_and_faults() {
-    let fake = FakeHttp::start();
+#[tokio::test]
+async fn upstream_reconciles_and_passthrough_and_faults() {
+    let fake = FakeHttp::start().await;
     fake.set("/metrics", Answer::Status(200, UPSTREAM.into()));
     let e = start(&[
         ("KSIT_UPSTREAM_METRICS_URL", &fake.url("/metrics")),
         ("KSIT_PROBE_INTERVAL", "200ms"),
         ("KSIT_PROBE_TIMEOUT", "150ms"),
         ("KSIT_UPSTREAM_MAX_BYTES", "4096"),
-    ]);
-    let body = wait_for(e.addr, "upstream up", |b| {
-        has_line(b, "ksit_exporter_upstream_up 1")
-    });
-    for line in [
-        "# TYPE ksit_reconcile_duration_seconds histogram",
-        "ksit_reconcile_duration_seconds_bucket{controller=\"integrationtarget\",le=\"0.005\"} 3",
-        "ksit_reconcile_duration_seconds_bucket{controller=\"integrationtarget\",le=\"+Inf\"} 5",
-        "ksit_reconcile_duration_seconds_sum{controller=\"integrationtarget\"} 0.04",
-        "ksit_reconcile_duration_seconds_count{controller=\"integrationtarget\"} 5",
-        "ksit_reconcile_total{controller=\"integrationtarget\",result=\"success\"} 5",
-        "workqueue_depth{name=\"integrationtarget\"} 0",
-        "controller_runtime_reconcile_total{controller=\"integrationtarget\",result=\"success\"} 5",
+    ])
+    .await;
+    let s = e
+        .scrape_until("upstream up", |s| s.is("ksit_exporter_upstream_up", 1.0))
+        .await;
+    assert!(
+        s.types()
+            .contains(&("ksit_reconcile_duration_seconds".into(), "histogram".into())),
+        "{s}"
+    );
+    for (series, value) in [
+        (
+            "ksit_reconcile_duration_seconds_bucket{controller=\"integrationtarget\",le=\"0.005\"}",
+            3.0,
+        ),
+        (
+            "ksit_reconcile_duration_seconds_bucket{controller=\"integrationtarget\",le=\"+Inf\"}",
+            5.0,
+        ),
+        (
+            "ksit_reconcile_duration_seconds_sum{controller=\"integrationtarget\"}",
+            0.04,
+        ),
+        (
+            "ksit_reconcile_duration_seconds_count{controller=\"integrationtarget\"}",
+            5.0,
+        ),
+        (
+            "ksit_reconcile_total{controller=\"integrationtarget\",result=\"success\"}",
+            5.0,
+        ),
+        ("workqueue_depth{name=\"integrationtarget\"}", 0.0),
+        (
+            "controller_runtime_reconcile_total{controller=\"integrationtarget\",result=\"success\"}",
+            5.0,
+        ),
     ] {
-        assert!(has_line(&body, line), "missing {line:?}:\n{body}");
+        s.assert(series, value);
     }
     // The exporter's own process family wins over the upstream's of the same name.
-    assert_eq!(
-        body.matches("# TYPE process_cpu_seconds_total counter")
-            .count(),
-        1,
-        "{body}"
+    let typed = s
+        .types()
+        .iter()
+        .filter(|(name, _)| name == "process_cpu_seconds_total")
+        .count();
+    assert_eq!(typed, 1, "{s}");
+    assert!(
+        s.get("process_cpu_seconds_total").is_some_and(|v| v != 1.5),
+        "the exporter's own value, not the upstream's 1.5: {s}"
     );
-    assert!(!has_line(&body, "process_cpu_seconds_total 1.5"), "{body}");
 
     for (what, answer) in [
         (
@@ -281,75 +357,72 @@ fn upstream_reconciles_and_passthrough_and_faults() {
         ("erroring", Answer::Status(503, "down".into())),
     ] {
         fake.set("/metrics", answer);
-        let body = wait_for(e.addr, what, |b| has_line(b, "ksit_exporter_upstream_up 0"));
+        let s = e
+            .scrape_until(what, |s| s.is("ksit_exporter_upstream_up", 0.0))
+            .await;
         assert!(
-            !body.contains("workqueue_depth"),
-            "{what}: stale upstream series withdrawn"
+            !s.has_family("workqueue_depth"),
+            "{what}: stale upstream series withdrawn: {s}"
         );
-        assert!(!body.contains("ksit_reconcile_total{"), "{what}");
-        assert!(
-            has_line(
-                &body,
-                "ksit_exporter_collector_up{collector=\"upstream\"} 0"
-            ),
-            "{what}"
-        );
+        assert!(!s.has_family("ksit_reconcile_total"), "{what}: {s}");
+        s.assert("ksit_exporter_collector_up{collector=\"upstream\"}", 0.0);
         fake.set("/metrics", Answer::Status(200, UPSTREAM.into()));
-        wait_for(e.addr, "upstream back", |b| {
-            has_line(b, "ksit_exporter_upstream_up 1")
-        });
+        e.scrape_until("upstream back", |s| s.is("ksit_exporter_upstream_up", 1.0))
+            .await;
     }
 }
 
-#[test]
-fn matching_processes_are_measured() {
+#[tokio::test]
+async fn matching_processes_are_measured() {
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep runs");
     let e = start(&[
         ("KSIT_PROCESS_MATCH", "^sleep$"),
         ("KSIT_PROBE_INTERVAL", "200ms"),
         ("KSIT_PROBE_TIMEOUT", "100ms"),
-    ]);
-    let body = wait_for(e.addr, "a matching process", |b| {
-        b.lines()
-            .find_map(|l| l.strip_prefix("ksit_component_processes "))
-            .and_then(|v| v.parse::<i64>().ok())
-            .is_some_and(|n| n >= 1)
-    });
-    let rss: i64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix("ksit_component_process_resident_memory_bytes "))
-        .and_then(|v| v.parse().ok())
-        .expect("rss line");
-    assert!(rss > 0, "{body}");
-    assert!(body.contains("# TYPE ksit_component_process_cpu_seconds_total counter"));
+    ])
+    .await;
+    let s = e
+        .scrape_until("a matching process", |s| {
+            s.get("ksit_component_processes").is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    let rss = s.get("ksit_component_process_resident_memory_bytes");
+    assert!(rss.is_some_and(|v| v > 0.0), "{s}");
+    assert!(
+        s.types().contains(&(
+            "ksit_component_process_cpu_seconds_total".into(),
+            "counter".into()
+        )),
+        "{s}"
+    );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
 
-#[test]
-fn sigterm_drains_and_exits_zero() {
-    let mut e = start(&[]);
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let mut e = start(&[]).await;
     // An idle kept-alive connection must not hold the shutdown up.
-    let mut idle = TcpStream::connect(e.addr).expect("connect");
+    let mut idle = tokio::net::TcpStream::connect(e.addr)
+        .await
+        .expect("connect");
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
         .expect("write");
     let mut buf = [0u8; 256];
-    let _ = idle.read(&mut buf).expect("response");
-    let started = Instant::now();
+    let n = idle.read(&mut buf).await.expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
     let status = Command::new("kill")
         .args(["-TERM", &e.child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let exit = loop {
-        if let Some(s) = e.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "still running 5s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(exit.code(), Some(0), "exit after {:?}", started.elapsed());
+    let child = &mut e.child;
+    let exit = eventually(Duration::from_secs(5), "the exit after SIGTERM", || {
+        std::future::ready(child.try_wait().expect("wait").ok_or("still running"))
+    })
+    .await;
+    assert_eq!(exit.code(), Some(0));
 }
 
 #[test]
@@ -385,13 +458,16 @@ fn help_lists_every_variable_and_check_config_prints() {
         .expect("runs");
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).expect("utf8");
-    assert!(printed.contains("KSIT_PROBE_INTERVAL=30s\n"), "{printed}");
+    assert!(
+        printed.lines().any(|l| l == "KSIT_PROBE_INTERVAL=30s"),
+        "{printed}"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown variable KSIT_TYPO"));
 }
 
 /// `promtool check metrics` lints the exposition: naming, units, HELP, duplicates.
-#[test]
-fn promtool_finds_nothing_to_lint() {
+#[tokio::test]
+async fn promtool_finds_nothing_to_lint() {
     let Some(promtool) = find_promtool() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -402,7 +478,7 @@ fn promtool_finds_nothing_to_lint() {
         );
         return;
     };
-    let fake = FakeHttp::start();
+    let fake = FakeHttp::start().await;
     fake.set("/metrics", Answer::Status(200, UPSTREAM.into()));
     fake.set("/healthz", Answer::Status(200, "ok".into()));
     let e = start(&[
@@ -411,11 +487,16 @@ fn promtool_finds_nothing_to_lint() {
         ("KSIT_PROCESS_MATCH", "cargo|ksit"),
         ("KSIT_PROBE_INTERVAL", "200ms"),
         ("KSIT_PROBE_TIMEOUT", "150ms"),
-    ]);
-    let body = wait_for(e.addr, "everything collected", |b| {
-        has_line(b, "ksit_exporter_upstream_up 1") && b.contains("ksit_component_health_up{")
-    });
-    assert_promtool_clean(&promtool, &body);
+    ])
+    .await;
+    let s = e
+        .scrape_until("everything collected", |s| {
+            s.is("ksit_exporter_upstream_up", 1.0)
+                && s.is("ksit_component_health_up{probe=\"healthz\"}", 1.0)
+                && s.has_family("ksit_component_processes")
+        })
+        .await;
+    assert_promtool_clean(&promtool, &s.text);
 }
 
 fn find_promtool() -> Option<std::path::PathBuf> {

@@ -73,8 +73,18 @@ fn reads_a_file_and_honours_mode_and_image() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let yaml = text(&out.stdout);
-    assert!(yaml.contains("image: example/sidecar:1"), "{yaml}");
-    assert!(yaml.contains("injected: classic"), "{yaml}");
+    let job: serde_json::Value = serde_saphyr::from_str(&yaml).expect("YAML out");
+    let template = &job["spec"]["template"];
+    // Classic mode: a regular container, with the image asked for, exactly.
+    let sidecar = template["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "ksit-exporter"))
+        .unwrap_or_else(|| panic!("no ksit-exporter container:\n{yaml}"));
+    assert_eq!(sidecar["image"], "example/sidecar:1", "{yaml}");
+    assert_eq!(
+        template["metadata"]["annotations"]["ksit.io/inject-status"], "injected: classic",
+        "{yaml}"
+    );
     assert!(
         text(&out.stderr).contains("warning: classic sidecar mode"),
         "a Job in classic mode is warned about"

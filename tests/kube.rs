@@ -4,12 +4,13 @@
 //! themselves through the status subresource, as those controllers would.
 
 mod common;
-mod exporter_support;
 
 use std::time::Duration;
 
-use common::{ControlPlane, TestNamespace, control_plane, test_namespace};
-use exporter_support::{Exporter, assert_promtool_clean, get, has_line, start};
+use common::{
+    ControlPlane, Exporter, TestNamespace, assert_promtool_clean, control_plane, start,
+    test_namespace,
+};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
@@ -49,27 +50,11 @@ where
     .expect("patch status");
 }
 
-/// Polls /metrics until `pred` holds, for up to 20 s (the control plane shares two cores).
-fn until(e: &Exporter, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body = get(e.addr, "/metrics").text();
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last /metrics:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn kubeconfig(cp: &ControlPlane) -> String {
     cp.kubeconfig.display().to_string()
 }
 
-fn exporter(cp: &ControlPlane, ns: &TestNamespace, extra: &[(&str, &str)]) -> Exporter {
+async fn exporter(cp: &ControlPlane, ns: &TestNamespace, extra: &[(&str, &str)]) -> Exporter {
     let kc = kubeconfig(cp);
     let mut env = vec![
         ("KUBECONFIG", kc.as_str()),
@@ -77,13 +62,13 @@ fn exporter(cp: &ControlPlane, ns: &TestNamespace, extra: &[(&str, &str)]) -> Ex
         ("KSIT_WATCH_NAMESPACES", ns.name.as_str()),
     ];
     env.extend_from_slice(extra);
-    start(&env)
+    start(&env).await
 }
 
-/// The `Ready` condition line of target edge-1 (labels come sorted by name).
-fn condition(ns: &str, status: &str, value: u8) -> String {
+/// The `Ready` condition series of target edge-1 (labels sorted by name).
+fn condition(ns: &str, status: &str) -> String {
     format!(
-        "ksit_cluster_condition{{cluster_name=\"cluster1\",condition=\"Ready\",namespace=\"{ns}\",source=\"integrationtarget\",status=\"{status}\",target=\"edge-1\"}} {value}"
+        "ksit_cluster_condition{{cluster_name=\"cluster1\",condition=\"Ready\",namespace=\"{ns}\",source=\"integrationtarget\",status=\"{status}\",target=\"edge-1\"}}"
     )
 }
 
@@ -99,7 +84,7 @@ async fn cluster_and_integration_series_follow_their_objects() {
         return;
     };
     let ns = test_namespace(&cp, "kube-crs", &[]).await;
-    let e = exporter(&cp, &ns, &[("KSIT_CR_METRICS", "always")]);
+    let e = exporter(&cp, &ns, &[("KSIT_CR_METRICS", "always")]).await;
     let targets = dynamic(&cp, &ns.name, "IntegrationTarget", "integrationtargets");
     let integrations = dynamic(&cp, &ns.name, "Integration", "integrations");
 
@@ -110,9 +95,8 @@ async fn cluster_and_integration_series_follow_their_objects() {
     )
     .await;
     let status = target_series(&ns.name, "edge-1", "cluster1");
-    until(&e, "a new target, not ready", |b| {
-        has_line(b, &format!("{status} 0"))
-    });
+    e.scrape_until("a new target, not ready", |s| s.is(&status, 0.0))
+        .await;
     patch_status(
         &targets,
         "edge-1",
@@ -121,20 +105,17 @@ async fn cluster_and_integration_series_follow_their_objects() {
                                "lastTransitionTime": "2026-11-25T10:00:00Z"}]}),
     )
     .await;
-    let body = until(&e, "target ready", |b| has_line(b, &format!("{status} 1")));
+    let s = e.scrape_until("target ready", |s| s.is(&status, 1.0)).await;
     let labels = format!(
         "cluster_name=\"cluster1\",namespace=\"{}\",source=\"integrationtarget\",target=\"edge-1\"",
         ns.name
     );
-    assert!(
-        has_line(
-            &body,
-            &format!("ksit_cluster_last_sync_timestamp_seconds{{{labels}}} 1795600800")
-        ),
-        "{body}"
+    s.assert(
+        &format!("ksit_cluster_last_sync_timestamp_seconds{{{labels}}}"),
+        1795600800.0,
     );
-    assert!(has_line(&body, &condition(&ns.name, "True", 1)), "{body}");
-    assert!(has_line(&body, &condition(&ns.name, "False", 0)), "{body}");
+    s.assert(&condition(&ns.name, "True"), 1.0);
+    s.assert(&condition(&ns.name, "False"), 0.0);
 
     patch_status(
         &targets,
@@ -143,9 +124,10 @@ async fn cluster_and_integration_series_follow_their_objects() {
                "message": "dial tcp: timeout", "lastTransitionTime": "2026-11-25T10:01:00Z"}]}),
     )
     .await;
-    until(&e, "target not ready", |b| {
-        has_line(b, &format!("{status} 0")) && has_line(b, &condition(&ns.name, "False", 1))
-    });
+    e.scrape_until("target not ready", |s| {
+        s.is(&status, 0.0) && s.is(&condition(&ns.name, "False"), 1.0)
+    })
+    .await;
 
     create(
         &integrations,
@@ -154,17 +136,18 @@ async fn cluster_and_integration_series_follow_their_objects() {
     )
     .await;
     let base = format!("integration=\"argo\",namespace=\"{}\"", ns.name);
-    until(&e, "a new integration", |b| {
-        has_line(
-            b,
-            &format!("ksit_integration_info{{enabled=\"true\",{base},type=\"argocd\"}} 1"),
-        ) && has_line(
-            b,
+    e.scrape_until("a new integration", |s| {
+        s.is(
+            &format!("ksit_integration_info{{enabled=\"true\",{base},type=\"argocd\"}}"),
+            1.0,
+        ) && s.is(
             &format!(
-                "ksit_integration_status_phase{{{base},phase=\"Initializing\",type=\"argocd\"}} 1"
+                "ksit_integration_status_phase{{{base},phase=\"Initializing\",type=\"argocd\"}}"
             ),
-        ) && has_line(b, &format!("ksit_integration_generation_lag{{{base}}} 1"))
-    });
+            1.0,
+        ) && s.is(&format!("ksit_integration_generation_lag{{{base}}}"), 1.0)
+    })
+    .await;
     patch_status(
         &integrations,
         "argo",
@@ -174,20 +157,36 @@ async fn cluster_and_integration_series_follow_their_objects() {
                "clusterStatuses": [{"name": "cluster1", "connected": true, "lastSeen": "2026-11-25T10:00:00Z"}]}),
     )
     .await;
-    let body = until(&e, "integration running", |b| {
-        has_line(
-            b,
-            &format!("ksit_integration_status_phase{{{base},phase=\"Running\",type=\"argocd\"}} 1"),
-        )
-    });
-    for line in [
-        format!("ksit_integration_status_phase{{{base},phase=\"Failed\",type=\"argocd\"}} 0"),
-        format!("ksit_integration_condition{{condition=\"Ready\",{base},status=\"True\"}} 1"),
-        format!("ksit_integration_cluster_connected{{cluster_name=\"cluster1\",{base}}} 1"),
-        format!("ksit_integration_last_reconcile_timestamp_seconds{{{base}}} 1795600800"),
-        format!("ksit_integration_generation_lag{{{base}}} 0"),
+    let s = e
+        .scrape_until("integration running", |s| {
+            s.is(
+                &format!(
+                    "ksit_integration_status_phase{{{base},phase=\"Running\",type=\"argocd\"}}"
+                ),
+                1.0,
+            )
+        })
+        .await;
+    for (series, value) in [
+        (
+            format!("ksit_integration_status_phase{{{base},phase=\"Failed\",type=\"argocd\"}}"),
+            0.0,
+        ),
+        (
+            format!("ksit_integration_condition{{condition=\"Ready\",{base},status=\"True\"}}"),
+            1.0,
+        ),
+        (
+            format!("ksit_integration_cluster_connected{{cluster_name=\"cluster1\",{base}}}"),
+            1.0,
+        ),
+        (
+            format!("ksit_integration_last_reconcile_timestamp_seconds{{{base}}}"),
+            1795600800.0,
+        ),
+        (format!("ksit_integration_generation_lag{{{base}}}"), 0.0),
     ] {
-        assert!(has_line(&body, &line), "missing {line}\n{body}");
+        s.assert(&series, value);
     }
     // A spec change the controller has not seen yet shows as lag.
     integrations
@@ -198,14 +197,17 @@ async fn cluster_and_integration_series_follow_their_objects() {
         )
         .await
         .expect("patch spec");
-    until(&e, "generation lag", |b| {
-        has_line(b, &format!("ksit_integration_generation_lag{{{base}}} 1"))
-            && has_line(
-                b,
-                &format!("ksit_integration_info{{enabled=\"false\",{base},type=\"argocd\"}} 1"),
+    e.scrape_until("generation lag", |s| {
+        s.is(&format!("ksit_integration_generation_lag{{{base}}}"), 1.0)
+            && s.is(
+                &format!("ksit_integration_info{{enabled=\"false\",{base},type=\"argocd\"}}"),
+                1.0,
             )
-            && !b.contains("ksit_integration_info{enabled=\"true\"")
-    });
+            && !s.has(&format!(
+                "ksit_integration_info{{enabled=\"true\",{base},type=\"argocd\"}}"
+            ))
+    })
+    .await;
 
     targets
         .delete("edge-1", &DeleteParams::default())
@@ -215,17 +217,16 @@ async fn cluster_and_integration_series_follow_their_objects() {
         .delete("argo", &DeleteParams::default())
         .await
         .expect("delete");
-    let body = until(&e, "deleted objects gone", |b| {
-        !b.contains("target=\"edge-1\"") && !b.contains("integration=\"argo\"")
-    });
-    assert!(
-        has_line(
-            &body,
-            "ksit_exporter_collector_up{collector=\"integrationtargets\"} 1"
-        ),
-        "{body}"
+    let s = e
+        .scrape_until("deleted objects gone", |s| {
+            !s.has_label("target", "edge-1") && !s.has_label("integration", "argo")
+        })
+        .await;
+    s.assert(
+        "ksit_exporter_collector_up{collector=\"integrationtargets\"}",
+        1.0,
     );
-    assert!(has_line(&body, "ksit_exporter_kube_up 1"), "{body}");
+    s.assert("ksit_exporter_kube_up", 1.0);
 }
 
 /// A Deployment, its ReplicaSet and pod (written as a kubelet and the controllers would), and
@@ -303,29 +304,39 @@ async fn pod_workload_and_lease_series_and_leader_gating() {
         ("POD_NAME", pod_name),
         ("POD_NAMESPACE", n),
         ("NODE_NAME", "node-1"),
-    ]);
-    let body = until(&e, "component series", |b| {
-        has_line(b, "ksit_component_leader 1")
-            && b.contains("ksit_component_replicas{state=\"ready\"} 1")
-    });
-    for line in [
-        "ksit_component_info{component=\"ksit\",node=\"node-1\",workload=\"ksit-controller-manager\",workload_kind=\"Deployment\"} 1",
-        "ksit_component_pod_phase{phase=\"Running\"} 1",
-        "ksit_component_pod_phase{phase=\"Pending\"} 0",
-        "ksit_component_container_ready{container=\"manager\"} 1",
-        "ksit_component_container_restarts_total{container=\"manager\"} 2",
-        "ksit_component_container_last_terminated_reason{container=\"manager\",reason=\"OOMKilled\"} 1",
-        "ksit_component_replicas{state=\"desired\"} 2",
-        "ksit_component_replicas{state=\"available\"} 1",
-        "ksit_component_replicas{state=\"updated\"} 2",
+    ])
+    .await;
+    let s = e
+        .scrape_until("component series", |s| {
+            s.is("ksit_component_leader", 1.0)
+                && s.is("ksit_component_replicas{state=\"ready\"}", 1.0)
+        })
+        .await;
+    for (series, value) in [
+        (
+            "ksit_component_info{component=\"ksit\",node=\"node-1\",workload=\"ksit-controller-manager\",workload_kind=\"Deployment\"}",
+            1.0,
+        ),
+        ("ksit_component_pod_phase{phase=\"Running\"}", 1.0),
+        ("ksit_component_pod_phase{phase=\"Pending\"}", 0.0),
+        ("ksit_component_container_ready{container=\"manager\"}", 1.0),
+        (
+            "ksit_component_container_restarts_total{container=\"manager\"}",
+            2.0,
+        ),
+        (
+            "ksit_component_container_last_terminated_reason{container=\"manager\",reason=\"OOMKilled\"}",
+            1.0,
+        ),
+        ("ksit_component_replicas{state=\"desired\"}", 2.0),
+        ("ksit_component_replicas{state=\"ready\"}", 1.0),
+        ("ksit_component_replicas{state=\"available\"}", 1.0),
+        ("ksit_component_replicas{state=\"updated\"}", 2.0),
     ] {
-        assert!(has_line(&body, line), "missing {line}\n{body}");
+        s.assert(series, value);
     }
     let status = target_series(n, "edge-1", "cluster1");
-    assert!(
-        has_line(&body, &format!("{status} 0")),
-        "the leader exports targets:\n{body}"
-    );
+    assert!(s.is(&status, 0.0), "the leader exports targets: {s}");
 
     // Another replica takes the Lease: this sidecar stops exporting KSIT objects.
     leases
@@ -338,9 +349,10 @@ async fn pod_workload_and_lease_series_and_leader_gating() {
         )
         .await
         .expect("patch lease");
-    until(&e, "leadership lost", |b| {
-        has_line(b, "ksit_component_leader 0") && !b.contains(&status)
-    });
+    e.scrape_until("leadership lost", |s| {
+        s.is("ksit_component_leader", 0.0) && !s.has_family("ksit_cluster_status")
+    })
+    .await;
     leases
         .patch(
             "ksit.io",
@@ -349,9 +361,10 @@ async fn pod_workload_and_lease_series_and_leader_gating() {
         )
         .await
         .expect("patch lease");
-    until(&e, "leadership back", |b| {
-        has_line(b, "ksit_component_leader 1") && has_line(b, &format!("{status} 0"))
-    });
+    e.scrape_until("leadership back", |s| {
+        s.is("ksit_component_leader", 1.0) && s.is(&status, 0.0)
+    })
+    .await;
 
     // The kubelet restarts the container once more.
     patch_status(
@@ -363,29 +376,22 @@ async fn pod_workload_and_lease_series_and_leader_gating() {
             "state": {"running": {"startedAt": "2026-11-25T10:05:00Z"}}}]}),
     )
     .await;
-    let body = until(&e, "restart counted", |b| {
-        has_line(
-            b,
-            "ksit_component_container_restarts_total{container=\"manager\"} 3",
-        )
-    });
-    assert!(
-        has_line(
-            &body,
-            "ksit_component_container_ready{container=\"manager\"} 0"
-        ),
-        "{body}"
+    let s = e
+        .scrape_until("restart counted", |s| {
+            s.is(
+                "ksit_component_container_restarts_total{container=\"manager\"}",
+                3.0,
+            )
+        })
+        .await;
+    s.assert("ksit_component_container_ready{container=\"manager\"}", 0.0);
+    s.assert(
+        "ksit_component_container_last_terminated_reason{container=\"manager\",reason=\"Error\"}",
+        1.0,
     );
     assert!(
-        has_line(
-            &body,
-            "ksit_component_container_last_terminated_reason{container=\"manager\",reason=\"Error\"} 1"
-        ),
-        "{body}"
-    );
-    assert!(
-        !body.contains("reason=\"OOMKilled\""),
-        "only the last reason stays:\n{body}"
+        !s.has_label("reason", "OOMKilled"),
+        "only the last reason stays: {s}"
     );
 }
 
@@ -408,31 +414,28 @@ async fn many_objects_are_bounded_and_lint_clean() {
         &cp,
         &ns,
         &[("KSIT_CR_METRICS", "always"), ("KSIT_MAX_OBJECTS", "250")],
+    )
+    .await;
+    let s = e
+        .scrape_until("300 objects seen", |s| {
+            s.is(
+                "ksit_exporter_kube_objects{kind=\"integrationtargets\"}",
+                300.0,
+            )
+        })
+        .await;
+    assert_eq!(s.series("ksit_cluster_status").count(), 250, "{s}");
+    s.assert(
+        "ksit_exporter_kube_objects_dropped_total{kind=\"integrationtargets\"}",
+        50.0,
     );
-    let body = until(&e, "300 objects seen", |b| {
-        has_line(
-            b,
-            "ksit_exporter_kube_objects{kind=\"integrationtargets\"} 300",
-        )
-    });
-    assert_eq!(
-        body.lines()
-            .filter(|l| l.starts_with("ksit_cluster_status{"))
-            .count(),
-        250
-    );
-    assert!(
-        has_line(
-            &body,
-            "ksit_exporter_kube_objects_dropped_total{kind=\"integrationtargets\"} 50"
-        ),
-        "{body}"
-    );
-    assert!(body.contains("target=\"t249\""));
-    assert!(!body.contains("target=\"t250\""));
+    // The first 250 by name are kept.
+    assert!(s.has(&target_series(&ns.name, "t000", "c000")), "{s}");
+    assert!(s.has(&target_series(&ns.name, "t249", "c249")), "{s}");
+    assert!(!s.has_label("target", "t250"), "{s}");
 
     let promtool = cp.bin_dir.join("promtool");
-    assert_promtool_clean(&promtool, &body);
+    assert_promtool_clean(&promtool, &s.text);
 }
 
 /// The stand-in KSIT manager writes status as upstream's does; the exporter reports it, and
@@ -443,7 +446,7 @@ async fn follows_the_stand_in_manager() {
         return;
     };
     let ns = test_namespace(&cp, "kube-mgr", &[]).await;
-    let manager = common::start_manager(&cp, &[ns.name.as_str()]);
+    let manager = common::start_manager(&cp, &[ns.name.as_str()]).await;
     cp.apply_path(&ns.name, "manifests/samples");
     let e = exporter(
         &cp,
@@ -454,34 +457,36 @@ async fn follows_the_stand_in_manager() {
             ("KSIT_PROBE_INTERVAL", "500ms"),
             ("KSIT_PROBE_TIMEOUT", "400ms"),
         ],
-    );
+    )
+    .await;
     let n = ns.name.as_str();
-    until(&e, "manager-written status", |b| {
-        has_line(
-            b,
-            &format!("{} 1", target_series(n, "cluster1", "cluster1")),
-        ) && has_line(
-            b,
-            &format!(
-                "ksit_integration_status_phase{{integration=\"argocd-integration\",namespace=\"{n}\",phase=\"Running\",type=\"argocd\"}} 1"
-            ),
-        ) && has_line(
-            b,
-            &format!(
-                "ksit_integration_status_phase{{integration=\"flux-integration\",namespace=\"{n}\",phase=\"Failed\",type=\"flux\"}} 1"
-            ),
-        )
-    });
-    let reconciles = |b: &str| -> u64 {
-        b.lines()
-            .filter(|l| l.starts_with("ksit_reconcile_duration_seconds_count{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    e.scrape_until("manager-written status", |s| {
+        s.is(&target_series(n, "cluster1", "cluster1"), 1.0)
+            && s.is(
+                &format!(
+                    "ksit_integration_status_phase{{integration=\"argocd-integration\",namespace=\"{n}\",phase=\"Running\",type=\"argocd\"}}"
+                ),
+                1.0,
+            )
+            && s.is(
+                &format!(
+                    "ksit_integration_status_phase{{integration=\"flux-integration\",namespace=\"{n}\",phase=\"Failed\",type=\"flux\"}}"
+                ),
+                1.0,
+            )
+    })
+    .await;
+    let reconciles = |s: &common::Scrape| -> f64 {
+        s.series("ksit_reconcile_duration_seconds_count")
+            .map(|(_, v)| v)
             .sum()
     };
-    let body = until(&e, "the manager's reconciles read", |b| {
-        has_line(b, "ksit_exporter_upstream_up 1") && reconciles(b) > 0
-    });
-    let before = reconciles(&body);
+    let s = e
+        .scrape_until("the manager's reconciles read", |s| {
+            s.is("ksit_exporter_upstream_up", 1.0) && reconciles(s) > 0.0
+        })
+        .await;
+    let before = reconciles(&s);
 
     // The manager sees the target fail and the integration that needs it follows.
     let targets = dynamic(&cp, n, "IntegrationTarget", "integrationtargets");
@@ -493,21 +498,21 @@ async fn follows_the_stand_in_manager() {
         )
         .await
         .expect("annotate");
-    until(&e, "failure reported", |b| {
-        has_line(
-            b,
-            &format!("{} 0", target_series(n, "cluster1", "cluster1")),
-        ) && has_line(
-            b,
-            &format!(
-                "ksit_integration_cluster_connected{{cluster_name=\"cluster1\",integration=\"argocd-integration\",namespace=\"{n}\"}} 0"
-            ),
-        )
-    });
+    e.scrape_until("failure reported", |s| {
+        s.is(&target_series(n, "cluster1", "cluster1"), 0.0)
+            && s.is(
+                &format!(
+                    "ksit_integration_cluster_connected{{cluster_name=\"cluster1\",integration=\"argocd-integration\",namespace=\"{n}\"}}"
+                ),
+                0.0,
+            )
+    })
+    .await;
     // The manager reconciles the changed target, and the exporter reads its counters again.
-    until(&e, "reconciles counted after the change", |b| {
-        reconciles(b) > before
-    });
+    e.scrape_until("reconciles counted after the change", |s| {
+        reconciles(s) > before
+    })
+    .await;
     drop(manager);
 }
 
@@ -530,8 +535,8 @@ async fn least_privilege_role_suffices_and_each_rule_matters() {
         "role.yaml still has the Lease rule this test removes"
     );
     for (case, role_yaml, lease_up) in [
-        ("full", role.clone(), "1"),
-        ("no-lease", role.replace(lease_rule, ""), "0"),
+        ("full", role.clone(), 1.0),
+        ("no-lease", role.replace(lease_rule, ""), 0.0),
     ] {
         let ns = test_namespace(&cp, &format!("rbac-{case}"), &[]).await;
         let n = ns.name.as_str();
@@ -585,31 +590,23 @@ async fn least_privilege_role_suffices_and_each_rule_matters() {
             ("POD_NAME", "mgr"),
             ("POD_NAMESPACE", n),
             ("KSIT_CR_METRICS", "always"),
-        ]);
-        let body = until(&e, "every collector reported", |b| {
-            ["pod", "lease", "integrations", "integrationtargets"]
-                .iter()
-                .all(|c| b.contains(&format!("ksit_exporter_collector_up{{collector=\"{c}\"}}")))
-        });
+        ])
+        .await;
+        let up = |c: &str| format!("ksit_exporter_collector_up{{collector=\"{c}\"}}");
+        let s = e
+            .scrape_until(&format!("{case}: every collector reported"), |s| {
+                ["pod", "lease", "integrations", "integrationtargets"]
+                    .iter()
+                    .all(|c| s.has(&up(c)))
+            })
+            .await;
         for c in ["pod", "integrations", "integrationtargets"] {
-            assert!(
-                has_line(
-                    &body,
-                    &format!("ksit_exporter_collector_up{{collector=\"{c}\"}} 1")
-                ),
-                "{case}: {c}\n{body}"
-            );
+            assert!(s.is(&up(c), 1.0), "{case}: {c} {s}");
         }
+        assert!(s.is(&up("lease"), lease_up), "{case}: lease {s}");
         assert!(
-            has_line(
-                &body,
-                &format!("ksit_exporter_collector_up{{collector=\"lease\"}} {lease_up}")
-            ),
-            "{case}: lease\n{body}"
-        );
-        assert!(
-            has_line(&body, "ksit_exporter_kube_up 1"),
-            "a 403 is an answer:\n{body}"
+            s.is("ksit_exporter_kube_up", 1.0),
+            "a 403 is an answer: {s}"
         );
     }
 }
@@ -617,27 +614,28 @@ async fn least_privilege_role_suffices_and_each_rule_matters() {
 /// Where `scripts/controlplane.sh up` put the open-cluster-management CRD it installed.
 const OCM_CRD: &str =
     "target/controlplane/crds/0000_00_clusters.open-cluster-management.io_managedclusters.crd.yaml";
+const OCM_CRD_NAME: &str = "managedclusters.cluster.open-cluster-management.io";
 
-/// Re-installs the ManagedCluster CRD when dropped, so a failing test leaves the shared control
-/// plane as it found it.
-struct ReinstallOcmCrd<'a>(&'a ControlPlane);
+fn apply_ocm_crd_args() -> Vec<String> {
+    let crd = common::repo_path(OCM_CRD);
+    ["apply", "--server-side", "--force-conflicts", "-f"]
+        .into_iter()
+        .map(String::from)
+        .chain([crd.to_str().expect("UTF-8 path").to_string()])
+        .collect()
+}
 
-impl Drop for ReinstallOcmCrd<'_> {
+/// Re-installs the ManagedCluster CRD if the test fails while it is deleted, so the shared
+/// control plane is left as it was found (best effort: a `Drop` cannot wait for it).
+struct ReinstallOcmCrdOnFailure(common::Cleanup);
+
+impl Drop for ReinstallOcmCrdOnFailure {
     fn drop(&mut self) {
-        let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(OCM_CRD);
-        let _ = self.0.kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            crd.to_str().expect("UTF-8 path"),
-        ]);
-        let _ = self.0.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/managedclusters.cluster.open-cluster-management.io",
-        ]);
+        if std::thread::panicking() {
+            let args = apply_ocm_crd_args();
+            self.0
+                .kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
     }
 }
 
@@ -655,7 +653,8 @@ async fn managed_clusters_and_a_missing_crd() {
         &cp,
         &ns,
         &[("KSIT_OCM_CLUSTERS", "true"), ("KSIT_CR_METRICS", "always")],
-    );
+    )
+    .await;
     let clusters: Api<DynamicObject> = Api::all_with(
         cp.client.clone(),
         &ApiResource::from_gvk_with_plural(
@@ -674,9 +673,11 @@ async fn managed_clusters_and_a_missing_crd() {
     let labels = format!(
         "cluster_name=\"{name}\",namespace=\"\",source=\"managedcluster\",target=\"{name}\""
     );
-    until(&e, "a new ManagedCluster, not available", |b| {
-        has_line(b, &format!("ksit_cluster_status{{{labels}}} 0"))
-    });
+    let status = format!("ksit_cluster_status{{{labels}}}");
+    e.scrape_until("a new ManagedCluster, not available", |s| {
+        s.is(&status, 0.0)
+    })
+    .await;
     patch_status(
         &clusters,
         &name,
@@ -685,64 +686,65 @@ async fn managed_clusters_and_a_missing_crd() {
                                "lastTransitionTime": "2026-11-25T10:00:00Z"}]}),
     )
     .await;
-    let body = until(&e, "the ManagedCluster available", |b| {
-        has_line(b, &format!("ksit_cluster_status{{{labels}}} 1"))
-    });
-    for (status, value) in [("True", 1), ("False", 0), ("Unknown", 0)] {
-        let line = format!(
-            "ksit_cluster_condition{{cluster_name=\"{name}\",condition=\"ManagedClusterConditionAvailable\",namespace=\"\",source=\"managedcluster\",status=\"{status}\",target=\"{name}\"}} {value}"
+    let s = e
+        .scrape_until("the ManagedCluster available", |s| s.is(&status, 1.0))
+        .await;
+    for (condition_status, value) in [("True", 1.0), ("False", 0.0), ("Unknown", 0.0)] {
+        s.assert(
+            &format!(
+                "ksit_cluster_condition{{cluster_name=\"{name}\",condition=\"ManagedClusterConditionAvailable\",namespace=\"\",source=\"managedcluster\",status=\"{condition_status}\",target=\"{name}\"}}"
+            ),
+            value,
         );
-        assert!(has_line(&body, &line), "missing {line}\n{body}");
     }
 
-    let reinstall = ReinstallOcmCrd(&cp);
+    let _reinstall = ReinstallOcmCrdOnFailure(cp.cleanup());
     common::check(
-        cp.kubectl(&[
-            "delete",
-            "crd",
-            "managedclusters.cluster.open-cluster-management.io",
-            "--wait=true",
-        ]),
+        cp.kubectl(&["delete", "crd", OCM_CRD_NAME, "--wait=true"]),
         "kubectl delete crd managedclusters",
     );
-    let body = until(&e, "the managedclusters collector down", |b| {
-        has_line(
-            b,
-            "ksit_exporter_collector_up{collector=\"managedclusters\"} 0",
-        )
-    });
-    for line in [
-        "ksit_exporter_collector_up{collector=\"integrationtargets\"} 1",
-        "ksit_exporter_collector_up{collector=\"integrations\"} 1",
-        "ksit_exporter_kube_up 1",
+    let s = e
+        .scrape_until("the managedclusters collector down", |s| {
+            s.is(
+                "ksit_exporter_collector_up{collector=\"managedclusters\"}",
+                0.0,
+            )
+        })
+        .await;
+    for series in [
+        "ksit_exporter_collector_up{collector=\"integrationtargets\"}",
+        "ksit_exporter_collector_up{collector=\"integrations\"}",
+        "ksit_exporter_kube_up",
     ] {
-        assert!(has_line(&body, line), "missing {line}\n{body}");
+        s.assert(series, 1.0);
     }
-    assert_eq!(get(e.addr, "/healthz").status, 200);
+    assert_eq!(e.get("/healthz").await.status, 200);
     assert!(
         e.child.try_wait().expect("try_wait").is_none(),
         "the exporter must not exit"
     );
 
-    drop(reinstall);
+    let args = apply_ocm_crd_args();
+    common::check(
+        cp.kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>()),
+        "re-installing the ManagedCluster CRD",
+    );
+    cp.wait_established(&[OCM_CRD_NAME]).await;
     // The watcher retries with backoff (up to 30 s between attempts in kube-runtime).
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let body = get(e.addr, "/metrics").text();
-        if has_line(
-            &body,
-            "ksit_exporter_collector_up{collector=\"managedclusters\"} 1",
-        ) {
-            assert!(
-                !body.contains(&format!("target=\"{name}\"")),
-                "the deleted CRD took its objects, and their series, with it:\n{body}"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "managedclusters collector did not recover:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let s = e
+        .scrape_within(
+            Duration::from_secs(90),
+            "the managedclusters collector recovered",
+            |s| {
+                s.is(
+                    "ksit_exporter_collector_up{collector=\"managedclusters\"}",
+                    1.0,
+                )
+            },
+        )
+        .await;
+    assert!(
+        !s.has_label("target", &name),
+        "the deleted CRD took its objects, and their series, with it: {s}"
+    );
 }

@@ -4,13 +4,11 @@
 //! requests (its identity Lease renewals: GET and PUT) are told apart by verb.
 
 mod common;
-mod exporter_support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{control_plane, test_namespace};
-use exporter_support::{get, has_line, start};
+use common::{Scrape, control_plane, start, test_namespace};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -31,40 +29,41 @@ async fn apiserver_metrics(client: &kube::Client) -> String {
         .expect("the API server's /metrics")
 }
 
+/// The resources the exporter reads.
+const RESOURCES: [&str; 6] = [
+    "pods",
+    "replicasets",
+    "deployments",
+    "leases",
+    "integrations",
+    "integrationtargets",
+];
+
+/// The value of label `name` in a series key `family{a="x",...}` (labels without escapes, as
+/// the API server's are).
+fn label<'a>(series: &'a str, name: &str) -> &'a str {
+    series
+        .split_once('{')
+        .and_then(|(_, labels)| {
+            labels
+                .trim_end_matches('}')
+                .split(',')
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix("=\""))
+        })
+        .map(|v| v.trim_end_matches('"'))
+        .unwrap_or_default()
+}
+
 /// `apiserver_request_total` by (verb, resource), for the resources the exporter reads.
 async fn requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
-    let text = apiserver_metrics(client).await;
+    let scrape = Scrape::parse(&apiserver_metrics(client).await);
     let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let resource = label("resource");
-        if ![
-            "pods",
-            "replicasets",
-            "deployments",
-            "leases",
-            "integrations",
-            "integrationtargets",
-        ]
-        .contains(&resource.as_str())
-        {
-            continue;
+    for (series, value) in scrape.series("apiserver_request_total") {
+        let resource = label(series, "resource");
+        if RESOURCES.contains(&resource) {
+            *out.entry((label(series, "verb").to_string(), resource.to_string()))
+                .or_default() += value;
         }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default();
-        *out.entry((label("verb"), resource)).or_default() += value;
     }
     out
 }
@@ -99,27 +98,27 @@ async fn only_watches_after_the_initial_lists() {
         ("KSIT_KUBERNETES", "true"),
         ("POD_NAME", "mgr"),
         ("POD_NAMESPACE", n),
-    ]);
-    common::eventually(
-        Duration::from_secs(30),
-        "every watch established",
-        || async {
-            let b = get(e.addr, "/metrics").text();
-            ["pod", "lease", "integrations", "integrationtargets"]
-                .iter()
-                .all(|c| {
-                    has_line(
-                        &b,
-                        &format!("ksit_exporter_collector_up{{collector=\"{c}\"}} 1"),
-                    )
-                })
-                .then_some(())
-        },
-    )
+    ])
+    .await;
+    e.scrape_within(Duration::from_secs(30), "every watch established", |s| {
+        ["pod", "lease", "integrations", "integrationtargets"]
+            .iter()
+            .all(|c| {
+                s.is(
+                    &format!("ksit_exporter_collector_up{{collector=\"{c}\"}}"),
+                    1.0,
+                )
+            })
+    })
     .await;
     // Let the initial lists finish being counted.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = requests(&cp.client).await;
+    // Else the comparison below would pass on nothing.
+    assert!(
+        before.contains_key(&("LIST".to_string(), "integrationtargets".to_string())),
+        "the exporter's initial list is counted: {before:?}"
+    );
     tokio::time::sleep(STEADY).await;
     let after = requests(&cp.client).await;
     let grew: Vec<_> = after
@@ -143,20 +142,14 @@ async fn only_watches_after_the_initial_lists() {
         grew.is_empty(),
         "requests other than watches in a steady minute: {grew:?}"
     );
-    let text = apiserver_metrics(&cp.client).await;
+    let scrape = Scrape::parse(&apiserver_metrics(&cp.client).await);
     for resource in ["pods", "leases", "integrations", "integrationtargets"] {
-        let open: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("apiserver_longrunning_requests{"))
-            .filter(|l| {
-                l.contains("verb=\"WATCH\"") && l.contains(&format!("resource=\"{resource}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        let open: f64 = scrape
+            .series("apiserver_longrunning_requests")
+            .filter(|(s, _)| label(s, "verb") == "WATCH" && label(s, "resource") == resource)
+            .map(|(_, v)| v)
             .sum();
         assert!(open >= 1.0, "an open watch on {resource}");
     }
-    assert!(has_line(
-        &get(e.addr, "/metrics").text(),
-        "ksit_exporter_kube_up 1"
-    ));
+    e.scrape().await.assert("ksit_exporter_kube_up", 1.0);
 }

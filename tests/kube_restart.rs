@@ -4,36 +4,20 @@
 //! test may be using at the time (cargo runs test binaries one after another).
 
 mod common;
-mod exporter_support;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{control_plane, test_namespace};
-use exporter_support::{get, has_line, start};
+use common::{control_plane, eventually, start, test_namespace};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::json;
 
-fn until(
-    addr: std::net::SocketAddr,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let body = get(addr, "/metrics").text();
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last /metrics:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// The state letter of process `pid` (`R`, `S`, `Z`...), or `None` once it is gone.
+fn process_state(pid: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 #[tokio::test]
@@ -64,10 +48,10 @@ async fn recovers_after_the_api_server_restarts() {
         ("KSIT_KUBERNETES", "true"),
         ("KSIT_WATCH_NAMESPACES", ns.name.as_str()),
         ("KSIT_CR_METRICS", "always"),
-    ]);
-    until(e.addr, "the first target", Duration::from_secs(20), |b| {
-        b.contains("target=\"before\"")
-    });
+    ])
+    .await;
+    e.scrape_until("the first target", |s| s.has_label("target", "before"))
+        .await;
 
     let run =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/run/kube-apiserver.pid");
@@ -88,28 +72,36 @@ async fn recovers_after_the_api_server_restarts() {
             .expect("kill")
             .success()
     );
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // It stops listening at once, but its graceful shutdown takes about 30 s more.
+    eventually(Duration::from_secs(90), "the API server to exit", || {
+        std::future::ready(match process_state(&pid) {
+            // A zombie has exited: it is the test's init process, not the test, that reaps it.
+            None | Some('Z') => Ok(()),
+            Some(state) => Err(format!("process {pid} in state {state}")),
+        })
+    })
+    .await;
 
     // Down: the watch fails, the API is unreachable, the last series stay, the process lives.
-    let body = until(e.addr, "the outage seen", Duration::from_secs(60), |b| {
-        has_line(b, "ksit_exporter_kube_up 0")
-            && has_line(
-                b,
-                "ksit_exporter_collector_up{collector=\"integrationtargets\"} 0",
-            )
-    });
+    let s = e
+        .scrape_within(Duration::from_secs(60), "the outage seen", |s| {
+            s.is("ksit_exporter_kube_up", 0.0)
+                && s.is(
+                    "ksit_exporter_collector_up{collector=\"integrationtargets\"}",
+                    0.0,
+                )
+        })
+        .await;
     assert!(
-        body.contains("target=\"before\""),
-        "last known series are kept:\n{body}"
+        s.has_label("target", "before"),
+        "last known series are kept: {s}"
     );
     assert_eq!(
-        get(e.addr, "/healthz").status,
+        e.get("/healthz").await.status,
         200,
         "liveness never depends on the API server"
     );
-    assert_eq!(get(e.addr, "/readyz").status, 200);
+    assert_eq!(e.get("/readyz").await.status, 200);
 
     // Back on the same port, certificates and etcd, recorded where `controlplane.sh down` looks.
     let log = std::fs::OpenOptions::new()
@@ -128,8 +120,11 @@ async fn recovers_after_the_api_server_restarts() {
         .spawn()
         .expect("the API server restarts");
     std::fs::write(&run, child.id().to_string()).expect("pid file");
-    common::eventually(Duration::from_secs(90), "the API server back", || async {
-        cp.client.apiserver_version().await.ok()
+    eventually(Duration::from_secs(90), "the API server back", || async {
+        cp.client
+            .apiserver_version()
+            .await
+            .map_err(|e| e.to_string())
     })
     .await;
 
@@ -138,15 +133,14 @@ async fn recovers_after_the_api_server_restarts() {
         .create(&PostParams::default(), &target("after"))
         .await
         .expect("create");
-    let body = until(e.addr, "recovery", Duration::from_secs(90), |b| {
-        has_line(b, "ksit_exporter_kube_up 1") && b.contains("target=\"after\"")
-    });
-    assert!(
-        has_line(
-            &body,
-            "ksit_exporter_collector_up{collector=\"integrationtargets\"} 1"
-        ),
-        "{body}"
+    let s = e
+        .scrape_within(Duration::from_secs(90), "recovery", |s| {
+            s.is("ksit_exporter_kube_up", 1.0) && s.has_label("target", "after")
+        })
+        .await;
+    s.assert(
+        "ksit_exporter_collector_up{collector=\"integrationtargets\"}",
+        1.0,
     );
-    assert!(body.contains("target=\"before\""), "{body}");
+    assert!(s.has_label("target", "before"), "{s}");
 }

@@ -134,15 +134,8 @@ async fn nested_kustomizations_and_the_operator_bundle_pass_server_side_dry_run(
         ]),
         "installing the Prometheus CRD",
     );
-    check(
-        cp.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/prometheuses.monitoring.coreos.com",
-        ]),
-        "waiting for the Prometheus CRD",
-    );
+    cp.wait_established(&["prometheuses.monitoring.coreos.com"])
+        .await;
     for dir in [
         "manifests/monitoring/podmonitor",
         "manifests/monitoring/common",
@@ -224,7 +217,9 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     );
     let deploy = find(&items, "Deployment", "ksit-controller-manager");
     let pod = &deploy["spec"]["template"];
-    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+    let selector = svc["spec"]["selector"].as_object().unwrap();
+    assert!(!selector.is_empty(), "{svc}");
+    for (k, v) in selector {
         assert_eq!(&pod["metadata"]["labels"][k], v, "selector {k}");
     }
     assert_eq!(pod["spec"]["shareProcessNamespace"], true);

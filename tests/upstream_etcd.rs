@@ -2,59 +2,125 @@
 //! the test control plane's etcd (about 150 families, its own `process_*` and `go_*` among them).
 
 mod common;
-mod exporter_support;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
 
-use common::control_plane;
-use exporter_support::{get, has_line, start};
+use common::{Scrape, control_plane, http, start};
+
+/// When process `pid` started, in seconds since the epoch, computed as the exporter's process
+/// collector does: boot time plus the start in clock ticks from /proc.
+fn process_start_time(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Field 22; counted after the command name, which may hold spaces but ends at the last ')'.
+    let ticks: f64 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .and_then(|v| v.parse().ok())
+        .expect("starttime in /proc/PID/stat");
+    let btime: f64 = std::fs::read_to_string("/proc/stat")
+        .expect("/proc/stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("btime in /proc/stat");
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf runs");
+    let hz: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK");
+    btime + ticks / hz
+}
+
+fn families(s: &Scrape) -> BTreeSet<String> {
+    s.types().iter().map(|(name, _)| name.clone()).collect()
+}
 
 #[tokio::test]
 async fn etcd_metrics_are_merged_without_duplicate_families() {
     let Some(cp) = control_plane().await else {
         return;
     };
+    let etcd_addr = cp.etcd_url.trim_start_matches("http://").to_string();
     let url = format!("{}/metrics", cp.etcd_url);
     let e = start(&[
         ("KSIT_KUBERNETES", "false"),
         ("KSIT_UPSTREAM_METRICS_URL", url.as_str()),
         ("KSIT_PROBE_INTERVAL", "500ms"),
         ("KSIT_PROBE_TIMEOUT", "400ms"),
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
-        let body = get(e.addr, "/metrics").text();
-        if has_line(&body, "ksit_exporter_upstream_up 1") {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "upstream never up:\n{body}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-
-    assert!(has_line(&body, "etcd_server_has_leader 1"), "{body}");
-    let mut types: BTreeMap<&str, usize> = BTreeMap::new();
-    for name in body
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
-    {
-        *types.entry(name).or_default() += 1;
-    }
-    let repeated: Vec<_> = types.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "families typed twice: {repeated:?}");
-    assert!(
-        types.len() > 100,
-        "etcd's families are served through the exporter, got {}",
-        types.len()
+    ])
+    .await;
+    // The same exporter without an upstream: which families are its own.
+    let alone = start(&[("KSIT_KUBERNETES", "false")]).await;
+    let own = families(
+        &alone
+            .scrape_until("its first collection", |s| {
+                s.has("ksit_exporter_collector_up{collector=\"process\"}")
+            })
+            .await,
     );
-    for family in ["go_goroutines", "etcd_disk_wal_fsync_duration_seconds"] {
-        assert!(types.contains_key(family), "{family} not passed through");
+
+    let served = e
+        .scrape_until("the upstream up", |s| {
+            s.is("ksit_exporter_upstream_up", 1.0)
+        })
+        .await;
+    let etcd = Scrape::parse(&http::get(&etcd_addr, "/metrics").await.text());
+    let etcd_families = families(&etcd);
+    served.assert("etcd_server_has_leader", 1.0);
+
+    // Every family once: the exporter's own, and each of etcd's (those of the same name as one
+    // of the exporter's served once, as the exporter's).
+    let mut seen = BTreeSet::new();
+    let repeated: Vec<_> = served
+        .types()
+        .iter()
+        .filter(|(name, _)| !seen.insert(name.clone()))
+        .collect();
+    assert!(repeated.is_empty(), "families typed twice: {repeated:?}");
+    let expected: BTreeSet<String> = own.union(&etcd_families).cloned().collect();
+    assert!(
+        seen == expected,
+        "served families differ from the exporter's own plus etcd's: only served {:?}, missing {:?}",
+        seen.difference(&expected).collect::<Vec<_>>(),
+        expected.difference(&seen).collect::<Vec<_>>()
+    );
+    let shadowed: Vec<_> = own.intersection(&etcd_families).collect();
+    assert!(
+        shadowed.iter().any(|f| *f == "process_start_time_seconds"),
+        "etcd and the exporter share process families: {shadowed:?}"
+    );
+    assert!(
+        etcd_families.len() > 100,
+        "etcd's families are many, got {}",
+        etcd_families.len()
+    );
+
+    // A shared family carries the exporter's value: its own start time, which is not etcd's.
+    let served_start = served
+        .get("process_start_time_seconds")
+        .expect("process_start_time_seconds served");
+    let etcd_start = etcd
+        .get("process_start_time_seconds")
+        .expect("etcd's process_start_time_seconds");
+    let own_start = process_start_time(e.child.id());
+    // The exporter's process collector gives whole seconds.
+    assert!(
+        (0.0..1.0).contains(&(own_start - served_start)),
+        "served {served_start}, the exporter started at {own_start} (etcd at {etcd_start})"
+    );
+    assert!(
+        (own_start - etcd_start).abs() >= 1.0,
+        "the exporter and etcd started within a second ({own_start}, {etcd_start}): the check cannot tell them apart"
+    );
+    // A family of etcd's alone passes through with etcd's values.
+    for series in ["etcd_server_has_leader", "etcd_server_is_leader"] {
+        assert_eq!(
+            served.get(series),
+            etcd.get(series),
+            "{series}: served and etcd's own"
+        );
     }
-    // Both processes have process_resident_memory_bytes; the exporter's own is the one served.
-    let own_pid_series = body
-        .lines()
-        .filter(|l| l.starts_with("process_start_time_seconds "))
-        .count();
-    assert_eq!(own_pid_series, 1, "one process_start_time_seconds sample");
 }

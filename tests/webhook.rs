@@ -7,14 +7,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Cleanup, ControlPlane, check, control_plane, eventually, http_get, test_namespace};
+use common::{
+    Cleanup, ControlPlane, Scrape, check, control_plane, eventually, http, test_namespace,
+};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -41,7 +42,7 @@ impl Drop for Webhook {
 }
 
 impl Webhook {
-    fn start(certs: &Path) -> Webhook {
+    async fn start(certs: &Path) -> Webhook {
         let mut child = Command::new(BIN)
             .arg("webhook")
             .env_clear()
@@ -60,52 +61,26 @@ impl Webhook {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the webhook binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keep draining stderr so the webhook never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && line.contains("serving the admission webhook") {
-                    let v: Value = serde_json::from_str(&line).expect("json log line");
-                    let _ = tx.send(Ok((
-                        v["addr"].as_str().unwrap().parse().unwrap(),
-                        v["metrics_addr"].as_str().unwrap().to_string(),
-                    )));
-                    sent = true;
-                } else if !sent {
-                    let _ = tx.send(Err(line.clone()));
-                }
-                if std::env::var_os("KSIT_TEST_VERBOSE").is_some() {
-                    eprintln!("webhook: {line}");
-                }
-            }
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok((addr, metrics_addr))) => {
-                    return Webhook {
-                        child,
-                        addr,
-                        metrics_addr,
-                    };
-                }
-                Ok(Err(line)) => eprintln!("webhook: {line}"),
-                Err(e) => panic!("the webhook did not log its address within 10s: {e}"),
-            }
+        let line =
+            common::exporter::logged_line(&mut child, "webhook", "serving the admission webhook")
+                .await;
+        let field = |name: &str| {
+            line[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+                .to_string()
+        };
+        Webhook {
+            addr: field("addr").parse().expect("a socket address"),
+            metrics_addr: field("metrics_addr"),
+            child,
         }
     }
 
-    fn metrics(&self) -> String {
-        let (status, body) = http_get(&self.metrics_addr, "/metrics").expect("scraping");
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    fn sample(&self, series: &str) -> Option<f64> {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    async fn metrics(&self) -> Scrape {
+        let reply = http::get(&self.metrics_addr, "/metrics").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        Scrape::parse(&reply.text())
     }
 }
 
@@ -154,7 +129,13 @@ async fn register(
         .expect("the base has a MutatingWebhookConfiguration");
     let name = format!("ksit-test-{}", namespaces[0]);
     mwc["metadata"]["name"] = json!(name);
-    for webhook in mwc["webhooks"].as_array_mut().unwrap() {
+    let webhooks = mwc["webhooks"].as_array_mut().unwrap();
+    assert_eq!(
+        webhooks.len(),
+        2,
+        "the namespace entry and the pod-label entry"
+    );
+    for webhook in webhooks {
         assert_eq!(webhook["failurePolicy"], "Ignore");
         let path = webhook["clientConfig"]["service"]["path"]
             .as_str()
@@ -250,7 +231,13 @@ async fn wait_until_injecting(pods: &Api<Pod>) {
     let stored = eventually(
         Duration::from_secs(30),
         "the API server to call the webhook",
-        || async { pods.create(&dry, &probe).await.ok().filter(has_sidecar) },
+        || async {
+            match pods.create(&dry, &probe).await {
+                Ok(pod) if has_sidecar(&pod) => Ok(pod),
+                Ok(_) => Err("a pod without the sidecar".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
     )
     .await;
     assert_injected(&stored);
@@ -269,7 +256,7 @@ async fn only_opted_in_pods_get_the_sidecar_and_an_outage_blocks_nothing() {
     let plain = test_namespace(&cp, "wh-plain", &[]).await;
     let certs = tempfile::tempdir().unwrap();
     let ca_bundle = issue_certs(certs.path());
-    let webhook = Webhook::start(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
     let _registration =
         register(&cp, webhook.addr, &ca_bundle, &[&enabled.name, &plain.name]).await;
     let in_enabled = Api::<Pod>::namespaced(cp.client.clone(), &enabled.name);
@@ -332,27 +319,27 @@ async fn only_opted_in_pods_get_the_sidecar_and_an_outage_blocks_nothing() {
     assert!(template_spec.init_containers.is_none(), "{template_spec:?}");
     assert_eq!(template_spec.containers.len(), 1);
 
-    // What the webhook counted: 2 injected (and the dry-run probes), the annotation opt-out
-    // and the unlabelled pod that only the namespace entry's selector could have sent
-    // (the label opt-out and the unlabelled pod elsewhere never reached it).
-    let injected = webhook
-        .sample(r#"ksit_webhook_admissions_total{decision="injected",reason="none"}"#)
-        .unwrap();
-    assert!(injected >= 3.0, "{injected}");
-    assert_eq!(
-        webhook.sample(r#"ksit_webhook_admissions_total{decision="skipped",reason="opted_out"}"#),
-        Some(1.0)
+    // What the webhook counted: the 3 injected (the enabled namespace's unlabelled pod, the
+    // labelled pod elsewhere, and the one dry-run probe that got through) and the annotation
+    // opt-out; the label opt-out and the unlabelled pod elsewhere never reached it.
+    let m = webhook.metrics().await;
+    m.assert(
+        r#"ksit_webhook_admissions_total{decision="injected",reason="none"}"#,
+        3.0,
+    );
+    m.assert(
+        r#"ksit_webhook_admissions_total{decision="skipped",reason="opted_out"}"#,
+        1.0,
     );
     assert_eq!(
-        webhook
-            .sample(r#"ksit_webhook_admissions_total{decision="skipped",reason="not_opted_in"}"#),
+        m.get(r#"ksit_webhook_admissions_total{decision="skipped",reason="not_opted_in"}"#),
         None,
-        "the selectors keep unrelated pods away"
+        "the selectors keep unrelated pods away: {m}"
     );
-    let expiry = webhook
-        .sample("ksit_webhook_certificate_expiry_timestamp_seconds")
-        .unwrap();
-    assert_eq!(expiry as i64, not_after(&certs.path().join("tls.crt")));
+    m.assert(
+        "ksit_webhook_certificate_expiry_timestamp_seconds",
+        not_after(&certs.path().join("tls.crt")) as f64,
+    );
 
     // Stopped: failurePolicy Ignore creates the pod, without the sidecar.
     drop(webhook);
@@ -370,9 +357,22 @@ fn not_after(path: &Path) -> i64 {
     cert.validity().not_after.timestamp()
 }
 
-/// The leaf certificate the webhook presents to a client trusting `ca.crt`, and the status line
-/// of an HTTP request over that connection.
+/// The leaf certificate the webhook presents to a client trusting `ca.crt`, and the response to
+/// an HTTP request over that connection (which must end within 10 s).
 async fn tls_exchange(addr: SocketAddr, certs: &Path, request: &str) -> (Vec<u8>, String) {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tls_exchange_unbounded(addr, certs, request),
+    )
+    .await
+    .expect("a TLS exchange with the webhook within 10s")
+}
+
+async fn tls_exchange_unbounded(
+    addr: SocketAddr,
+    certs: &Path,
+    request: &str,
+) -> (Vec<u8>, String) {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(certs.join("ca.crt")).unwrap())
@@ -405,7 +405,7 @@ async fn replaced_certificate_files_are_served_without_a_restart() {
     let ns = test_namespace(&cp, "wh-rotate", &[("ksit.io/inject", "enabled")]).await;
     let certs = tempfile::tempdir().unwrap();
     let ca_bundle = issue_certs(certs.path());
-    let webhook = Webhook::start(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
     let _registration = register(&cp, webhook.addr, &ca_bundle, &[&ns.name]).await;
     let pods = Api::<Pod>::namespaced(cp.client.clone(), &ns.name);
     wait_until_injecting(&pods).await;
@@ -431,9 +431,15 @@ async fn replaced_certificate_files_are_served_without_a_restart() {
         .unwrap()
         .to_vec();
     assert_ne!(renewed, first_leaf);
-    eventually(Duration::from_secs(10), "the reload", || async {
-        (webhook.sample("ksit_webhook_certificate_reloads_total") == Some(1.0)).then_some(())
-    })
+    let reloads = "ksit_webhook_certificate_reloads_total";
+    eventually(
+        Duration::from_secs(10),
+        "one certificate reload",
+        || async {
+            let m = webhook.metrics().await;
+            if m.is(reloads, 1.0) { Ok(()) } else { Err(m) }
+        },
+    )
     .await;
     let (leaf, _) = tls_exchange(
         webhook.addr,

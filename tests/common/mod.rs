@@ -1,16 +1,32 @@
-//! Support for tests that run against the test control plane (`scripts/controlplane.sh up`).
+//! Support shared by the test crates: the test control plane (`scripts/controlplane.sh up`),
+//! the stand-in KSIT manager, the exporter binary, an HTTP client, an exposition parser and the
+//! one polling helper, [`eventually`].
 //!
 //! Each test crate includes this with `mod common;` and uses a subset of it.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+pub mod exporter;
+pub mod http;
+pub mod poll;
+pub mod scrape;
+
+// The names most suites use; a crate that uses none of one would warn.
+#[allow(unused_imports)]
+pub use exporter::{Exporter, assert_promtool_clean, start};
+#[allow(unused_imports)]
+pub use poll::eventually;
+#[allow(unused_imports)]
+pub use scrape::Scrape;
+
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -26,7 +42,8 @@ pub struct ControlPlane {
     pub etcd_url: String,
 }
 
-fn repo_path(p: impl AsRef<Path>) -> PathBuf {
+/// A path in the repository.
+pub fn repo_path(p: impl AsRef<Path>) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
@@ -100,6 +117,9 @@ async fn connect() -> Result<ControlPlane, String> {
     })
 }
 
+/// Every request kubectl makes ends within this, so no kubectl run waits forever.
+const KUBECTL_TIMEOUT: &str = "--request-timeout=60s";
+
 impl ControlPlane {
     /// Runs the control plane's kubectl (built with kube-apiserver, so versions match).
     pub fn kubectl(&self, args: &[&str]) -> Output {
@@ -110,6 +130,7 @@ impl ControlPlane {
         let mut child = Command::new(self.bin_dir.join("kubectl"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .arg(KUBECTL_TIMEOUT)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -170,9 +191,46 @@ impl ControlPlane {
             "-f"
         };
         check(
-            self.kubectl(&["apply", "-n", namespace, flag, full.to_str().unwrap()]),
+            self.kubectl(&[
+                "apply",
+                "-n",
+                namespace,
+                flag,
+                full.to_str().expect("UTF-8 path"),
+            ]),
             "kubectl apply",
         );
+    }
+
+    /// Waits up to 60 s until each named CRD is Established. Read through the API rather than
+    /// `kubectl wait`, which fails outright on a CRD whose status has no conditions yet.
+    pub async fn wait_established(&self, crds: &[&str]) {
+        let api = Api::<CustomResourceDefinition>::all(self.client.clone());
+        for name in crds {
+            eventually(
+                Duration::from_secs(60),
+                &format!("CRD {name} Established"),
+                || async {
+                    let crd = api.get_opt(name).await.map_err(|e| e.to_string())?;
+                    let conditions = crd
+                        .as_ref()
+                        .and_then(|c| c.status.as_ref())
+                        .and_then(|s| s.conditions.clone())
+                        .unwrap_or_default();
+                    if conditions
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                    {
+                        Ok(())
+                    } else if crd.is_none() {
+                        Err("no such CRD".to_string())
+                    } else {
+                        Err(format!("conditions {conditions:?}"))
+                    }
+                },
+            )
+            .await;
+        }
     }
 }
 
@@ -200,6 +258,7 @@ impl Cleanup {
         let _ = Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .arg(KUBECTL_TIMEOUT)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -269,32 +328,39 @@ impl Drop for TestNamespace {
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
         .port()
 }
 
-/// Plain HTTP/1.0 GET against a loopback address: enough for /readyz and /metrics
-/// without pulling an HTTP client into every test.
-pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+/// Sends `SIGTERM` and waits up to `grace` for the exit, then `SIGKILL`s; always reaps. For
+/// `Drop`, which cannot await: the wait is on the exit itself (a thread in `wait`), not a sleep.
+pub fn terminate(mut child: Child, grace: Duration) -> Option<ExitStatus> {
+    let pid = child.id().to_string();
+    // The shell's builtin kill: std only sends SIGKILL, and /bin/kill (procps) may be absent.
+    let signal = |sig: &str| {
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} \"$0\""), &pid])
+            .stderr(Stdio::null())
+            .status();
+    };
+    signal("TERM");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx.recv_timeout(grace).or_else(|_| {
+        signal("KILL");
+        rx.recv()
+    });
+    let _ = waiter.join();
+    status.ok().and_then(Result::ok)
 }
 
-/// The stand-in KSIT controller-manager (tests/ksit-manager), killed on drop.
+/// The stand-in KSIT controller-manager (tests/ksit-manager), stopped on drop.
 pub struct ManagerProcess {
-    child: Child,
+    /// `None` only while dropping.
+    child: Option<Child>,
     pid_file: PathBuf,
     /// `127.0.0.1:PORT` of its controller-runtime metrics (plain HTTP, `/metrics`).
     pub metrics_addr: String,
@@ -306,12 +372,12 @@ pub struct ManagerProcess {
 
 /// Starts the manager watching `namespaces`, holding the `ksit.io` Lease in the first one,
 /// and waits for its /readyz.
-pub fn start_manager(cp: &ControlPlane, namespaces: &[&str]) -> ManagerProcess {
-    start_manager_with(cp, namespaces, &[])
+pub async fn start_manager(cp: &ControlPlane, namespaces: &[&str]) -> ManagerProcess {
+    start_manager_with(cp, namespaces, &[]).await
 }
 
 /// As [`start_manager`], with extra flags (e.g. `--target-failing-requeue=2s`).
-pub fn start_manager_with(
+pub async fn start_manager_with(
     cp: &ControlPlane,
     namespaces: &[&str],
     extra: &[&str],
@@ -319,12 +385,13 @@ pub fn start_manager_with(
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let health_addr = format!("127.0.0.1:{}", free_port());
     let run_dir = repo_path("target/controlplane/run");
-    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::create_dir_all(&run_dir).expect("creating target/controlplane/run");
     let log = repo_path(format!(
         "target/controlplane/ksit-manager-{}.log",
         namespaces.join("_")
     ));
-    let log_file = std::fs::File::create(&log).unwrap();
+    let log_file =
+        std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
     let child = Command::new(cp.bin_dir.join("ksit-manager"))
         .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
         .arg(format!("--namespaces={}", namespaces.join(",")))
@@ -332,7 +399,7 @@ pub fn start_manager_with(
         .arg(format!("--health-probe-bind-address={health_addr}"))
         .arg("--leader-elect")
         .args(extra)
-        .stdout(log_file.try_clone().unwrap())
+        .stdout(log_file.try_clone().expect("a second handle on the log"))
         .stderr(log_file)
         .spawn()
         .unwrap_or_else(|e| {
@@ -343,80 +410,52 @@ pub fn start_manager_with(
         });
     // `scripts/controlplane.sh down` stops managers whose test died before Drop ran.
     let pid_file = run_dir.join(format!("ksit-manager-{}.pid", child.id()));
-    std::fs::write(&pid_file, child.id().to_string()).unwrap();
+    std::fs::write(&pid_file, child.id().to_string()).expect("writing the manager's PID file");
+    // Built first, so that a manager that never gets ready is still stopped.
     let mut manager = ManagerProcess {
-        child,
+        child: Some(child),
         pid_file,
         metrics_url: format!("http://{metrics_addr}/metrics"),
         metrics_addr,
         health_addr,
         log,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = http_get(&manager.health_addr, "/readyz") {
-            return manager;
-        }
-        if let Ok(Some(status)) = manager.child.try_wait() {
+    eventually(Duration::from_secs(30), "ksit-manager's /readyz", || {
+        // Checked before the request: a manager that died will never be ready.
+        if let Some(Ok(Some(status))) = manager.child.as_mut().map(Child::try_wait) {
             panic!(
-                "ksit-manager exited with {status}; log: {}",
+                "ksit-manager exited with {status}; log:\n{}",
                 std::fs::read_to_string(&manager.log).unwrap_or_default()
             );
         }
-        assert!(
-            Instant::now() < deadline,
-            "ksit-manager not ready within 30s; log: {}",
-            manager.log.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let addr = manager.health_addr.clone();
+        async move {
+            let reply = http::try_request(&addr, "GET", "/readyz", &[]).await?;
+            match reply.status {
+                200 => Ok(()),
+                status => Err(format!("{status} {}", reply.text())),
+            }
+        }
+    })
+    .await;
+    manager
 }
 
 impl ManagerProcess {
     /// The current text of its /metrics.
-    pub fn metrics(&self) -> String {
-        let (status, body) =
-            http_get(&self.metrics_addr, "/metrics").expect("scraping ksit-manager");
-        assert_eq!(status, 200, "ksit-manager /metrics: {body}");
-        body
+    pub async fn metrics(&self) -> Scrape {
+        let reply = http::get(&self.metrics_addr, "/metrics").await;
+        assert_eq!(reply.status, 200, "ksit-manager /metrics: {}", reply.text());
+        Scrape::parse(&reply.text())
     }
 }
 
 impl Drop for ManagerProcess {
     fn drop(&mut self) {
         // SIGTERM first, so it releases the Lease as upstream's manager does on shutdown.
-        let _ = Command::new("sh")
-            // The shell's builtin kill: std only sends SIGKILL, and /bin/kill (procps) may be absent.
-            .args(["-c", "kill -TERM \"$0\"", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            terminate(child, Duration::from_secs(5));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.pid_file);
-    }
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
