@@ -53,6 +53,27 @@ run() {
 
 kc() { run kubectl --context "$CONTEXT" "$@"; }
 
+# wait_established SECONDS CRD...: until each CRD's Established condition is True. Not
+# `kubectl wait --for condition=Established`: it fails outright on a CRD whose status has no
+# conditions yet, as a CRD just applied may not.
+wait_established() {
+	local timeout=$1 crd status deadline
+	shift
+	if [[ $DRY_RUN == 1 ]]; then
+		printf '+ (poll until Established, %ss) %s\n' "$timeout" "$*"
+		return
+	fi
+	deadline=$((SECONDS + timeout))
+	for crd in "$@"; do
+		until status=$(kubectl --context "$CONTEXT" get "crd/$crd" \
+			-o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null) &&
+			[[ $status == True ]]; do
+			((SECONDS < deadline)) || die "CRD $crd not Established after ${timeout}s"
+			sleep 1
+		done
+	done
+}
+
 # kc_generate ARGS...: `kubectl ARGS --dry-run=client -o yaml | kubectl apply -f -`, which
 # creates or updates (a plain `kubectl create` fails when the demo is run again).
 kc_generate() {
@@ -191,14 +212,14 @@ cmd_up() {
 	step "prometheus-operator (pinned bundle) and a Prometheus"
 	# Server-side: the operator's CRDs exceed the annotation size client-side apply needs.
 	kc apply --server-side --force-conflicts -f "$(operator_bundle)"
-	kc wait --for condition=Established --timeout=120s crd/prometheuses.monitoring.coreos.com \
-		crd/servicemonitors.monitoring.coreos.com crd/podmonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com
+	wait_established 120 prometheuses.monitoring.coreos.com servicemonitors.monitoring.coreos.com \
+		podmonitors.monitoring.coreos.com prometheusrules.monitoring.coreos.com
 	kc -n default rollout status deployment/prometheus-operator --timeout=180s
 	kc apply -k manifests/demo/prometheus
 
 	step "ksit.io CRDs"
 	kc apply -k manifests/crds
-	kc wait --for condition=Established --timeout=60s crd/integrations.ksit.io crd/integrationtargets.ksit.io
+	wait_established 60 integrations.ksit.io integrationtargets.ksit.io
 
 	step "injection webhook in $WEBHOOK_NAMESPACE, with a certificate for $WEBHOOK_SERVICE.$WEBHOOK_NAMESPACE.svc"
 	webhook_certificate

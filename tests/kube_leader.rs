@@ -3,33 +3,13 @@
 //! beside two replicas give one copy, and it moves with the Lease.
 
 mod common;
-mod exporter_support;
 
-use std::time::Duration;
-
-use common::{control_plane, test_namespace};
-use exporter_support::{Exporter, get, has_line, start};
+use common::{Scrape, control_plane, start, test_namespace};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::json;
-
-/// Polls /metrics until `pred` holds, for up to 20 s (the control plane shares two cores).
-async fn until(e: &Exporter, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body = get(e.addr, "/metrics").text();
-        if pred(&body) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last /metrics:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn two_sidecars_export_one_copy_of_managed_clusters() {
@@ -68,39 +48,41 @@ async fn two_sidecars_export_one_copy_of_managed_clusters() {
         .await
         .expect("create the ManagedCluster");
     let series = format!(
-        "ksit_cluster_status{{cluster_name=\"{name}\",namespace=\"\",source=\"managedcluster\",target=\"{name}\"}} 0"
+        "ksit_cluster_status{{cluster_name=\"{name}\",namespace=\"\",source=\"managedcluster\",target=\"{name}\"}}"
     );
 
     let kc = cp.kubeconfig.display().to_string();
-    let sidecar = |pod: &'static str| {
-        start(&[
+    let env = |pod: &'static str| {
+        [
             ("KUBECONFIG", kc.as_str()),
             ("KSIT_KUBERNETES", "true"),
             ("KSIT_OCM_CLUSTERS", "true"),
             ("KSIT_WATCH_NAMESPACES", n),
             ("POD_NAME", pod),
             ("POD_NAMESPACE", n),
-        ])
+        ]
     };
-    let (a, b) = (sidecar("mgr-a"), sidecar("mgr-b"));
-    let settled = |leader: bool| {
-        move |body: &str| {
-            has_line(body, &format!("ksit_component_leader {}", u8::from(leader)))
-                && has_line(
-                    body,
-                    "ksit_exporter_collector_up{collector=\"managedclusters\"} 1",
-                )
-        }
+    let (a, b) = (start(&env("mgr-a")).await, start(&env("mgr-b")).await);
+    // Settled: the sidecar knows whether it leads, and its ManagedCluster watch is up.
+    let settled = |s: &Scrape, leader: bool| {
+        s.is("ksit_component_leader", f64::from(u8::from(leader)))
+            && s.is(
+                "ksit_exporter_collector_up{collector=\"managedclusters\"}",
+                1.0,
+            )
     };
-    let body = until(&a, "the leader's sidecar exporting", |body| {
-        settled(true)(body) && has_line(body, &series)
+    let ours = |s: &Scrape| s.text.contains(&format!("target=\"{name}\""));
+    a.scrape_until("the leader's sidecar exporting", |s| {
+        settled(s, true) && s.is(&series, 0.0)
     })
     .await;
-    assert!(has_line(&body, &series), "{body}");
-    let body = until(&b, "the follower's sidecar settled", settled(false)).await;
+    let follower = b
+        .scrape_until("the follower's sidecar settled", |s| settled(s, false))
+        .await;
     assert!(
-        !body.contains(&format!("target=\"{name}\"")),
-        "a follower's sidecar exports no ManagedCluster series:\n{body}"
+        !ours(&follower),
+        "a follower's sidecar exports no ManagedCluster series:\n{}",
+        follower.text
     );
 
     // The Lease moves to the other replica: so does the one copy.
@@ -112,12 +94,12 @@ async fn two_sidecars_export_one_copy_of_managed_clusters() {
         )
         .await
         .expect("move the Lease");
-    until(&b, "the new leader's sidecar exporting", |body| {
-        settled(true)(body) && has_line(body, &series)
+    b.scrape_until("the new leader's sidecar exporting", |s| {
+        settled(s, true) && s.is(&series, 0.0)
     })
     .await;
-    until(&a, "the old leader's sidecar silent", |body| {
-        settled(false)(body) && !body.contains(&format!("target=\"{name}\""))
+    a.scrape_until("the old leader's sidecar silent", |s| {
+        settled(s, false) && !ours(s)
     })
     .await;
 
