@@ -6,6 +6,7 @@ mod common;
 
 use common::{Scrape, control_plane, start, test_namespace};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -107,4 +108,79 @@ async fn two_sidecars_export_one_copy_of_managed_clusters() {
         .delete(&name, &Default::default())
         .await
         .expect("delete the ManagedCluster");
+}
+
+/// A pod leads only while its Lease is unexpired: when the holder stops renewing (its manager
+/// died and nobody took over yet), its sidecar stops leading at renewTime +
+/// leaseDurationSeconds, with no change to the Lease to tell it; a renewal makes it lead again.
+#[tokio::test]
+async fn a_lapsed_lease_is_not_leadership() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-lapse", &[]).await;
+    let n = ns.name.as_str();
+    let leases: Api<Lease> = Api::namespaced(cp.client.clone(), n);
+    // As the API server writes a MicroTime: to the microsecond.
+    let now = || {
+        serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now()))
+            .expect("a MicroTime serializes")
+    };
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "ksit.io"},
+        "spec": {"holderIdentity": "mgr-a_1", "renewTime": now(), "leaseDurationSeconds": 4}
+    }))
+    .expect("lease");
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("create the Lease");
+    let kc = cp.kubeconfig.display().to_string();
+    let e = start(&[
+        ("KUBECONFIG", kc.as_str()),
+        ("KSIT_KUBERNETES", "true"),
+        ("KSIT_WATCH_NAMESPACES", n),
+        ("POD_NAME", "mgr-a"),
+        ("POD_NAMESPACE", n),
+    ])
+    .await;
+    e.scrape_until("leading on a fresh Lease", |s| {
+        s.is("ksit_component_leader", 1.0)
+    })
+    .await;
+    e.scrape_until("not leading once the Lease lapsed", |s| {
+        s.is("ksit_component_leader", 0.0)
+    })
+    .await;
+    leases
+        .patch(
+            "ksit.io",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"renewTime": now(), "leaseDurationSeconds": 60}})),
+        )
+        .await
+        .expect("renew the Lease");
+    e.scrape_until("leading again once renewed", |s| {
+        s.is("ksit_component_leader", 1.0)
+    })
+    .await;
+}
+
+/// Leadership that cannot be known (no POD_NAME, so no Lease is read) is absent, not 0.
+#[tokio::test]
+async fn unknown_leadership_is_absent() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let kc = cp.kubeconfig.display().to_string();
+    let e = start(&[("KUBECONFIG", kc.as_str()), ("KSIT_KUBERNETES", "true")]).await;
+    let s = e
+        .scrape_until("the KSIT collectors up", |s| {
+            s.is(
+                "ksit_exporter_collector_up{collector=\"integrationtargets\"}",
+                1.0,
+            )
+        })
+        .await;
+    assert!(!s.has_family("ksit_component_leader"), "{}", s.text);
 }

@@ -1,8 +1,8 @@
 //! The `ksit_cluster_*` families: one series set per managed cluster, written by two collectors
 //! (IntegrationTargets in `targets`, ManagedClusters in `ocm`) and told apart by `source`.
 
-use super::Condition;
 use super::series::Series;
+use super::{Condition, first_of_each_type};
 use crate::labels;
 use crate::metrics::{Family, Gauges, Registry};
 
@@ -55,7 +55,7 @@ impl Families {
         cluster: &Cluster,
         conditions: &[Condition],
     ) {
-        for c in conditions {
+        for c in first_of_each_type(conditions) {
             series.one_hot(&self.condition, CONDITION_STATUSES, &c.status, |status| {
                 ClusterCondition {
                     source: cluster.source.clone(),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::cluster::CONDITION_STATUSES;
 use super::series::Series;
 use super::watch::{self, Gate, watch_all};
-use super::{Condition, field, ksit_resource, unix_seconds};
+use super::{Condition, field, first_of_each_type, ksit_resource, unix_seconds};
 use crate::labels;
 use crate::metrics::{Family, Gauges, Registry};
 
@@ -173,7 +173,7 @@ pub fn write(series: &mut Series, f: &Families, obj: &DynamicObject) {
         kind: spec.type_.clone(),
         phase: phase.to_string(),
     });
-    for c in &status.conditions {
+    for c in first_of_each_type(&status.conditions) {
         series.one_hot(&f.condition, CONDITION_STATUSES, &c.status, |status| {
             IntegrationCondition {
                 namespace: it.namespace.clone(),
@@ -261,13 +261,17 @@ mod tests {
                 "#,
             ),
             (
-                "disabled and failed; a cluster listed twice keeps its last entry",
+                "disabled and failed; the first of two Ready conditions wins; a cluster listed twice keeps its last entry",
                 json!({
                     "metadata": {"name": "kyverno", "namespace": "ksit-system", "generation": 1},
                     "spec": {"type": "kyverno", "enabled": false},
                     "status": {
                         "phase": "Failed",
                         "observedGeneration": 1,
+                        "conditions": [
+                            {"type": "Ready", "status": "False"},
+                            {"type": "Ready", "status": "True"}
+                        ],
                         "clusterStatuses": [
                             {"name": "edge-1", "connected": true},
                             {"name": "edge-1", "connected": false}
@@ -276,6 +280,9 @@ mod tests {
                 }),
                 r#"
                 ksit_integration_cluster_connected{cluster_name="edge-1",integration="kyverno",namespace="ksit-system"} 0
+                ksit_integration_condition{condition="Ready",integration="kyverno",namespace="ksit-system",status="False"} 1
+                ksit_integration_condition{condition="Ready",integration="kyverno",namespace="ksit-system",status="True"} 0
+                ksit_integration_condition{condition="Ready",integration="kyverno",namespace="ksit-system",status="Unknown"} 0
                 ksit_integration_generation_lag{integration="kyverno",namespace="ksit-system"} 0
                 ksit_integration_info{enabled="false",integration="kyverno",namespace="ksit-system",type="kyverno"} 1
                 ksit_integration_status_phase{integration="kyverno",namespace="ksit-system",phase="Failed",type="kyverno"} 1

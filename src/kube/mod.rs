@@ -179,6 +179,16 @@ pub struct Condition {
     pub status: String,
 }
 
+/// The conditions as Kubernetes reads them: the first of each type wins, as with
+/// `meta.FindStatusCondition` and `kubectl wait` (a status may list a type twice: KSIT's CRDs do
+/// not forbid it).
+fn first_of_each_type(conditions: &[Condition]) -> impl Iterator<Item = &Condition> {
+    let mut seen = std::collections::HashSet::new();
+    conditions
+        .iter()
+        .filter(move |c| seen.insert(c.type_.as_str()))
+}
+
 /// A kind of KSIT's API group `ksit.io/v1alpha1`.
 fn ksit_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("ksit.io", "v1alpha1", kind), plural)

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::cluster::{self, Cluster};
 use super::series::Series;
 use super::watch::{self, Gate, watch_all};
-use super::{Condition, field};
+use super::{Condition, field, first_of_each_type};
 
 const NAME: &str = "managedclusters";
 
@@ -53,10 +53,8 @@ pub fn write(series: &mut Series, f: &cluster::Families, obj: &DynamicObject) {
         target: obj.name_any(),
         cluster_name: obj.name_any(),
     };
-    let available = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == AVAILABLE && c.status == "True");
+    let available =
+        first_of_each_type(&status.conditions).any(|c| c.type_ == AVAILABLE && c.status == "True");
     series.set(&f.status, &cluster, f64::from(u8::from(available)));
     f.write_conditions(series, &cluster, &status.conditions);
 }
@@ -86,12 +84,13 @@ mod tests {
                 "#,
             ),
             (
-                "joined but not available",
+                "joined but not available: the first Available condition wins",
                 json!({
                     "metadata": {"name": "cluster2"},
                     "status": {"conditions": [
                         {"type": "ManagedClusterJoined", "status": "True"},
-                        {"type": "ManagedClusterConditionAvailable", "status": "Unknown"}
+                        {"type": "ManagedClusterConditionAvailable", "status": "Unknown"},
+                        {"type": "ManagedClusterConditionAvailable", "status": "True"}
                     ]}
                 }),
                 r#"

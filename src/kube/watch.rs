@@ -156,6 +156,11 @@ impl Tracker {
     }
 
     fn failed(&mut self, e: &watcher::Error) {
+        if routine(e) {
+            // The watcher re-lists by itself; nothing is wrong and nothing is logged above debug.
+            tracing::debug!(collector = %self.name.collector, error = %e, "watch restarted");
+            return;
+        }
         if self.up != Some(false) {
             tracing::warn!(collector = %self.name.collector, error = %e, hint = hint(e), "watch failed; retrying with backoff");
         }
@@ -164,6 +169,17 @@ impl Tracker {
         self.families
             .kube_up
             .set(&(), f64::from(u8::from(api_answered(e))));
+    }
+}
+
+/// A restart the API server asks for in the normal course of a watch: 410 Gone, when the
+/// resourceVersion the watch resumes from has been compacted away. The watcher re-lists.
+fn routine(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(s) => s.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 410,
+        _ => false,
     }
 }
 
@@ -275,5 +291,39 @@ impl Limit {
         self.dropped = cut;
         all.truncate(self.max);
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    /// A fault no real part produces on demand: an API server answers 410 only once etcd has
+    /// compacted the watch's resourceVersion away, so the errors are made by hand here.
+    fn status(code: u16) -> Box<Status> {
+        Box::new(Status::failure("test", "Test").with_code(code))
+    }
+
+    #[test]
+    fn a_routine_410_does_not_take_the_collector_down_and_a_403_does() {
+        let registry = Registry::new();
+        let families = Families::register(&registry, collector::Families::register(&registry));
+        let up = |f: &Families| f.collectors.up.get(&Collector::named("integrations"));
+        let mut tracker = Tracker::new("integrations", families.clone());
+        tracker.ok();
+        tracker.failed(&watcher::Error::WatchError(status(410)));
+        assert_eq!(up(&families), Some(1.0), "410 Gone is routine");
+        tracker.failed(&watcher::Error::WatchStartFailed(kube::Error::Api(status(
+            410,
+        ))));
+        assert_eq!(up(&families), Some(1.0));
+        tracker.failed(&watcher::Error::WatchError(status(403)));
+        assert_eq!(up(&families), Some(0.0), "403 is not");
+        assert_eq!(
+            families.kube_up.get(&()),
+            Some(1.0),
+            "the API server answered"
+        );
     }
 }
