@@ -47,7 +47,11 @@ impl Families {
         Self {
             count: registry.gauges(COUNT),
             resident_memory: registry.gauges(RESIDENT_MEMORY),
-            start_time: registry.gauges(START_TIME),
+            start_time: {
+                let start_time = registry.gauges(START_TIME);
+                start_time.remove(&());
+                start_time
+            },
             cpu: registry.mirror(&[(CPU, &[])]),
             own: registry.mirror_descs(
                 prometheus::process_collector::ProcessCollector::for_self()
@@ -163,7 +167,11 @@ impl Processes {
         let f = &self.families;
         f.count.set(&(), procs.len() as f64);
         f.resident_memory.set(&(), rss as f64);
-        f.start_time.set(&(), oldest.unwrap_or_default() as f64);
+        // No process, no start time: absent rather than a 1970 that would read as a restart.
+        match oldest {
+            Some(t) => f.start_time.set(&(), t as f64),
+            None => f.start_time.remove(&()),
+        }
         f.set_cpu_seconds(cpu_ms as f64 / 1000.0);
         Ok(())
     }
@@ -178,5 +186,25 @@ impl Collect for Processes {
         // The exporter's own process_* series are read here, off the scrape path.
         self.families.own.set(self.own.collect());
         self.collect_matching()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_matching_process_means_no_start_time_not_1970() {
+        let registry = Registry::new();
+        let families = Families::register(&registry);
+        let matcher = Regex::new("^no-such-process-ksit-test$").expect("a valid regex");
+        let mut p = Processes::new(Some(matcher), Duration::from_secs(10), families.clone());
+        p.collect().await.expect("the process table is readable");
+        assert_eq!(families.count.get(&()), Some(0.0));
+        assert_eq!(families.start_time.get(&()), None, "absent, not 0");
+        let matcher = Regex::new(".").expect("a valid regex");
+        let mut p = Processes::new(Some(matcher), Duration::from_secs(10), families.clone());
+        p.collect().await.expect("the process table is readable");
+        assert!(families.start_time.get(&()).is_some_and(|t| t > 1e9));
     }
 }
