@@ -3,8 +3,6 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-KSIT_GIT_REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-export KSIT_GIT_REVISION
 
 .PHONY: help build release run test test-unit lint bench controlplane-build controlplane-up controlplane-down
 

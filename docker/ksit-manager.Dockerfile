@@ -2,8 +2,7 @@
 # from a static Go binary (CGO_ENABLED=0) and copied in, like the exporter's image: no pulls.
 # The binary is named /manager, as upstream's kubebuilder image names it.
 FROM scratch
-LABEL org.opencontainers.image.title="ksit-manager (stand-in, demo only)" \
-      org.opencontainers.image.source="https://github.com/kubestellar/ksit-exporter"
+LABEL org.opencontainers.image.title="ksit-manager (stand-in, demo only)"
 COPY manager /manager
 USER 65532:65532
 ENTRYPOINT ["/manager"]

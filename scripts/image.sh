@@ -131,7 +131,9 @@ cmd_check() {
 	ctr=$(buildah from --pull-never "$IMAGE")
 
 	version=$(buildah run --isolation chroot "$ctr" -- /ksit-exporter --version)
-	[[ $version == "ksit-exporter $VERSION" ]] || die "--version printed '$version', expected 'ksit-exporter $VERSION'"
+	local expected
+	expected="ksit-exporter $VERSION ($(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+	[[ $version == "$expected" ]] || die "--version printed '$version', expected '$expected'"
 	log "--version in the image: $version"
 
 	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

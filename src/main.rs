@@ -17,7 +17,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("-V" | "--version") => {
-            println!("ksit-exporter {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "ksit-exporter {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("KSIT_GIT_REVISION")
+            );
             ExitCode::SUCCESS
         }
         Some(other) => {

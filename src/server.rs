@@ -47,9 +47,7 @@ pub fn register_exporter_families(registry: &Registry) -> prometheus::IntCounter
         BUILD_INFO,
         &Build {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            revision: option_env!("KSIT_GIT_REVISION")
-                .unwrap_or("unknown")
-                .to_string(),
+            revision: env!("KSIT_GIT_REVISION").to_string(),
         },
     );
     registry.uncached_counter(SCRAPES)

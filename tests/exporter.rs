@@ -141,10 +141,12 @@ async fn serves_probes_and_metrics() {
         "text/plain; version=0.0.4; charset=utf-8"
     );
     let s = common::Scrape::parse(&m.text());
+    // build.rs stamps every build from a checkout with its commit.
+    let revision = env!("KSIT_GIT_REVISION");
+    assert_ne!(revision, "unknown", "the git revision is stamped");
     s.assert(
         &format!(
-            "ksit_exporter_build_info{{revision=\"{}\",version=\"{}\"}}",
-            option_env!("KSIT_GIT_REVISION").unwrap_or("unknown"),
+            "ksit_exporter_build_info{{revision=\"{revision}\",version=\"{}\"}}",
             env!("CARGO_PKG_VERSION")
         ),
         1.0,
