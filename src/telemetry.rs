@@ -109,12 +109,26 @@ pub struct Redacted<'a>(&'a Uri);
 
 impl fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_text(&self.0.to_string()))
+        let uri = self.0;
+        let host = uri.authority().and_then(|a| a.as_str().rsplit_once('@'));
+        match (uri.scheme_str(), host) {
+            (Some(scheme), Some((_, host))) => {
+                write!(f, "{scheme}://***@{host}{}", uri.path())?;
+                match uri.query() {
+                    Some(query) => write!(f, "?{query}"),
+                    None => Ok(()),
+                }
+            }
+            _ => write!(f, "{uri}"),
+        }
     }
 }
 
 /// `text` with the user-info of every `scheme://user:password@host` in it masked, for text that
-/// may hold URLs but need not parse as one (a variable's value, an error message).
+/// may hold URLs but need not parse as one (a variable's value, an error message). Such text
+/// may hold a password with `/` or `,` in it, so everything from `://` to the last `@` before a
+/// space, a quote or the next `://` is masked: an `@` in a path masks more than the
+/// credentials, never less.
 pub fn redact_text(text: &str) -> Cow<'_, str> {
     if !text.contains('@') {
         return Cow::Borrowed(text);
@@ -124,20 +138,20 @@ pub fn redact_text(text: &str) -> Cow<'_, str> {
     while let Some(start) = rest.find("://") {
         let (head, tail) = rest.split_at(start + 3);
         out.push_str(head);
-        // The authority ends where the path, query or fragment begins, or where the text moves
-        // on to something else (a list separator, a space, a quote).
         let end = tail
-            .find(|c: char| "/?#,;\"'`<>".contains(c) || c.is_whitespace())
+            .find(|c: char| c.is_whitespace() || "\"'`<>".contains(c))
             .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
+        let end = tail[..end].find("://").unwrap_or(end);
+        match tail[..end].rfind('@') {
             Some(at) => {
                 out.push_str("***");
-                out.push_str(&authority[at..]);
+                rest = &tail[at..];
             }
-            None => out.push_str(authority),
+            None => {
+                out.push_str(&tail[..end]);
+                rest = &tail[end..];
+            }
         }
-        rest = &tail[end..];
     }
     out.push_str(rest);
     Cow::Owned(out)
@@ -172,24 +186,38 @@ mod tests {
                 "http://***@127.0.0.1:8081/healthz",
             ),
             ("http://token@h", "http://***@h"),
-            ("http://h:1/p?q=a@b", "http://h:1/p?q=a@b"),
-            (
-                "a=http://u:p@h/x,b=http://v:q@k:2/y x \"http://w:r@z\"",
-                "a=http://***@h/x,b=http://***@k:2/y x \"http://***@z\"",
-            ),
+            // A password that does not parse as one is masked all the same.
+            ("http://u:pa/ss,w@h/", "http://***@h/"),
             ("http://u:p@w@h/", "http://***@h/"),
+            (
+                "a=http://u:p@h/x,b=http://k/y x \"http://w:r@z\"",
+                "a=http://***@h/x,b=http://k/y x \"http://***@z\"",
+            ),
+            (
+                "a=http://u:p@h/x,b=http://v:q@k/y",
+                "a=http://***@h/x,b=http://***@k/y",
+            ),
+            // More than the credentials, never less.
+            ("http://h:1/p?q=a@b", "http://***@b"),
             ("no url, mail@example.com", "no url, mail@example.com"),
             ("http://", "http://"),
         ];
         for (text, masked) in cases {
             assert_eq!(redact_text(text), masked, "{text}");
         }
-        let uri: Uri = "http://u:secret@127.0.0.1:8082/metrics"
-            .parse()
-            .expect("valid");
-        let shown = redact(&uri).to_string();
-        assert_eq!(shown, "http://***@127.0.0.1:8082/metrics");
-        assert!(shown.parse::<Uri>().is_ok(), "still a URL");
+        // A parsed URL is masked exactly: its user-info only.
+        for (url, shown) in [
+            (
+                "http://u:secret@127.0.0.1:8082/metrics?a=b@c",
+                "http://***@127.0.0.1:8082/metrics?a=b@c",
+            ),
+            ("http://u@h", "http://***@h/"),
+            ("http://h:1/p?q=a@b", "http://h:1/p?q=a@b"),
+        ] {
+            let uri: Uri = url.parse().expect("valid");
+            assert_eq!(redact(&uri).to_string(), shown);
+            assert!(shown.parse::<Uri>().is_ok(), "still a URL");
+        }
     }
 
     #[test]
