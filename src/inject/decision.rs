@@ -118,57 +118,34 @@ pub(super) fn admit(
             "neither the namespace (ksit.io/inject=enabled) nor the pod (ksit.io/inject=true) opts in",
         ));
     }
+    // A container of the sidecar's name is ours when we wrote it (the status says so) or when it
+    // runs our image (added by hand as manifests/sidecar shows, maybe from a mirror).
     let injected = annotation(STATUS_ANNOTATION).is_some_and(|s| s.starts_with("injected"));
     let named = pod
         .spec
         .iter()
         .flat_map(containers)
         .find(|c| c.name == SIDECAR_NAME);
-    match named {
-        // Ours when we wrote it (the status says so) or when it runs our image (added by hand
-        // as manifests/sidecar shows, maybe from a mirror).
-        Some(c) if !injected && !c.image.as_deref().is_some_and(|i| is_ours(i, cfg)) => {
-            return Err(Skip::refused(
-                SkipReason::NameConflict,
-                format!(
-                    "a container named {SIDECAR_NAME} (image \"{}\") is not the sidecar: the pod has no {STATUS_ANNOTATION} of an injection and the image is not ksit-exporter; rename the container",
-                    excerpt(
-                        c.image.as_deref().unwrap_or_default().as_bytes(),
-                        VALUE_EXCERPT
-                    )
-                ),
-            ));
-        }
-        Some(_) => {}
-        None if injected => {}
-        None => return admit_annotations(pod, cfg),
+    if let Some(c) = named
+        && !injected
+        && !c.image.as_deref().is_some_and(|i| is_ours(i, cfg))
+    {
+        let image = c.image.as_deref().unwrap_or_default();
+        return Err(Skip::refused(
+            SkipReason::NameConflict,
+            format!(
+                "a container named {SIDECAR_NAME} (image \"{}\") is not the sidecar: the pod has no {STATUS_ANNOTATION} of an injection and the image is not ksit-exporter; rename the container",
+                excerpt(image.as_bytes(), VALUE_EXCERPT)
+            ),
+        ));
     }
-    Err(Skip::untouched(
-        SkipReason::AlreadyInjected,
-        "the pod already has the sidecar",
-    ))
-}
-
-/// Whether `image` is the sidecar's: the configured image, or any image whose repository is
-/// named `ksit-exporter` (another release, a mirror, a digest).
-fn is_ours(image: &str, cfg: &InjectorConfig) -> bool {
-    if image == cfg.image {
-        return true;
+    if injected || named.is_some() {
+        return Err(Skip::untouched(
+            SkipReason::AlreadyInjected,
+            "the pod already has the sidecar",
+        ));
     }
-    let name = image.split_once('@').map_or(image, |(name, _)| name);
-    // A tag follows the last `:` after the last `/`; a `:` before it is a registry's port.
-    let path = name.rsplit_once('/').map_or(name, |(_, last)| last);
-    path.split_once(':').map_or(path, |(repo, _)| repo) == SIDECAR_NAME
-}
 
-/// `key="value"`, the value cut short and escaped.
-fn quoted(key: &str, value: &str) -> String {
-    format!("{key}=\"{}\"", excerpt(value.as_bytes(), VALUE_EXCERPT))
-}
-
-/// The part of [`admit`] that reads the pod's own annotations and network.
-fn admit_annotations(pod: &Pod, cfg: &InjectorConfig) -> Result<Plan, Skip> {
-    let annotation = |key: &str| get(&pod.metadata.annotations, key);
     let mode = match annotation(MODE_ANNOTATION) {
         None => cfg.mode,
         Some(value) => SidecarMode::parse(value).ok_or_else(|| {
@@ -203,6 +180,23 @@ fn admit_annotations(pod: &Pod, cfg: &InjectorConfig) -> Result<Plan, Skip> {
         ));
     }
     Ok(Plan { mode, takeover })
+}
+
+/// Whether `image` is the sidecar's: the configured image, or any image whose repository is
+/// named `ksit-exporter` (another release, a mirror, a digest).
+fn is_ours(image: &str, cfg: &InjectorConfig) -> bool {
+    if image == cfg.image {
+        return true;
+    }
+    let name = image.split_once('@').map_or(image, |(name, _)| name);
+    // A tag follows the last `:` after the last `/`; a `:` before it is a registry's port.
+    let path = name.rsplit_once('/').map_or(name, |(_, last)| last);
+    path.split_once(':').map_or(path, |(repo, _)| repo) == SIDECAR_NAME
+}
+
+/// `key="value"`, the value cut short and escaped.
+fn quoted(key: &str, value: &str) -> String {
+    format!("{key}=\"{}\"", excerpt(value.as_bytes(), VALUE_EXCERPT))
 }
 
 /// Refuses a sidecar environment the sidecar would not start with: it goes through the
