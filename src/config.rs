@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::Uri;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 use crate::env::{self, ConfigError, Doc, Effective, Empty, Reader, Var};
-use crate::telemetry::LOG_FORMAT;
 pub use crate::telemetry::LogFormat;
+use crate::telemetry::{LOG_FORMAT, redact};
 
 /// Whether to read the Kubernetes API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,15 +123,33 @@ impl Config {
             node_name: env.read(&NODE_NAME)?,
         };
         if config.probe_timeout > config.probe_interval {
-            return Err(ConfigError::invalid(
-                PROBE_TIMEOUT.name,
-                &env::show_duration(&config.probe_timeout),
-                format!(
-                    "a duration no longer than {} ({})",
-                    PROBE_INTERVAL.name,
-                    env::show_duration(&config.probe_interval)
-                ),
-            ));
+            // Blame the one the user set: an interval of 10ms is what is wrong when the timeout
+            // is the default 2s.
+            let (interval, timeout) = (
+                env::show_duration(&config.probe_interval),
+                env::show_duration(&config.probe_timeout),
+            );
+            return Err(
+                if env.is_set(&PROBE_INTERVAL) && !env.is_set(&PROBE_TIMEOUT) {
+                    ConfigError::invalid(
+                        PROBE_INTERVAL.name,
+                        &interval,
+                        format!(
+                            "a duration no shorter than {} ({timeout})",
+                            PROBE_TIMEOUT.name
+                        ),
+                    )
+                } else {
+                    ConfigError::invalid(
+                        PROBE_TIMEOUT.name,
+                        &timeout,
+                        format!(
+                            "a duration no longer than {} ({interval})",
+                            PROBE_INTERVAL.name
+                        ),
+                    )
+                },
+            );
         }
         Ok(Loaded {
             config,
@@ -161,7 +179,7 @@ const HEALTH_URLS: Var<Vec<HealthTarget>> = Var {
     show: |targets| {
         let items: Vec<String> = targets
             .iter()
-            .map(|t| format!("{}={}", t.name, t.url))
+            .map(|t| format!("{}={}", t.name, redact(&t.url)))
             .collect();
         items.join(",")
     },
@@ -170,18 +188,39 @@ const HEALTH_URLS: Var<Vec<HealthTarget>> = Var {
 const UPSTREAM_METRICS_URL: Var<Option<Uri>> = Var {
     name: "KSIT_UPSTREAM_METRICS_URL",
     default: "",
-    help: "the component's own Prometheus endpoint, e.g. `http://127.0.0.1:8082/metrics`",
+    help: "the component's own Prometheus endpoint, one URL, e.g. `http://127.0.0.1:8082/metrics`",
     empty: Empty::Default,
-    parse: |v| (!v.is_empty()).then(|| parse_http_url(v)).transpose(),
-    show: env::show_optional,
+    parse: |v| {
+        if v.contains(',') || v.contains(char::is_whitespace) {
+            return Err(
+                "one http:// URL, without commas or spaces (two URLs cannot both be the upstream)"
+                    .to_string(),
+            );
+        }
+        (!v.is_empty()).then(|| parse_http_url(v)).transpose()
+    },
+    show: |url| {
+        url.as_ref()
+            .map(|u| redact(u).to_string())
+            .unwrap_or_default()
+    },
 };
+
+/// The sidecar's memory limit as shipped: a body larger than this could not even be held.
+const MAX_UPSTREAM_BYTES: usize = 64 * 1024 * 1024;
 
 const UPSTREAM_MAX_BYTES: Var<usize> = Var {
     name: "KSIT_UPSTREAM_MAX_BYTES",
     default: "8388608",
-    help: "largest upstream body read; a larger one marks the upstream down",
+    help: "largest upstream body read (1024 to 67108864, the sidecar's 64 MiB memory limit); a larger one marks the upstream down",
     empty: Empty::Default,
-    parse: |v| at_least(v, 1024, "a byte count of at least 1024"),
+    parse: |v| {
+        count(
+            v,
+            1024..=MAX_UPSTREAM_BYTES,
+            "a byte count from 1024 to 67108864 (64 MiB, the sidecar's memory limit)",
+        )
+    },
     show: usize::to_string,
 };
 
@@ -194,7 +233,9 @@ const PROCESS_MATCH: Var<Option<Regex>> = Var {
         if v.is_empty() {
             return Ok(None);
         }
-        Regex::new(v).map(Some).map_err(|e| {
+        // The compiled program is bounded well inside the sidecar's memory limit.
+        let regex = RegexBuilder::new(v).size_limit(MAX_REGEX_BYTES).build();
+        regex.map(Some).map_err(|e| {
             // regex's syntax errors draw a caret over several lines; the last one says why.
             let why = e
                 .to_string()
@@ -209,30 +250,42 @@ const PROCESS_MATCH: Var<Option<Regex>> = Var {
     show: env::show_optional,
 };
 
+const MAX_REGEX_BYTES: usize = 1024 * 1024;
+
+/// Collectors run at least this often; a longer interval is a collector that has stopped.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
 const PROBE_INTERVAL: Var<Duration> = Var {
     name: "KSIT_PROBE_INTERVAL",
     default: "10s",
-    help: "how often health, process and upstream collectors run",
+    help: "how often health, process and upstream collectors run (10ms to 1h)",
     empty: Empty::Default,
-    parse: |v| env::duration(v, Duration::from_millis(10)),
+    parse: |v| env::duration(v, MIN_INTERVAL, MAX_INTERVAL),
     show: env::show_duration,
 };
 
 const PROBE_TIMEOUT: Var<Duration> = Var {
     name: "KSIT_PROBE_TIMEOUT",
     default: "2s",
-    help: "timeout of one health probe or upstream fetch",
+    help: "timeout of one health probe or upstream fetch (10ms to the interval)",
     empty: Empty::Default,
-    parse: |v| env::duration(v, Duration::from_millis(10)),
+    parse: |v| env::duration(v, MIN_INTERVAL, MAX_INTERVAL),
     show: env::show_duration,
 };
 
 const COMPONENT: Var<Option<String>> = Var {
     name: "KSIT_COMPONENT",
     default: "",
-    help: "component name when the pod labels do not give one",
+    help: "component name when the pod labels do not give one (a Kubernetes label value)",
     empty: Empty::Default,
-    parse: env::optional_text,
+    parse: |v| {
+        optional_name(
+            v,
+            is_label_value,
+            "a Kubernetes label value (up to 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit)",
+        )
+    },
     show: env::show_optional,
 };
 
@@ -260,18 +313,23 @@ const WATCH_NAMESPACES: Var<Namespaces> = Var {
         "" => Ok(Namespaces::Own),
         "*" => Ok(Namespaces::All),
         list => {
-            let list: Vec<String> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-            match list.iter().find(|n| !is_dns_label(n)) {
-                Some(bad) => Err(format!(
-                    "`*` or a comma list of namespace names; `{bad}` is not a namespace name"
-                )),
-                None => Ok(Namespaces::List(list)),
+            let mut names: Vec<String> = Vec::new();
+            for name in list.split(',').map(str::trim) {
+                let why = if name.is_empty() {
+                    "an item is empty".to_string()
+                } else if !is_dns_label(name) {
+                    format!("`{name}` is not a namespace name")
+                } else if names.iter().any(|n| n == name) {
+                    format!("`{name}` appears twice")
+                } else {
+                    names.push(name.to_string());
+                    continue;
+                };
+                return Err(format!(
+                    "`*` or a comma list of namespace names (DNS-1123 labels); {why}"
+                ));
             }
+            Ok(Namespaces::List(names))
         }
     },
     show: |v| match v {
@@ -286,7 +344,13 @@ const LEADER_LEASE: Var<String> = Var {
     default: "ksit.io",
     help: "name of the component's leader-election Lease, in the pod's namespace",
     empty: Empty::Default,
-    parse: |v| Ok(v.to_string()),
+    parse: |v| {
+        if is_dns_subdomain(v) {
+            Ok(v.to_string())
+        } else {
+            Err(SUBDOMAIN.replace("NAME", "Lease"))
+        }
+    },
     show: String::clone,
 };
 
@@ -319,18 +383,24 @@ const OCM_CLUSTERS: Var<bool> = Var {
 const MAX_OBJECTS: Var<usize> = Var {
     name: "KSIT_MAX_OBJECTS",
     default: "1000",
-    help: "most objects of one kind exported; the rest are counted as dropped",
+    help: "most objects of one kind exported (1 to 10000); the rest are counted as dropped",
     empty: Empty::Default,
-    parse: |v| at_least(v, 1, "a whole number of at least 1"),
+    parse: |v| count(v, 1..=MAX_MAX_OBJECTS, "a whole number from 1 to 10000"),
     show: usize::to_string,
 };
+
+/// Each object costs a few series; ten thousand of each kind is already past what fits in the
+/// sidecar's memory limit with room to spare.
+const MAX_MAX_OBJECTS: usize = 10_000;
+
+const SUBDOMAIN: &str = "a Kubernetes NAME name (a DNS-1123 subdomain: up to 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit)";
 
 const POD_NAME: Var<Option<String>> = Var {
     name: "POD_NAME",
     default: "",
     help: "this pod's name, from the downward API",
     empty: Empty::Default,
-    parse: env::optional_text,
+    parse: |v| optional_name(v, is_dns_subdomain, &SUBDOMAIN.replace("NAME", "pod")),
     show: env::show_optional,
 };
 
@@ -339,7 +409,13 @@ const POD_NAMESPACE: Var<Option<String>> = Var {
     default: "",
     help: "this pod's namespace, from the downward API",
     empty: Empty::Default,
-    parse: env::optional_text,
+    parse: |v| {
+        optional_name(
+            v,
+            is_dns_label,
+            "a Kubernetes namespace name (a DNS-1123 label: up to 63 lowercase letters, digits and `-`, starting and ending with a letter or digit)",
+        )
+    },
     show: env::show_optional,
 };
 
@@ -348,26 +424,63 @@ const NODE_NAME: Var<Option<String>> = Var {
     default: "",
     help: "this pod's node, from the downward API",
     empty: Empty::Default,
-    parse: env::optional_text,
+    parse: |v| optional_name(v, is_dns_subdomain, &SUBDOMAIN.replace("NAME", "node")),
     show: env::show_optional,
 };
 
-fn at_least(value: &str, min: usize, expected: &str) -> Result<usize, String> {
+fn count(
+    value: &str,
+    range: std::ops::RangeInclusive<usize>,
+    expected: &str,
+) -> Result<usize, String> {
     value
         .parse::<usize>()
         .ok()
-        .filter(|n| *n >= min)
+        .filter(|n| range.contains(n))
         .ok_or_else(|| expected.to_string())
 }
 
-/// A Kubernetes namespace name: an RFC 1123 label.
+/// A name that may be absent (empty), checked by `valid`.
+fn optional_name(
+    value: &str,
+    valid: fn(&str) -> bool,
+    expected: &str,
+) -> Result<Option<String>, String> {
+    match value {
+        "" => Ok(None),
+        name if valid(name) => Ok(Some(name.to_string())),
+        _ => Err(expected.to_string()),
+    }
+}
+
+/// `s` is `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+fn is_lowercase_name(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let (Some(&first), Some(&last)) = (s.as_bytes().first(), s.as_bytes().last()) else {
+        return false;
+    };
+    alnum(first) && alnum(last) && s.bytes().all(|b| alnum(b) || b == b'-')
+}
+
+/// A Kubernetes namespace name: a DNS-1123 label.
 fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
+    s.len() <= 63 && is_lowercase_name(s)
+}
+
+/// A Kubernetes object name such as a pod's, a Lease's or a node's: a DNS-1123 subdomain, dot
+/// separated labels.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_lowercase_name)
+}
+
+/// A Kubernetes label value (not empty here: empty means unset).
+fn is_label_value(s: &str) -> bool {
+    let alnum = |b: &u8| b.is_ascii_alphanumeric();
+    s.len() <= 63
+        && s.as_bytes().first().is_some_and(alnum)
+        && s.as_bytes().last().is_some_and(alnum)
         && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn parse_http_url(v: &str) -> Result<Uri, String> {
@@ -471,9 +584,38 @@ mod tests {
             ("KSIT_CR_METRICS", "sometimes"),
             ("KSIT_OCM_CLUSTERS", "yes"),
             ("KSIT_MAX_OBJECTS", "0"),
+            ("KSIT_MAX_OBJECTS", "10001"),
+            ("KSIT_UPSTREAM_MAX_BYTES", "18446744073709551615"),
+            ("KSIT_UPSTREAM_MAX_BYTES", "67108865"),
+            ("KSIT_PROBE_INTERVAL", "584542046090y"),
+            ("KSIT_PROBE_INTERVAL", "1h 1s"),
+            ("KSIT_PROBE_TIMEOUT", "2h"),
+            (
+                "KSIT_UPSTREAM_METRICS_URL",
+                "http://127.0.0.1:8082/metrics,http://127.0.0.1:8083/metrics",
+            ),
+            (
+                "KSIT_UPSTREAM_METRICS_URL",
+                "http://127.0.0.1:8082/metrics http://127.0.0.1:8083/metrics",
+            ),
+            ("KSIT_WATCH_NAMESPACES", ",,,"),
+            ("KSIT_WATCH_NAMESPACES", "a,,b"),
+            ("KSIT_WATCH_NAMESPACES", "a,a"),
+            ("KSIT_WATCH_NAMESPACES", "a.b"),
+            ("KSIT_LEADER_LEASE", "Bad_Lease"),
+            ("KSIT_LEADER_LEASE", "a..b"),
+            ("KSIT_LEADER_LEASE", "lease."),
+            ("KSIT_LEADER_LEASE", &"a".repeat(254)),
+            ("POD_NAME", "My Pod"),
+            ("POD_NAMESPACE", "team.a"),
+            ("POD_NAMESPACE", &"a".repeat(64)),
+            ("NODE_NAME", "-node"),
+            ("KSIT_COMPONENT", "argo cd"),
+            ("KSIT_COMPONENT", &"a".repeat(64)),
+            ("KSIT_PROCESS_MATCH", "(a{1000}){1000}"),
         ];
         for (var, value) in cases {
-            let e = load(&[(var, value)]).expect_err(var);
+            let e = load(&[(var, value)]).expect_err(&format!("{var}={value}"));
             assert_eq!(e.var(), var);
             let line = e.to_string();
             assert!(line.starts_with(&format!("{var}=")), "{line}");
@@ -482,10 +624,90 @@ mod tests {
     }
 
     #[test]
-    fn timeout_longer_than_interval_is_rejected() {
+    fn timeout_longer_than_interval_blames_the_variable_set() {
         let e =
             load(&[("KSIT_PROBE_INTERVAL", "1s"), ("KSIT_PROBE_TIMEOUT", "5s")]).expect_err("bad");
         assert_eq!(e.var(), "KSIT_PROBE_TIMEOUT");
+        let e = load(&[("KSIT_PROBE_TIMEOUT", "11s")]).expect_err("longer than the default");
+        assert_eq!(e.var(), "KSIT_PROBE_TIMEOUT");
+        // The user set only the interval; the default timeout is not theirs to fix.
+        let e = load(&[("KSIT_PROBE_INTERVAL", "10ms")]).expect_err("shorter than the default");
+        assert_eq!(
+            e.to_string(),
+            r#"KSIT_PROBE_INTERVAL="10ms" is invalid: a duration no shorter than KSIT_PROBE_TIMEOUT (2s)"#
+        );
+        let e = load(&[("KSIT_PROBE_INTERVAL", "10ms"), ("KSIT_PROBE_TIMEOUT", " ")])
+            .expect_err("a blank timeout is the default");
+        assert_eq!(e.var(), "KSIT_PROBE_INTERVAL");
+    }
+
+    #[test]
+    fn names_and_limits_that_are_fine() {
+        let c = load(&[
+            ("KSIT_WATCH_NAMESPACES", " a , b-2 "),
+            ("KSIT_LEADER_LEASE", "ksit-manager.ksit.io"),
+            ("POD_NAME", "ksit-controller-manager-7d9f8-x2x4z"),
+            ("POD_NAMESPACE", "ksit-system"),
+            ("NODE_NAME", "ip-10-0-0-1.ec2.internal"),
+            ("KSIT_COMPONENT", "ArgoCD_server.v2"),
+            ("KSIT_UPSTREAM_MAX_BYTES", "67108864"),
+            ("KSIT_PROBE_INTERVAL", "1h"),
+            ("KSIT_MAX_OBJECTS", "10000"),
+            (
+                "KSIT_UPSTREAM_METRICS_URL",
+                "http://127.0.0.1:8082/metrics?x=1",
+            ),
+        ])
+        .expect("valid")
+        .config;
+        assert_eq!(
+            c.watch_namespaces,
+            Namespaces::List(vec!["a".into(), "b-2".into()])
+        );
+        assert_eq!(c.leader_lease, "ksit-manager.ksit.io");
+        assert_eq!(c.upstream_max_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn credentials_in_urls_are_never_printed() {
+        let loaded = load(&[
+            (
+                "KSIT_HEALTH_URLS",
+                "live=http://user:secret@127.0.0.1:8081/healthz",
+            ),
+            (
+                "KSIT_UPSTREAM_METRICS_URL",
+                "http://user:secret@127.0.0.1:8082/metrics",
+            ),
+        ])
+        .expect("valid");
+        // Kept for the requests, masked where printed.
+        assert_eq!(
+            loaded.config.upstream_url.expect("set").to_string(),
+            "http://user:secret@127.0.0.1:8082/metrics"
+        );
+        let printed = loaded.effective.to_string();
+        assert!(!printed.contains("secret"), "{printed}");
+        assert!(
+            printed.contains("KSIT_HEALTH_URLS=live=http://***@127.0.0.1:8081/healthz\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("KSIT_UPSTREAM_METRICS_URL=http://***@127.0.0.1:8082/metrics\n"),
+            "{printed}"
+        );
+        for (var, value) in [
+            ("KSIT_HEALTH_URLS", "http://u:secret@h/x,ftp://u:secret@h/y"),
+            (
+                "KSIT_UPSTREAM_METRICS_URL",
+                "http://u:secret@h/x,http://u:secret@k/y",
+            ),
+            ("KSIT_UPSTREAM_METRICS_URL", "https://u:secret@h/x"),
+        ] {
+            let e = load(&[(var, value)]).expect_err(value).to_string();
+            assert!(!e.contains("secret"), "{e}");
+            assert!(e.contains("://***@h/"), "{e}");
+        }
     }
 
     #[test]

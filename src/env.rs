@@ -10,6 +10,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::time::Duration;
 
+use crate::telemetry::redact_text;
+
 /// A variable that cannot be used, in one line that names it: `{VAR}={value:?} is invalid:
 /// {expected}`. The one error type of every command's configuration (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +27,13 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// Credentials in URLs of the value (or of the explanation, which may quote it) are masked:
+    /// the line goes to logs.
     pub fn invalid(var: &'static str, value: &str, expected: impl Into<String>) -> Self {
         ConfigError::Invalid {
             var,
-            value: value.to_string(),
-            expected: expected.into(),
+            value: redact_text(value).into_owned(),
+            expected: redact_text(&expected.into()).into_owned(),
         }
     }
 
@@ -61,7 +65,8 @@ pub struct Var<T> {
     pub empty: Empty,
     /// The value, or what was expected instead (the end of the error line).
     pub parse: fn(&str) -> Result<T, String>,
-    /// The effective value as `check-config` prints it; parsing it again gives the same value.
+    /// The effective value as `check-config` prints it; parsing it again gives the same value,
+    /// except that credentials in URLs are masked.
     pub show: fn(&T) -> String,
 }
 
@@ -111,6 +116,15 @@ impl Reader {
             }),
             Err(expected) => Err(ConfigError::invalid(var.name, value, expected)),
         }
+    }
+
+    /// Whether `name` is set to a value of its own (not unset, nor blank where that means the
+    /// default): a check between two variables blames the one the user set.
+    pub fn is_set<T>(&self, var: &Var<T>) -> bool {
+        self.vars.get(var.name).is_some_and(|v| match var.empty {
+            Empty::Default => !v.trim().is_empty(),
+            Empty::Value => true,
+        })
     }
 
     /// Every variable read so far with its effective value.
@@ -227,15 +241,16 @@ pub fn optional_text(value: &str) -> Result<Option<String>, String> {
     Ok((!value.is_empty()).then(|| value.to_string()))
 }
 
-/// A duration such as `10s`, `500ms` or `1m`, at least `min`.
-pub fn duration(value: &str, min: Duration) -> Result<Duration, String> {
+/// A duration such as `10s`, `500ms` or `1m`, from `min` to `max`.
+pub fn duration(value: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     humantime::parse_duration(value)
         .ok()
-        .filter(|d| *d >= min)
+        .filter(|d| (min..=max).contains(d))
         .ok_or_else(|| {
             format!(
-                "a duration of at least {} such as `10s`, `500ms` or `1m`",
-                humantime::format_duration(min)
+                "a duration from {} to {} such as `10s`, `500ms` or `1m`",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
             )
         })
 }
@@ -315,6 +330,41 @@ mod tests {
             );
             assert_eq!(err.var(), "KSIT_T_REQUIRED");
         }
+    }
+
+    #[test]
+    fn errors_mask_credentials_in_urls() {
+        let err = ConfigError::invalid(
+            "KSIT_T_URL",
+            "http://u:secret@h/x y",
+            "one URL; `http://u:secret@h/x y` is not",
+        );
+        assert_eq!(
+            err.to_string(),
+            r#"KSIT_T_URL="http://***@h/x y" is invalid: one URL; `http://***@h/x y` is not"#
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let (min, max) = (Duration::from_millis(10), Duration::from_secs(3600));
+        assert_eq!(duration("1h", min, max), Ok(max));
+        assert_eq!(duration("10ms", min, max), Ok(min));
+        for bad in ["9ms", "61m", "18446744073709551615s", "soon", ""] {
+            let e = duration(bad, min, max).expect_err(bad);
+            assert_eq!(
+                e,
+                "a duration from 10ms to 1h such as `10s`, `500ms` or `1m`"
+            );
+        }
+    }
+
+    #[test]
+    fn set_means_a_value_of_its_own() {
+        let r = reader(&[("KSIT_T_WORD", " "), ("KSIT_T_LIMIT", "")]);
+        assert!(!r.is_set(&WORD), "blank is the default");
+        assert!(r.is_set(&LIMIT), "empty is a value");
+        assert!(!r.is_set(&REQUIRED), "unset");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A bounded HTTP GET for the local endpoints the collectors read (health probes, the upstream's
-//! metrics): one timeout over connect, headers and body, and a cap on the body size.
+//! metrics): one timeout over connect, headers and body, and a cap on the body size. Its errors
+//! never hold a URL's credentials; print the URL itself with [`redact`].
 
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Request, StatusCode, Uri, header};
 use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
+
+pub use crate::telemetry::redact;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -55,7 +58,7 @@ impl Client {
                 concat!("ksit-exporter/", env!("CARGO_PKG_VERSION")),
             )
             .body(Empty::new())
-            .map_err(|e| FetchError::Request(e.to_string()))?;
+            .map_err(|e| FetchError::Request(error_chain(&e)))?;
         let exchange = async {
             let response = self
                 .inner
@@ -82,7 +85,8 @@ impl Client {
     }
 }
 
-/// hyper-util's errors say "client error (Connect)" and keep the cause in `source()`.
+/// hyper-util's errors say "client error (Connect)" and keep the cause in `source()`. A cause
+/// may quote the URL, so credentials are masked.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -91,5 +95,5 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         out.push_str(&s.to_string());
         source = s.source();
     }
-    out
+    crate::telemetry::redact_text(&out).into_owned()
 }

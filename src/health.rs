@@ -4,12 +4,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::collector::Collect;
 use crate::config::HealthTarget;
-use crate::fetch;
-use crate::labels;
+use crate::fetch::{self, redact};
 use crate::metrics::{Family, Gauges, Registry};
+use crate::{labels, telemetry};
 
 /// Health answers are short; a body past this is read no further.
 const MAX_BODY: usize = 64 * 1024;
+/// What a failure's log line quotes of the body, in characters.
+const BODY_EXCERPT: usize = 120;
 
 labels! {
     /// The probe's name from `KSIT_HEALTH_URLS`.
@@ -77,7 +79,7 @@ impl Health {
             Ok((status, _)) if status.is_success() => Ok(()),
             Ok((status, body)) => Err(format!(
                 "answered {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+                telemetry::excerpt(body.trim_ascii(), BODY_EXCERPT)
             )),
             // A body over the cap still came with a status; the probe is about the status.
             Err(fetch::FetchError::TooLarge(_)) => Ok(()),
@@ -113,13 +115,13 @@ impl Collect for Health {
                 Ok(()) => {
                     f.last_success.set(&probe, now);
                     if !*was_up {
-                        tracing::info!(probe = %target.name, url = %target.url, "health probe recovered");
+                        tracing::info!(probe = %target.name, url = %redact(&target.url), "health probe recovered");
                     }
                     *was_up = true;
                 }
                 Err(e) => {
                     if *was_up {
-                        tracing::warn!(probe = %target.name, url = %target.url, error = %e, "health probe failed");
+                        tracing::warn!(probe = %target.name, url = %redact(&target.url), error = %e, "health probe failed");
                     }
                     *was_up = false;
                 }

@@ -306,12 +306,15 @@ impl Upstream {
                 self.max_bytes,
             )
             .await
-            .map_err(|e| format!("GET {}: {e}", self.url))?;
+            .map_err(|e| format!("GET {}: {e}", fetch::redact(&self.url)))?;
         if !status.is_success() {
-            return Err(format!("GET {}: answered {status}", self.url));
+            return Err(format!(
+                "GET {}: answered {status}",
+                fetch::redact(&self.url)
+            ));
         }
         let own: BTreeSet<String> = self.registry.families().into_keys().collect();
-        parse(&body, &own).map_err(|e| format!("GET {}: {e}", self.url))
+        parse(&body, &own).map_err(|e| format!("GET {}: {e}", fetch::redact(&self.url)))
     }
 }
 

@@ -513,3 +513,126 @@ fn find_promtool() -> Option<std::path::PathBuf> {
             .find(|p| p.exists())
     })
 }
+
+#[tokio::test]
+async fn sighup_is_ignored_and_the_exporter_keeps_serving() {
+    let mut e = start(&[]).await;
+    let signal = |name: &str, pid: u32| {
+        let status = Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {name}");
+    };
+    let pid = e.child.id();
+    signal("-HUP", pid);
+    // Answering takes the process to run after the signal was delivered: had SIGHUP's default
+    // action (terminate) applied, there would be nobody to answer.
+    let reply = e.get("/healthz").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        e.child.try_wait().expect("wait").is_none(),
+        "the exporter exited on SIGHUP"
+    );
+    // And it still drains and exits 0 on SIGTERM.
+    signal("-TERM", pid);
+    let child = &mut e.child;
+    let exit = eventually(Duration::from_secs(5), "the exit after SIGTERM", || {
+        std::future::ready(child.try_wait().expect("wait").ok_or("still running"))
+    })
+    .await;
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn text_logs_have_no_colour_when_stderr_is_not_a_terminal() {
+    // KSIT_KUBERNETES=true with no kubeconfig: a warning, an error and exit 1, all logged.
+    let out = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"))
+        .env_clear()
+        .env("KSIT_LOG_FORMAT", "text")
+        .env("KSIT_LISTEN_ADDR", "127.0.0.1:0")
+        .env("KSIT_KUBERNETES", "true")
+        .env("KSIT_TYPO", "1")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8(out.stderr).expect("utf8");
+    assert!(log.contains("unknown variable KSIT_TYPO"), "{log}");
+    assert!(log.contains("KSIT_KUBERNETES=true but"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a pipe: {log:?}");
+}
+
+/// Credentials in a URL are masked in `check-config`, in configuration errors and in the log
+/// lines of failing probes and fetches.
+#[test]
+fn url_credentials_are_never_printed() {
+    let health = "http://user:secret@127.0.0.1:1/healthz";
+    let upstream = "http://user:secret@127.0.0.1:1/metrics";
+    let exporter = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"));
+        cmd.env_clear()
+            .env("KSIT_LISTEN_ADDR", "127.0.0.1:0")
+            .env("KSIT_LOG_FORMAT", "json")
+            .env("KSIT_KUBERNETES", "false")
+            .env("KSIT_HEALTH_URLS", health)
+            .env("KSIT_UPSTREAM_METRICS_URL", upstream)
+            .env("KSIT_PROBE_INTERVAL", "200ms")
+            .env("KSIT_PROBE_TIMEOUT", "150ms");
+        cmd
+    };
+
+    let out = exporter().arg("check-config").output().expect("runs");
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        printed.contains("KSIT_UPSTREAM_METRICS_URL=http://***@127.0.0.1:1/metrics"),
+        "{printed}"
+    );
+    assert!(!printed.contains("secret"), "{printed}");
+
+    let out = exporter()
+        .env("KSIT_HEALTH_URLS", format!("{health},ftp://user:secret@h/"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).expect("utf8");
+    assert!(err.contains("KSIT_HEALTH_URLS="), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+
+    let mut child = exporter()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the exporter starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Until both the probe's and the upstream's failure are logged (each once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut log = Vec::new();
+    let seen = |log: &[String], what: &str| log.iter().any(|l| l.contains(what));
+    while !(seen(&log, "health probe failed") && seen(&log, "\"collector\":\"upstream\"")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no probe and upstream failures logged within 10s:\n{}",
+                    log.join("\n")
+                );
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join("\n");
+    assert!(log.contains("http://***@127.0.0.1:1/healthz"), "{log}");
+    assert!(!log.contains("secret"), "{log}");
+}

@@ -109,6 +109,12 @@ fn usage_and_configuration_errors_exit_2() {
         &[][..],
         &["-f", "-", "--mode", "sidecar"],
         &["--frobnicate"],
+        &[
+            "-f",
+            "-",
+            "--image",
+            "ghcr.io/kubestellar/ksit-exporter 0.1.0",
+        ],
     ] {
         let out = inject(args, "");
         assert_eq!(
@@ -128,4 +134,30 @@ fn usage_and_configuration_errors_exit_2() {
         .expect("the binary runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains(r#"KSIT_SIDECAR_MEMORY_LIMIT="lots" is invalid"#));
+}
+
+#[test]
+fn annotations_the_sidecar_cannot_start_with_are_reported_not_injected() {
+    let out = inject(
+        &["-f", "-", "--image", IMAGE],
+        &(testdata("invalid-annotation.in.yaml")
+            + "---\n"
+            + "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    ksit.io/probe-interval: soon\n"
+            + "spec:\n  containers:\n  - {name: app, image: app}\n  - {name: ksit-exporter, image: busybox}\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert!(!yaml.contains(IMAGE), "nothing injected:\n{yaml}");
+    let report = text(&out.stderr);
+    assert!(
+        report.contains(
+            "document 1 (Deployment tools/dashboard): skipped: invalid_annotation: ksit.io/upstream-metrics-url="
+        ),
+        "{report}"
+    );
+    // The foreign container is named before the annotation would be looked at.
+    assert!(
+        report.contains("document 2 (Pod p): skipped: name_conflict: a container named ksit-exporter (image \"busybox\") is not the sidecar"),
+        "{report}"
+    );
 }

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use crate::env;
+use crate::inject::config::image_reference;
 use crate::inject::manifests::inject_manifests;
 use crate::inject::{InjectorConfig, SidecarMode, VARIABLES};
 
@@ -134,6 +135,10 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
                 .ok_or_else(|| format!("--mode {m:?}: expected native or classic"))?,
         ),
     };
+    let image = match image {
+        None => None,
+        Some(i) => Some(image_reference(&i).map_err(|e| format!("--image {i:?}: expected {e}"))?),
+    };
     let file = file.ok_or("-f FILE|- is required")?;
     Ok(Some(Options { file, image, mode }))
 }
@@ -180,6 +185,7 @@ mod tests {
             &["-f", "a", "--mode", "sidecar"],
             &["-f", "a", "extra"],
             &["--image=", "-f", "a"],
+            &["--image", "ghcr.io/x y:1", "-f", "a"],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }

@@ -57,9 +57,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = server::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on KSIT_LISTEN_ADDR={}", config.listen_addr))?;
+    // Before the line that says it serves, so a signal from then on finds its handler.
+    let stop = telemetry::shutdown_signal();
     let state = Exporter::new().start(&config, kube_client);
     tracing::info!(addr = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "serving /metrics");
-    server::serve(listener, state, telemetry::shutdown_signal()).await;
+    server::serve(listener, state, stop).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -82,9 +82,9 @@ const KEY_FILE: Var<PathBuf> = Var {
 const RELOAD_INTERVAL: Var<Duration> = Var {
     name: "KSIT_TLS_RELOAD_INTERVAL",
     default: "5s",
-    help: "how often the certificate and key files are checked for a change",
+    help: "how often the certificate and key files are checked for a change (100ms to 1h)",
     empty: Empty::Default,
-    parse: |v| env::duration(v, Duration::from_millis(100)),
+    parse: |v| env::duration(v, Duration::from_millis(100), Duration::from_secs(3600)),
     show: env::show_duration,
 };
 
@@ -220,8 +220,9 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = telemetry::shutdown_signal();
     tokio::spawn(async move {
-        telemetry::shutdown_signal().await;
+        signal.await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -58,15 +58,21 @@ const IMAGE: Var<String> = Var {
     default: DEFAULT_IMAGE,
     help: "the sidecar's image (`inject --image` overrides)",
     empty: Empty::Value,
-    parse: |v| {
-        if v.trim().is_empty() {
-            Err("an image reference".to_string())
-        } else {
-            Ok(v.to_string())
-        }
-    },
+    parse: image_reference,
     show: String::clone,
 };
+
+/// An image reference as a container's `image` takes it: a kubelet cannot pull one with spaces
+/// or control characters, and the pod would never start.
+pub fn image_reference(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "an image reference such as ghcr.io/kubestellar/ksit-exporter:0.1.0, without spaces"
+                .to_string(),
+        );
+    }
+    Ok(value.to_string())
+}
 
 const MODE: Var<SidecarMode> = Var {
     name: "KSIT_SIDECAR_MODE",
@@ -235,7 +241,18 @@ mod tests {
             "{err}"
         );
         assert!(vars(&[("KSIT_SIDECAR_CPU_REQUEST", "-1")]).is_err());
-        assert!(vars(&[("KSIT_SIDECAR_IMAGE", " ")]).is_err());
+        for image in [" ", "", "ghcr.io/x y:1", " ghcr.io/x:1", "x:1\n", "x:\u{7}"] {
+            let err = vars(&[("KSIT_SIDECAR_IMAGE", image)]).expect_err(image);
+            assert_eq!(err.var(), "KSIT_SIDECAR_IMAGE");
+        }
+        let ok = vars(&[(
+            "KSIT_SIDECAR_IMAGE",
+            "registry.local:5000/ksit-exporter@sha256:01",
+        )]);
+        assert_eq!(
+            ok.expect("a digest reference").image,
+            "registry.local:5000/ksit-exporter@sha256:01"
+        );
     }
 
     /// The defaults `--help` and the README show are the ones applied.

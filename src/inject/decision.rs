@@ -1,18 +1,26 @@
-//! Whether a pod gets the sidecar, and why not: opt-in and opt-out, a sidecar already there, the
-//! pod's own annotations, the node's network, and anything that would clash with the sidecar's
-//! port or port name. Nothing here changes the pod.
+//! Whether a pod gets the sidecar, and why not: opt-in and opt-out, a sidecar already there (or
+//! a container of someone else's under its name), the pod's own annotations (which the sidecar
+//! must be able to start with), the node's network, and anything that would clash with the
+//! sidecar's port or port name. Nothing here changes the pod.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::args::{bound_ports, is_tcp};
 use super::{
-    INJECT_KEY, InjectorConfig, METRICS_PORT, METRICS_PORT_NAME, MODE_ANNOTATION,
-    STATUS_ANNOTATION, SidecarMode, TAKEOVER_ANNOTATION, containers, get, has_sidecar,
+    ANNOTATION_ENV, INJECT_KEY, InjectorConfig, METRICS_PORT, METRICS_PORT_NAME, MODE_ANNOTATION,
+    SIDECAR_NAME, STATUS_ANNOTATION, SidecarMode, TAKEOVER_ANNOTATION, containers, get,
 };
+use crate::config::Config;
+use crate::env::ConfigError;
+use crate::telemetry::excerpt;
+
+/// How much of an annotation's value a status or warning quotes, in characters: a value may be
+/// as long as the pod's annotations allow, and the status annotation must stay well inside that.
+const VALUE_EXCERPT: usize = 64;
 
 /// Why a pod did not get the sidecar. [`SkipReason::as_str`] is stable (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +31,9 @@ pub enum SkipReason {
     /// `hostNetwork: true`: port 8080 would be the node's, shared with everything on it.
     HostNetwork,
     PortConflict,
+    /// A port named `metrics`, or a container named `ksit-exporter` that is not the sidecar.
     NameConflict,
+    /// An annotation the sidecar could not start with, or an unknown mode or takeover value.
     InvalidAnnotation,
 }
 
@@ -108,8 +118,28 @@ pub(super) fn admit(
             "neither the namespace (ksit.io/inject=enabled) nor the pod (ksit.io/inject=true) opts in",
         ));
     }
-    if has_sidecar(pod) || annotation(STATUS_ANNOTATION).is_some_and(|s| s.starts_with("injected"))
+    // A container of the sidecar's name is ours when we wrote it (the status says so) or when it
+    // runs our image (added by hand as manifests/sidecar shows, maybe from a mirror).
+    let injected = annotation(STATUS_ANNOTATION).is_some_and(|s| s.starts_with("injected"));
+    let named = pod
+        .spec
+        .iter()
+        .flat_map(containers)
+        .find(|c| c.name == SIDECAR_NAME);
+    if let Some(c) = named
+        && !injected
+        && !c.image.as_deref().is_some_and(|i| is_ours(i, cfg))
     {
+        let image = c.image.as_deref().unwrap_or_default();
+        return Err(Skip::refused(
+            SkipReason::NameConflict,
+            format!(
+                "a container named {SIDECAR_NAME} (image \"{}\") is not the sidecar: the pod has no {STATUS_ANNOTATION} of an injection and the image is not ksit-exporter; rename the container",
+                excerpt(image.as_bytes(), VALUE_EXCERPT)
+            ),
+        ));
+    }
+    if injected || named.is_some() {
         return Err(Skip::untouched(
             SkipReason::AlreadyInjected,
             "the pod already has the sidecar",
@@ -121,7 +151,10 @@ pub(super) fn admit(
         Some(value) => SidecarMode::parse(value).ok_or_else(|| {
             Skip::refused(
                 SkipReason::InvalidAnnotation,
-                format!("{MODE_ANNOTATION}={value:?}, expected native or classic"),
+                format!(
+                    "{}, expected native or classic",
+                    quoted(MODE_ANNOTATION, value)
+                ),
             )
         })?,
     };
@@ -131,7 +164,10 @@ pub(super) fn admit(
         Some(value) => {
             return Err(Skip::refused(
                 SkipReason::InvalidAnnotation,
-                format!("{TAKEOVER_ANNOTATION}={value:?}, expected true or false"),
+                format!(
+                    "{}, expected true or false",
+                    quoted(TAKEOVER_ANNOTATION, value)
+                ),
             ));
         }
     };
@@ -144,6 +180,56 @@ pub(super) fn admit(
         ));
     }
     Ok(Plan { mode, takeover })
+}
+
+/// Whether `image` is the sidecar's: the configured image, or any image whose repository is
+/// named `ksit-exporter` (another release, a mirror, a digest).
+fn is_ours(image: &str, cfg: &InjectorConfig) -> bool {
+    if image == cfg.image {
+        return true;
+    }
+    let name = image.split_once('@').map_or(image, |(name, _)| name);
+    // A tag follows the last `:` after the last `/`; a `:` before it is a registry's port.
+    let path = name.rsplit_once('/').map_or(name, |(_, last)| last);
+    path.split_once(':').map_or(path, |(repo, _)| repo) == SIDECAR_NAME
+}
+
+/// `key="value"`, the value cut short and escaped.
+fn quoted(key: &str, value: &str) -> String {
+    format!("{key}=\"{}\"", excerpt(value.as_bytes(), VALUE_EXCERPT))
+}
+
+/// Refuses a sidecar environment the sidecar would not start with: it goes through the
+/// exporter's own configuration, so whatever would make the sidecar exit 2 refuses the pod
+/// instead, naming the annotation the value came from.
+pub(super) fn check_env(env: &[EnvVar]) -> Result<(), Skip> {
+    let vars = env
+        .iter()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)));
+    let Err(err) = Config::from_vars(vars) else {
+        return Ok(());
+    };
+    let key = ANNOTATION_ENV
+        .iter()
+        .find(|(_, var)| *var == err.var())
+        .map(|(key, _)| *key);
+    let detail = match (&err, key) {
+        (
+            ConfigError::Invalid {
+                value, expected, ..
+            },
+            Some(key),
+        ) => {
+            // Speak of the annotations the pod sets, not of the variables they become.
+            let expected = ANNOTATION_ENV
+                .iter()
+                .fold(expected.clone(), |text, (key, var)| text.replace(var, key));
+            format!("{}, expected {expected}", quoted(key, value))
+        }
+        // Only annotations are the pod's; anything else would be the injector's own mistake.
+        _ => format!("the sidecar would not start: {err}"),
+    };
+    Err(Skip::refused(SkipReason::InvalidAnnotation, detail))
 }
 
 /// Of the containers binding their metrics on port 8080, the one whose metrics the sidecar takes

@@ -136,7 +136,9 @@ fn with_sidecar(
             format!("http://127.0.0.1:{port}/healthz,http://127.0.0.1:{port}/readyz"),
         );
     }
-    let sidecar = template::sidecar_container(cfg, mode, template::ksit_env(pod, defaults));
+    let env = template::ksit_env(pod, defaults);
+    decision::check_env(&env)?;
+    let sidecar = template::sidecar_container(cfg, mode, env);
 
     let annotation = |key: &str| get(&pod.metadata.annotations, key);
     let mut warnings = Vec::new();
@@ -197,12 +199,6 @@ fn containers_mut(spec: &mut PodSpec) -> impl Iterator<Item = &mut Container> {
     spec.containers
         .iter_mut()
         .chain(spec.init_containers.iter_mut().flatten())
-}
-
-fn has_sidecar(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .is_some_and(|spec| containers(spec).any(|c| c.name == SIDECAR_NAME))
 }
 
 #[cfg(test)]
@@ -331,19 +327,178 @@ mod tests {
         assert_eq!(reason(&again), "already_injected");
         assert_eq!(again.pod(), None);
 
-        // Recognised by the container name alone, in either list, or by the annotation alone.
+        // Recognised by a container of that name with our image (any release or mirror) in
+        // either list, or by the status annotation of an injection.
         for p in [
-            pod(json!({"spec": {"containers": [{"name": "ksit-exporter"}]}})),
             pod(
-                json!({"spec": {"containers": [{"name": "a"}], "initContainers": [{"name": "ksit-exporter"}]}}),
+                json!({"spec": {"containers": [{"name": "ksit-exporter", "image": "sidecar:test"}]}}),
+            ),
+            pod(
+                json!({"spec": {"containers": [{"name": "a"}], "initContainers": [{"name": "ksit-exporter", "image": "ghcr.io/kubestellar/ksit-exporter:0.0.9"}]}}),
+            ),
+            pod(
+                json!({"spec": {"containers": [{"name": "ksit-exporter", "image": "registry.local:5000/mirror/ksit-exporter@sha256:0123"}]}}),
             ),
             pod(
                 json!({"metadata": {"annotations": {STATUS_ANNOTATION: "injected: classic"}}, "spec": {"containers": [{"name": "a"}]}}),
+            ),
+            pod(
+                json!({"metadata": {"annotations": {STATUS_ANNOTATION: "injected: native"}}, "spec": {"containers": [{"name": "ksit-exporter", "image": "renamed:1"}]}}),
             ),
         ] {
             assert_eq!(
                 reason(&inject(&p, &BTreeMap::new(), &offline)),
                 "already_injected"
+            );
+        }
+    }
+
+    #[test]
+    fn a_foreign_container_of_the_sidecars_name_is_refused_not_taken_for_it() {
+        let offline = InjectorConfig {
+            default_opt_in: true,
+            ..cfg()
+        };
+        for image in [
+            Some("busybox:1.36"),
+            Some("ksit-exporter-helper:1"),
+            Some("ksit-exporter.example.com:5000/app:1"),
+            None,
+        ] {
+            let mut container = json!({"name": "ksit-exporter"});
+            if let Some(image) = image {
+                container["image"] = json!(image);
+            }
+            let p = pod(json!({"spec": {"containers": [{"name": "a"}, container]}}));
+            let outcome = inject(&p, &BTreeMap::new(), &offline);
+            let Outcome::Skipped {
+                reason,
+                detail,
+                pod: Some(refused),
+            } = &outcome
+            else {
+                panic!("{image:?}: expected a refusal, got {outcome:?}");
+            };
+            assert_eq!(*reason, SkipReason::NameConflict, "{image:?}");
+            assert!(detail.contains("is not the sidecar"), "{detail}");
+            assert_eq!(refused.spec, p.spec, "nothing but the status changes");
+            // The refusal is stable: the status it wrote does not make the container ours.
+            assert_eq!(inject(refused, &BTreeMap::new(), &offline), outcome);
+        }
+        // A pod that did not opt in is left alone whatever its containers are called.
+        let p = pod(json!({"spec": {"containers": [{"name": "ksit-exporter", "image": "x"}]}}));
+        assert_eq!(
+            reason(&inject(&p, &BTreeMap::new(), &cfg())),
+            "not_opted_in"
+        );
+    }
+
+    fn with_annotations(pairs: &[(&str, &str)]) -> Outcome {
+        let mut p = app_pod();
+        p.metadata.annotations = Some(labels(pairs));
+        let offline = InjectorConfig {
+            default_opt_in: true,
+            ..cfg()
+        };
+        inject(&p, &BTreeMap::new(), &offline)
+    }
+
+    fn refusal(outcome: &Outcome) -> (&'static str, String) {
+        match outcome {
+            Outcome::Skipped {
+                reason,
+                detail,
+                pod: Some(p),
+            } => {
+                assert_eq!(
+                    get(&p.metadata.annotations, STATUS_ANNOTATION),
+                    Some(format!("skipped: {reason}: {detail}").as_str())
+                );
+                (reason.as_str(), detail.clone())
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn annotations_the_sidecar_cannot_start_with_are_refused() {
+        let cases = [
+            (
+                ("ksit.io/probe-interval", "soon"),
+                r#"ksit.io/probe-interval="soon", expected a duration from 10ms to 1h such as `10s`, `500ms` or `1m`"#,
+            ),
+            (
+                ("ksit.io/health-urls", "ftp://x"),
+                "ksit.io/health-urls=\"ftp://x\", expected an http:// URL with a host",
+            ),
+            (
+                ("ksit.io/upstream-metrics-url", "http://a/m,http://b/m"),
+                "ksit.io/upstream-metrics-url=\"http://a/m,http://b/m\", expected one http:// URL",
+            ),
+            (
+                ("ksit.io/upstream-max-bytes", "18446744073709551615"),
+                "ksit.io/upstream-max-bytes=\"18446744073709551615\", expected a byte count",
+            ),
+            (
+                ("ksit.io/process-match", "manager("),
+                "ksit.io/process-match=\"manager(\", expected a process name or regular expression",
+            ),
+            (
+                ("ksit.io/log-format", "yaml"),
+                "ksit.io/log-format=\"yaml\", expected `text` or `json`",
+            ),
+            (
+                ("ksit.io/component", "argo cd"),
+                "ksit.io/component=\"argo cd\", expected a Kubernetes label value",
+            ),
+            // The one the pod set is blamed, and named as the annotation it set.
+            (
+                ("ksit.io/probe-interval", "10ms"),
+                r#"ksit.io/probe-interval="10ms", expected a duration no shorter than ksit.io/probe-timeout (2s)"#,
+            ),
+            (
+                ("ksit.io/probe-timeout", "20s"),
+                r#"ksit.io/probe-timeout="20s", expected a duration no longer than ksit.io/probe-interval (10s)"#,
+            ),
+        ];
+        for ((key, value), expected) in cases {
+            let (reason, detail) = refusal(&with_annotations(&[(key, value)]));
+            assert_eq!(reason, "invalid_annotation", "{key}={value}");
+            assert!(detail.starts_with(expected), "{key}={value}: {detail}");
+        }
+        // Credentials are masked, and a long value is quoted short and escaped.
+        let (_, detail) = refusal(&with_annotations(&[(
+            "ksit.io/health-urls",
+            "http://user:secret@127.0.0.1:1/x,ftp://y",
+        )]));
+        assert!(!detail.contains("secret"), "{detail}");
+        let long = format!("a\n{}", "x".repeat(100_000));
+        for key in ["ksit.io/component", MODE_ANNOTATION, TAKEOVER_ANNOTATION] {
+            let (_, detail) = refusal(&with_annotations(&[(key, &long)]));
+            assert!(detail.len() < 400, "{key}: {} bytes", detail.len());
+            assert!(detail.contains("=\"a\\nxxx"), "{key}: escaped: {detail}");
+            assert!(detail.contains("(100002 bytes)"), "{key}: {detail}");
+        }
+        // Valid values, a timeout and interval that agree, are injected.
+        assert_eq!(
+            reason(&with_annotations(&[
+                ("ksit.io/probe-interval", "1s"),
+                ("ksit.io/probe-timeout", "500ms"),
+                ("ksit.io/upstream-max-bytes", "1048576"),
+            ])),
+            "injected"
+        );
+    }
+
+    /// Every annotation that becomes a variable is checked by the exporter's own table.
+    #[test]
+    fn every_annotation_variable_is_an_exporter_variable() {
+        for (key, var) in ANNOTATION_ENV {
+            assert!(
+                crate::config::VARIABLES
+                    .iter()
+                    .any(|(name, _, _)| name == var),
+                "{key} becomes {var}, which the exporter does not read"
             );
         }
     }

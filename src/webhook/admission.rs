@@ -15,12 +15,22 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::inject::{self, INJECT_KEY, InjectorConfig, Outcome};
+use crate::telemetry::excerpt;
 
 /// Largest request body read. The API server's own limit on a request is 3 MiB, so no real
 /// AdmissionReview of a pod comes near it.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// How much of the request a message (and so the log) quotes, in characters: a parse error may
+/// hold a whole string of the request, which can be megabytes.
+const QUOTE: usize = 200;
+
+/// Outside text as a message may hold it: short and escaped.
+fn quote(text: &str) -> String {
+    excerpt(text.as_bytes(), QUOTE)
+}
 
 /// The admission's outcome, a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,13 +96,19 @@ pub enum Entry {
 pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return Answer::bad_request(format!("malformed AdmissionReview: {e}")),
+        Err(e) => {
+            return Answer::bad_request(format!(
+                "malformed AdmissionReview: {}",
+                quote(&e.to_string())
+            ));
+        }
     };
     if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
         return Answer::bad_request(format!(
-            "expected kind AdmissionReview of {API_VERSION}, got kind {:?} of {:?} \
+            "expected kind AdmissionReview of {API_VERSION}, got kind \"{}\" of \"{}\" \
              (register the webhook with admissionReviewVersions: [v1])",
-            review.types.kind, review.types.api_version
+            quote(&review.types.kind),
+            quote(&review.types.api_version)
         ));
     }
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
@@ -100,12 +116,12 @@ pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
         Err(_) => return Answer::bad_request("AdmissionReview without a request".into()),
     };
     let response = AdmissionResponse::from(&request);
-    let what = format!(
+    let what = quote(&format!(
         "{}/{} {}",
         request.namespace.as_deref().unwrap_or(""),
         request.name,
         request.kind.kind
-    );
+    ));
 
     let is_pod = request.kind.group.is_empty()
         && request.kind.kind == "Pod"
@@ -132,7 +148,12 @@ pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
     // must be answered above, not fail to parse as a Pod.
     let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
         Ok(p) => p,
-        Err(e) => return Answer::bad_request(format!("the object of {what} is not a Pod: {e}")),
+        Err(e) => {
+            return Answer::bad_request(format!(
+                "the object of {what} is not a Pod: {}",
+                quote(&e.to_string())
+            ));
+        }
     };
 
     let namespace_labels = match entry {
@@ -439,6 +460,75 @@ mod tests {
             assert_eq!((a.decision, a.reason), (Decision::Error, "bad_request"));
             let text = String::from_utf8(a.body).unwrap();
             assert!(text.contains(expect), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_annotation_the_sidecar_cannot_start_with_is_refused_with_a_warning() {
+        let mut pod = manager_pod(json!({"ksit.io/inject": "true"}));
+        pod["metadata"]["annotations"] = json!({"ksit.io/probe-interval": "soon"});
+        let a = review(
+            &review_of(pod.clone(), pod_kind(), false),
+            Entry::Pod,
+            &cfg(),
+        );
+        assert_eq!(
+            (a.decision, a.reason),
+            (Decision::Skipped, "invalid_annotation")
+        );
+        let r = response(&a);
+        let warning = r["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.starts_with(r#"invalid_annotation: ksit.io/probe-interval="soon", expected"#),
+            "{warning}"
+        );
+        let stored = patched(&pod, &r);
+        assert_eq!(
+            stored["metadata"]["annotations"][STATUS_ANNOTATION],
+            format!("skipped: {warning}")
+        );
+        assert_eq!(stored["spec"], pod["spec"], "no sidecar");
+    }
+
+    #[test]
+    fn a_container_of_the_sidecars_name_that_is_not_ours_is_warned_about() {
+        let mut pod = manager_pod(json!({"ksit.io/inject": "true"}));
+        pod["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": SIDECAR_NAME, "image": "busybox"}));
+        let a = review(
+            &review_of(pod.clone(), pod_kind(), false),
+            Entry::Pod,
+            &cfg(),
+        );
+        assert_eq!((a.decision, a.reason), (Decision::Skipped, "name_conflict"));
+        let r = response(&a);
+        let warning = r["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("is not the sidecar"), "{warning}");
+        assert_eq!(patched(&pod, &r)["spec"], pod["spec"]);
+    }
+
+    #[test]
+    fn request_content_is_quoted_short_and_escaped() {
+        let long = format!("\u{1b}[31m{}", "x".repeat(1 << 20));
+        let bodies = [
+            json!({"apiVersion": long, "kind": "AdmissionReview"}),
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u", "operation": long}}),
+            serde_json::from_slice(&review_of(
+                json!({"metadata": {"name": long}, "spec": {"containers": long}}),
+                pod_kind(),
+                false,
+            ))
+            .unwrap(),
+        ];
+        for body in bodies {
+            let a = review(&serde_json::to_vec(&body).unwrap(), Entry::Pod, &cfg());
+            assert_eq!(a.status, StatusCode::BAD_REQUEST);
+            assert!(a.body.len() < 1024, "{} bytes", a.body.len());
+            assert!(a.detail.len() < 1024, "{} bytes", a.detail.len());
+            assert!(!a.detail.contains('\u{1b}'), "{}", a.detail);
         }
     }
 
