@@ -571,11 +571,20 @@ async fn unfinished_headers_on_many_connections_are_bounded() {
         let r = e.get("/healthz").await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let open = sockets(pid) - idle_sockets;
-    assert!(
-        open <= MAX_CONNECTIONS,
-        "{open} connections open, more than {MAX_CONNECTIONS}"
-    );
+    // A connection closed to make room, or the last probe's, may take a moment to go.
+    let open = eventually(
+        Duration::from_secs(5),
+        &format!("at most {MAX_CONNECTIONS} connections open"),
+        || {
+            let open = sockets(pid) - idle_sockets;
+            std::future::ready(if open <= MAX_CONNECTIONS {
+                Ok(open)
+            } else {
+                Err(open)
+            })
+        },
+    )
+    .await;
     let (rss, peak) = memory(pid);
     assert!(
         peak < 48 * MIB,

@@ -600,3 +600,86 @@ async fn twenty_large_reviews_at_once_stay_under_48_mib() {
     let peak = peak_rss(webhook.child.id());
     assert!(peak < 48 * MIB, "peak RSS {peak} bytes");
 }
+
+/// 1,000 TLS connections each holding nearly as many bytes of headers that never end as the
+/// server buffers: the webhook keeps at most MAX_CONNECTIONS of them, /healthz answers within
+/// a second, and its peak RSS stays under 48 MiB.
+#[tokio::test]
+async fn unfinished_headers_on_many_tls_connections_are_bounded() {
+    use ksit_exporter::server::{MAX_CONNECTIONS, READ_BUFFER_BYTES};
+    let certs = tempfile::tempdir().unwrap();
+    issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
+    let pid = webhook.child.id();
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count()
+    };
+    let idle_sockets = sockets();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(certs.path().join("ca.crt")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut header = b"POST /mutate HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..READ_BUFFER_BYTES / 1000 - 1 {
+        header.extend_from_slice(format!("X-Pad-{i:02}: {}\r\n", "a".repeat(988)).as_bytes());
+    }
+    let attack = async {
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            let tcp = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
+            // The webhook may already have closed this one to make room for a newer one.
+            let server = ServerName::IpAddress(webhook.addr.ip().into());
+            if let Ok(mut tls) = connector.connect(server, tcp).await {
+                let _ = tls.write_all(&header).await;
+                let _ = tls.flush().await;
+                held.push(tls);
+            }
+        }
+        held
+    };
+    let held = tokio::time::timeout(Duration::from_secs(60), attack)
+        .await
+        .expect("1,000 connections opened within 60s");
+    for _ in 0..5 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(1),
+            http::try_request(&webhook.metrics_addr, "GET", "/healthz", &[]),
+        )
+        .await
+        .expect("/healthz answers within 1s")
+        .expect("/healthz answers");
+        assert_eq!(reply.status, 200);
+    }
+    // A connection closed to make room, or the last probe's, may take a moment to go.
+    let open = eventually(
+        Duration::from_secs(5),
+        &format!("at most {MAX_CONNECTIONS} connections open"),
+        || {
+            let open = sockets() - idle_sockets;
+            std::future::ready(if open <= MAX_CONNECTIONS {
+                Ok(open)
+            } else {
+                Err(open)
+            })
+        },
+    )
+    .await;
+    let peak = peak_rss(pid);
+    assert!(
+        peak < 48 * MIB,
+        "peak RSS {peak} bytes with {open} connections"
+    );
+    drop(held);
+}
