@@ -3,11 +3,15 @@
 //! Handlers never do I/O: `/metrics` hands out the encoded state the collectors left behind in
 //! a [`Registry`]: the exporter's, or the admission webhook's own on its plain-HTTP metrics port.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,8 +21,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::{Family, Registry};
 
@@ -31,6 +37,22 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long in-flight requests may take to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Connections open at once (constants, not variables: no legitimate client needs more). A
+/// sidecar's clients (the kubelet's probes, a Prometheus or two) and the webhook's (the API
+/// servers) use a handful. With [`READ_BUFFER_BYTES`] this bounds what connections can hold:
+/// 256 × 64 KiB = 16 MiB, well inside the 64Mi memory limit. A new connection beyond it takes
+/// the place of the oldest one not in a request (see [`serve_with`]).
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Unparsed input buffered per connection; request headers that do not fit get a 431. Real
+/// requests' headers are under 1 KiB.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// A response must be written whole within this, or the connection is closed, so a client
+/// that reads slowly or not at all cannot hold a connection and its buffers. Any client that
+/// reads gets a scrape or an admission answer in milliseconds.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 crate::labels! {
     struct Build { version, revision }
@@ -130,9 +152,18 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: impl Future<Ou
 }
 
 /// The accept loop both servers share (this one and the admission webhook's HTTPS one): one
-/// task per connection, HTTP/1.1 with [`HEADER_READ_TIMEOUT`], and on `shutdown` a drain of
-/// open connections bounded by [`DRAIN_TIMEOUT`]. `accept` turns a TCP stream into the
-/// connection to speak HTTP on (the webhook's TLS handshake), or `None` to drop it.
+/// task per connection, HTTP/1.1 with [`HEADER_READ_TIMEOUT`], [`READ_BUFFER_BYTES`] and
+/// [`WRITE_TIMEOUT`], and on `shutdown` a drain of open connections bounded by
+/// [`DRAIN_TIMEOUT`]. `accept` turns a TCP stream into the connection to speak HTTP on (the
+/// webhook's TLS handshake), or `None` to drop it.
+///
+/// At most [`MAX_CONNECTIONS`] are open. Beyond that a new connection is still accepted, and
+/// the oldest connection not in a request (idle, in its handshake, or still sending headers)
+/// is closed instead. Refusing the newcomer, or leaving it in the listen queue until a slot
+/// frees, would let anyone holding the slots (at no cost but a socket each) shut the kubelet's
+/// probe out until the header timeout, and then again; closing the oldest makes a flood pay:
+/// a probe that answers in a millisecond is only cut if 256 newer connections arrive within
+/// that millisecond.
 pub async fn serve_with<A, AFut, Io, H, HFut>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -149,7 +180,8 @@ pub async fn serve_with<A, AFut, Io, H, HFut>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(READ_BUFFER_BYTES);
+    let open = Connections::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -164,19 +196,34 @@ pub async fn serve_with<A, AFut, Io, H, HFut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let (slot, evicted) = open.admit();
                 let (accept, handle, http, watcher) =
                     (accept.clone(), handle.clone(), http.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    let Some(io) = accept(stream, peer).await else {
-                        return;
+                    let serve = async move {
+                        let Some(io) = accept(stream, peer).await else {
+                            return;
+                        };
+                        let service = hyper::service::service_fn(move |req| {
+                            let in_request = slot.in_request();
+                            let response = handle(req);
+                            async move {
+                                let response = response.await;
+                                drop(in_request);
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
+                        let io = TokioIo::new(WriteDeadline::new(io));
+                        let conn = watcher.watch(http.serve_connection(io, service));
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
                     };
-                    let service = hyper::service::service_fn(move |req| {
-                        let response = handle(req);
-                        async move { Ok::<_, Infallible>(response.await) }
-                    });
-                    let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    tokio::select! {
+                        () = serve => {}
+                        Ok(()) = evicted => {
+                            tracing::debug!(%peer, "closed to make room for a newer connection");
+                        }
                     }
                 });
             }
@@ -189,6 +236,208 @@ pub async fn serve_with<A, AFut, Io, H, HFut>(
         .is_err()
     {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
+    }
+}
+
+/// The open connections, oldest first, and whether each is in a request.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<Table>>);
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    by_age: BTreeMap<u64, Entry>,
+}
+
+struct Entry {
+    in_request: bool,
+    close: oneshot::Sender<()>,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Nothing panics while holding it, and a table is valid after any update.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection, first closing the oldest idle one (else the oldest) if
+    /// [`MAX_CONNECTIONS`] are open. The receiver completes when this one must close in turn.
+    fn admit(&self) -> (Slot, oneshot::Receiver<()>) {
+        let mut table = self.lock();
+        if table.by_age.len() >= MAX_CONNECTIONS {
+            let victim = table
+                .by_age
+                .iter()
+                .find(|(_, e)| !e.in_request)
+                .or_else(|| table.by_age.first_key_value())
+                .map(|(id, _)| *id);
+            if let Some(entry) = victim.and_then(|id| table.by_age.remove(&id)) {
+                let _ = entry.close.send(());
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let (close, closed) = oneshot::channel();
+        table.by_age.insert(
+            id,
+            Entry {
+                in_request: false,
+                close,
+            },
+        );
+        (
+            Slot {
+                open: self.clone(),
+                id,
+            },
+            closed,
+        )
+    }
+
+    fn set_in_request(&self, id: u64, in_request: bool) {
+        if let Some(entry) = self.lock().by_age.get_mut(&id) {
+            entry.in_request = in_request;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().by_age.len()
+    }
+}
+
+/// A connection's place in [`Connections`], given up when its task ends.
+struct Slot {
+    open: Connections,
+    id: u64,
+}
+
+impl Slot {
+    /// Marks the connection as in a request until the guard is dropped.
+    fn in_request(&self) -> InRequest {
+        self.open.set_in_request(self.id, true);
+        InRequest {
+            open: self.open.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.lock().by_age.remove(&self.id);
+    }
+}
+
+struct InRequest {
+    open: Connections,
+    id: u64,
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        self.open.set_in_request(self.id, false);
+    }
+}
+
+/// `io` whose writes fail with `TimedOut` once a response has been [`WRITE_TIMEOUT`] in the
+/// writing. The deadline starts with the first write after the last completed flush, and
+/// hyper flushes when a response is written whole.
+struct WriteDeadline<Io> {
+    io: Io,
+    deadline: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl<Io> WriteDeadline<Io> {
+    fn new(io: Io) -> Self {
+        Self {
+            io,
+            deadline: Box::pin(tokio::time::sleep(WRITE_TIMEOUT)),
+            armed: false,
+        }
+    }
+
+    fn arm(&mut self) {
+        if !self.armed {
+            self.deadline.as_mut().reset(Instant::now() + WRITE_TIMEOUT);
+            self.armed = true;
+        }
+    }
+
+    /// For a write that could not proceed: an error once the deadline has passed, else
+    /// pending (and woken at the deadline).
+    fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.armed && self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("response not written within {WRITE_TIMEOUT:?}"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for WriteDeadline<Io> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<Io> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.arm();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Pending => this.expired(cx),
+            ready => ready,
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.arm();
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.expired(cx),
+            ready => ready,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                this.armed = false;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => this.expired(cx),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.arm();
+        match Pin::new(&mut this.io).poll_shutdown(cx) {
+            Poll::Pending => this.expired(cx),
+            ready => ready,
+        }
     }
 }
 
@@ -220,16 +469,7 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 fn metrics(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let gzip = req
-        .headers()
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|enc| {
-            let mut parts = enc.split(';').map(str::trim);
-            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
-        });
+    let gzip = accepts_gzip(req.headers().get_all(header::ACCEPT_ENCODING));
     let mut r = Response::new(Full::new(state.scrape(gzip)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
@@ -240,6 +480,40 @@ fn metrics(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     r
 }
 
+/// Whether an `Accept-Encoding` field lists `gzip` with a quality above zero (RFC 9110, 12.5.3:
+/// `q=0`, `q=0.0` and `q=0.000` all mean "not acceptable"). A malformed quality counts as
+/// not acceptable: identity always is, so plain text is the safe answer.
+fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+    values
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|element| {
+            let mut parts = element.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or_default();
+            if !coding.eq_ignore_ascii_case("gzip") {
+                return false;
+            }
+            let quality = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .map(|(_, value)| qvalue(value.trim()));
+            quality.unwrap_or(Some(1000)).is_some_and(|q| q > 0)
+        })
+}
+
+/// A qvalue (`0`, `0.5`, `1.000`...) in thousandths, or `None` if it is not one.
+fn qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits_ok = fraction.len() <= 3 && fraction.bytes().all(|b| b.is_ascii_digit());
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" if digits_ok => Some(thousandths),
+        "1" if digits_ok && thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
@@ -248,4 +522,100 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gzip(values: &[&'static str]) -> bool {
+        let values: Vec<HeaderValue> = values.iter().map(|v| HeaderValue::from_static(v)).collect();
+        accepts_gzip(&values)
+    }
+
+    #[test]
+    fn gzip_only_with_a_quality_above_zero() {
+        for yes in [
+            &["gzip"][..],
+            &["GZIP"],
+            &["identity, gzip"],
+            &["gzip;q=1"],
+            &["gzip; q=0.001"],
+            &["gzip;Q=0.5"],
+            &["gzip;q=1.000"],
+            &["deflate", "gzip;q=0.8"],
+        ] {
+            assert!(gzip(yes), "{yes:?}");
+        }
+        for no in [
+            &[][..],
+            &[""],
+            &["identity"],
+            &["gzip;q=0"],
+            &["gzip;q=0.0"],
+            &["gzip;q=0.00"],
+            &["gzip;q=0.000"],
+            &["gzip;q=0."],
+            &["gzip ; q = 0.0 , identity"],
+            &["x-gzip"],
+            &["gzip;q=1.5"],
+            &["gzip;q=0.0001"],
+            &["gzip;q=-1"],
+            &["gzip;q=abc"],
+            &["gzip;q="],
+        ] {
+            assert!(!gzip(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn qvalues() {
+        assert_eq!(qvalue("0"), Some(0));
+        assert_eq!(qvalue("0."), Some(0));
+        assert_eq!(qvalue("0.5"), Some(500));
+        assert_eq!(qvalue("0.25"), Some(250));
+        assert_eq!(qvalue("1."), Some(1000));
+        assert_eq!(qvalue("1.0"), Some(1000));
+        assert_eq!(qvalue("1.001"), None);
+        assert_eq!(qvalue(".5"), None);
+        assert_eq!(qvalue("0.+1"), None);
+    }
+
+    /// The oldest connection not in a request makes room; when all are in one, the oldest.
+    #[tokio::test]
+    async fn the_oldest_idle_connection_makes_room() {
+        use oneshot::error::TryRecvError::Empty;
+        let open = Connections::default();
+        let mut slots: Vec<_> = (0..MAX_CONNECTIONS).map(|_| open.admit()).collect();
+        let first_busy = slots[0].0.in_request();
+        slots.push(open.admit());
+        assert_eq!(open.len(), MAX_CONNECTIONS);
+        assert_eq!(slots[0].1.try_recv(), Err(Empty), "in a request: kept");
+        assert_eq!(
+            slots[1].1.try_recv(),
+            Ok(()),
+            "the oldest idle one is closed"
+        );
+        assert_eq!(slots[2].1.try_recv(), Err(Empty));
+
+        let _all_busy: Vec<_> = slots[2..]
+            .iter()
+            .map(|(slot, _)| slot.in_request())
+            .collect();
+        slots.push(open.admit());
+        assert_eq!(
+            slots[0].1.try_recv(),
+            Ok(()),
+            "all in a request: the oldest goes"
+        );
+        for (_, closed) in &mut slots[2..] {
+            assert_eq!(closed.try_recv(), Err(Empty));
+        }
+        drop(first_busy);
+        slots.drain(..2);
+        assert_eq!(open.len(), MAX_CONNECTIONS);
+        slots.truncate(10);
+        assert_eq!(open.len(), 10, "ended connections give their place up");
+        assert_eq!(slots[0].1.try_recv(), Err(Empty));
+    }
 }

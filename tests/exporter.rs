@@ -636,3 +636,151 @@ fn url_credentials_are_never_printed() {
     assert!(log.contains("http://***@127.0.0.1:1/healthz"), "{log}");
     assert!(!log.contains("secret"), "{log}");
 }
+
+/// What the kernel says about `pid`: `VmRSS` and `VmHWM` (peak RSS) in bytes.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Sockets `pid` holds open (its listener, its connections, tokio's signal pipe).
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// 1,000 connections each holding as many bytes of headers that never end as the exporter
+/// buffers: it keeps at most MAX_CONNECTIONS of them, /healthz keeps answering, and its peak
+/// RSS stays under 48 MiB (the debug binary's, which idles at about 21 MiB).
+#[tokio::test]
+async fn unfinished_headers_on_many_connections_are_bounded() {
+    use ksit_exporter::server::{MAX_CONNECTIONS, READ_BUFFER_BYTES};
+    let e = start(&[]).await;
+    let pid = e.child.id();
+    let idle_sockets = sockets(pid);
+    let mut header = b"GET /metrics HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..READ_BUFFER_BYTES / 1000 - 1 {
+        header.extend_from_slice(format!("X-Pad-{i:02}: {}\r\n", "a".repeat(988)).as_bytes());
+    }
+    assert!(header.len() < READ_BUFFER_BYTES, "{}", header.len());
+    let attack = async {
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            let mut conn = tokio::net::TcpStream::connect(e.addr)
+                .await
+                .expect("connect");
+            // A connection the exporter already closed to make room may refuse the bytes.
+            let _ = conn.write_all(&header).await;
+            held.push(conn);
+        }
+        held
+    };
+    let held = tokio::time::timeout(Duration::from_secs(60), attack)
+        .await
+        .expect("1,000 connections opened within 60s");
+    for _ in 0..5 {
+        let r = e.get("/healthz").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A connection closed to make room, or the last probe's, may take a moment to go.
+    let open = eventually(
+        Duration::from_secs(5),
+        &format!("at most {MAX_CONNECTIONS} connections open"),
+        || {
+            let open = sockets(pid) - idle_sockets;
+            std::future::ready(if open <= MAX_CONNECTIONS {
+                Ok(open)
+            } else {
+                Err(open)
+            })
+        },
+    )
+    .await;
+    let (rss, peak) = memory(pid);
+    assert!(
+        peak < 48 * MIB,
+        "peak RSS {peak} (now {rss}) with {open} connections"
+    );
+    drop(held);
+}
+
+/// A client that sends requests and never reads the answers is disconnected once a response
+/// has gone unwritten for the write timeout.
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected() {
+    let e = start(&[]).await;
+    let pid = e.child.id();
+    let idle_sockets = sockets(pid);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut conn = socket.connect(e.addr).await.expect("connect");
+    // Far more answers than the two sockets' buffers hold.
+    let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    conn.write_all(requests.as_bytes())
+        .await
+        .expect("requests sent");
+    eventually(Duration::from_secs(10), "the connection open", || {
+        std::future::ready((sockets(pid) > idle_sockets).then_some(()))
+    })
+    .await;
+    let timeout = ksit_exporter::server::WRITE_TIMEOUT;
+    eventually(
+        timeout + Duration::from_secs(20),
+        "the exporter to close the connection of a client that does not read",
+        || std::future::ready((sockets(pid) == idle_sockets).then_some(())),
+    )
+    .await;
+    // What was written before the close is readable, then the end (or a reset).
+    let mut received = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut received))
+        .await
+        .expect("the connection ends");
+    let answers = String::from_utf8_lossy(&received)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(answers < 2000, "{answers} answers, {end:?}");
+    assert_eq!(e.get("/healthz").await.status, 200);
+}
+
+/// `q=0` in any spelling refuses gzip.
+#[tokio::test]
+async fn gzip_with_quality_zero_gets_plain_text() {
+    let e = start(&[]).await;
+    for accept in [
+        "gzip;q=0.0",
+        "gzip;q=0.00",
+        "gzip;q=0.",
+        "gzip; Q=0.000, identity",
+    ] {
+        let r = e
+            .request("GET", "/metrics", &[("Accept-Encoding", accept)])
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers.get("content-encoding"), None, "{accept}");
+        assert!(
+            r.text().contains("# TYPE ksit_exporter_build_info gauge"),
+            "{accept}: plain text"
+        );
+    }
+    let r = e
+        .request("GET", "/metrics", &[("Accept-Encoding", "gzip;q=0.5")])
+        .await;
+    assert_eq!(
+        r.headers.get("content-encoding").map(String::as_str),
+        Some("gzip")
+    );
+}

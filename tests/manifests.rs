@@ -156,6 +156,90 @@ async fn nested_kustomizations_and_the_operator_bundle_pass_server_side_dry_run(
     }
 }
 
+/// The optional NetworkPolicy components, each in an overlay of what it protects, as their
+/// comments say to use them: the policy is in the Deployment's namespace, selects its pods,
+/// lets the monitoring namespace reach the metrics port, names only ports the pods have, and
+/// the whole passes a server-side dry run.
+#[tokio::test]
+async fn network_policy_components_select_their_pods_and_pass_server_side_dry_run() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    for (base, component, policy, deployment, metrics_port) in [
+        (
+            "manifests/webhook/base",
+            "manifests/networkpolicy/webhook",
+            "ksit-webhook",
+            "ksit-webhook",
+            json!("metrics"),
+        ),
+        (
+            "manifests/sidecar",
+            "manifests/networkpolicy/sidecar",
+            "ksit-exporter-metrics",
+            "ksit-controller-manager",
+            json!(8080),
+        ),
+    ] {
+        // kustomize refuses absolute paths, so the overlay lives under target/.
+        let overlay = tempfile::Builder::new()
+            .prefix("networkpolicy-")
+            .tempdir_in(repo("target"))
+            .unwrap();
+        std::fs::write(
+            overlay.path().join("kustomization.yaml"),
+            format!("resources: [../../{base}]\ncomponents: [../../{component}]\n"),
+        )
+        .unwrap();
+        let dir = overlay.path().to_str().unwrap();
+        let items = cp.render(dir);
+        let np = find(&items, "NetworkPolicy", policy);
+        let deploy = find(&items, "Deployment", deployment);
+        let namespace = deploy["metadata"]["namespace"].as_str().unwrap();
+        assert_eq!(np["metadata"]["namespace"], namespace, "{policy}");
+        let pod = &deploy["spec"]["template"];
+        let selector = np["spec"]["podSelector"]["matchLabels"]
+            .as_object()
+            .unwrap();
+        assert!(!selector.is_empty(), "{np}");
+        for (k, v) in selector {
+            assert_eq!(&pod["metadata"]["labels"][k], v, "{policy} selects {k}={v}");
+        }
+        let container_ports: Vec<&Value> = pod["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+            .collect();
+        let rules = np["spec"]["ingress"].as_array().unwrap();
+        for port in rules.iter().flat_map(|r| r["ports"].as_array().unwrap()) {
+            let known = match &port["port"] {
+                Value::String(name) => container_ports.iter().any(|p| p["name"] == *name),
+                // A range keeps whatever else the pod serves open.
+                Value::Number(_) if !port["endPort"].is_null() => true,
+                n => container_ports.iter().any(|p| p["containerPort"] == *n),
+            };
+            assert!(
+                known,
+                "{policy}: port {port} is none of {container_ports:?}"
+            );
+        }
+        let from_monitoring = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]);
+        assert!(
+            rules.iter().any(|r| r["from"] == from_monitoring
+                && r["ports"] == json!([{"port": metrics_port, "protocol": "TCP"}])),
+            "{policy}: metrics from the monitoring namespace: {np}"
+        );
+        for ns in [namespace, "monitoring"] {
+            cp.kubectl(&["create", "namespace", ns]);
+        }
+        check(
+            cp.kubectl(&["apply", "--dry-run=server", "-k", dir]),
+            &format!("kubectl apply --dry-run=server -k {base} with {component}"),
+        );
+    }
+}
+
 /// The page's scrape config, verbatim.
 const PAGE_SCRAPE_CONFIG: &str = r#"
 scrape_configs:

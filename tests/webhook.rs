@@ -4,6 +4,8 @@
 //!
 //! The configuration is cluster-wide and the control plane is shared with other test crates,
 //! so each test narrows both entries to its own namespaces and deletes the configuration after.
+//! The load tests at the end send the API server's requests themselves and need no control
+//! plane.
 
 mod common;
 
@@ -456,4 +458,228 @@ async fn replaced_certificate_files_are_served_without_a_restart() {
         webhook.child.try_wait().unwrap().is_none(),
         "never restarted"
     );
+}
+
+/// An AdmissionReview of an opted-in manager pod padded by an annotation to about `size` bytes.
+fn large_review(size: usize) -> String {
+    let mut pod = serde_json::to_value(manager_pod(
+        "large",
+        json!({"ksit.io/inject": "true"}),
+        json!({"example.com/padding": ""}),
+    ))
+    .unwrap();
+    let review = |pod: &Value| {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team-a",
+                "operation": "CREATE",
+                "userInfo": {"username": "admin"},
+                "object": pod,
+            }
+        })
+        .to_string()
+    };
+    let overhead = review(&pod).len();
+    pod["metadata"]["annotations"]["example.com/padding"] = json!("x".repeat(size - overhead));
+    review(&pod)
+}
+
+/// POSTs `body` to /mutate over TLS and returns the response's status line. The body is sent
+/// whole even if the webhook answers first, as the API server does.
+async fn post_review(addr: SocketAddr, certs: &Path, body: &str) -> String {
+    let request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (_, response) = tls_exchange(addr, certs, &request).await;
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// `VmHWM`, the peak RSS of `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in\n{status}"))
+        * 1024
+}
+
+/// `reviews` AdmissionReviews of `size` bytes at once, while /healthz on the metrics port is
+/// asked every 50 ms and must answer within a second each time. Every review is answered:
+/// reviewed, or 503 once the review budget is spent (with failurePolicy Ignore the API server
+/// then admits the pod without the sidecar), as the webhook's metrics count.
+async fn reviews_at_once(webhook: &Webhook, certs: &Path, reviews: usize, size: usize) {
+    let injected = r#"ksit_webhook_admissions_total{decision="injected",reason="none"}"#;
+    let refused = r#"ksit_webhook_admissions_total{decision="error",reason="busy"}"#;
+    let counts = || async {
+        let m = webhook.metrics().await;
+        let count = |series: &str| m.get(series).unwrap_or(0.0);
+        (count(injected), count(refused))
+    };
+    let before = counts().await;
+    let body = Arc::new(large_review(size));
+    let tasks: Vec<_> = (0..reviews)
+        .map(|_| {
+            let (addr, certs, body) = (webhook.addr, certs.to_path_buf(), body.clone());
+            tokio::spawn(async move { post_review(addr, &certs, &body).await })
+        })
+        .collect();
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(1),
+            http::try_request(&webhook.metrics_addr, "GET", "/healthz", &[]),
+        )
+        .await
+        .expect("/healthz answers within 1s while reviews run")
+        .expect("/healthz answers");
+        assert_eq!(reply.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| *s == "HTTP/1.1 200 OK").count();
+    let busy = statuses
+        .iter()
+        .filter(|s| *s == "HTTP/1.1 503 Service Unavailable")
+        .count();
+    assert!(ok >= 1 && ok + busy == reviews, "{statuses:?}");
+    let after = counts().await;
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (ok as f64, busy as f64),
+        "counted as injected and as refused (busy)"
+    );
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Twenty reviews of nearly the largest size the API server sends cost hardly more memory at
+/// once than one alone: the review budget holds one of that size at a time. (What one costs is
+/// the admission handler's: see the next test for the absolute bound.) No control plane
+/// needed: the requests are the API server's, sent directly.
+#[tokio::test]
+async fn twenty_largest_reviews_at_once_cost_about_what_one_does() {
+    use ksit_exporter::webhook::admission::MAX_BODY_BYTES;
+    let certs = tempfile::tempdir().unwrap();
+    issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
+    let size = MAX_BODY_BYTES - 64 * 1024;
+    reviews_at_once(&webhook, certs.path(), 1, size).await;
+    let one = peak_rss(webhook.child.id());
+    reviews_at_once(&webhook, certs.path(), 20, size).await;
+    let twenty = peak_rss(webhook.child.id());
+    assert!(
+        twenty - one < 8 * MIB,
+        "peak RSS {one} bytes after one review, {twenty} after twenty at once"
+    );
+    // A review of ordinary size goes through after the flood.
+    assert_eq!(
+        post_review(webhook.addr, certs.path(), &large_review(8 * 1024)).await,
+        "HTTP/1.1 200 OK"
+    );
+}
+
+/// Twenty 1 MiB reviews at once (a large pod, a third of the largest): the webhook's peak RSS
+/// stays under 48 MiB (the debug binary's, which idles near 24 MiB).
+#[tokio::test]
+async fn twenty_large_reviews_at_once_stay_under_48_mib() {
+    let certs = tempfile::tempdir().unwrap();
+    issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
+    reviews_at_once(&webhook, certs.path(), 20, 1024 * 1024).await;
+    let peak = peak_rss(webhook.child.id());
+    assert!(peak < 48 * MIB, "peak RSS {peak} bytes");
+}
+
+/// 1,000 TLS connections each holding nearly as many bytes of headers that never end as the
+/// server buffers: the webhook keeps at most MAX_CONNECTIONS of them, /healthz answers within
+/// a second, and its peak RSS stays under 48 MiB.
+#[tokio::test]
+async fn unfinished_headers_on_many_tls_connections_are_bounded() {
+    use ksit_exporter::server::{MAX_CONNECTIONS, READ_BUFFER_BYTES};
+    let certs = tempfile::tempdir().unwrap();
+    issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
+    let pid = webhook.child.id();
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count()
+    };
+    let idle_sockets = sockets();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(certs.path().join("ca.crt")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut header = b"POST /mutate HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..READ_BUFFER_BYTES / 1000 - 1 {
+        header.extend_from_slice(format!("X-Pad-{i:02}: {}\r\n", "a".repeat(988)).as_bytes());
+    }
+    let attack = async {
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            let tcp = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
+            // The webhook may already have closed this one to make room for a newer one.
+            let server = ServerName::IpAddress(webhook.addr.ip().into());
+            if let Ok(mut tls) = connector.connect(server, tcp).await {
+                let _ = tls.write_all(&header).await;
+                let _ = tls.flush().await;
+                held.push(tls);
+            }
+        }
+        held
+    };
+    let held = tokio::time::timeout(Duration::from_secs(60), attack)
+        .await
+        .expect("1,000 connections opened within 60s");
+    for _ in 0..5 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(1),
+            http::try_request(&webhook.metrics_addr, "GET", "/healthz", &[]),
+        )
+        .await
+        .expect("/healthz answers within 1s")
+        .expect("/healthz answers");
+        assert_eq!(reply.status, 200);
+    }
+    // A connection closed to make room, or the last probe's, may take a moment to go.
+    let open = eventually(
+        Duration::from_secs(5),
+        &format!("at most {MAX_CONNECTIONS} connections open"),
+        || {
+            let open = sockets() - idle_sockets;
+            std::future::ready(if open <= MAX_CONNECTIONS {
+                Ok(open)
+            } else {
+                Err(open)
+            })
+        },
+    )
+    .await;
+    let peak = peak_rss(pid);
+    assert!(
+        peak < 48 * MIB,
+        "peak RSS {peak} bytes with {open} connections"
+    );
+    drop(held);
 }

@@ -21,14 +21,15 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use crate::inject::InjectorConfig;
@@ -40,6 +41,20 @@ use metrics::WebhookMetrics;
 pub const POD_PATH: &str = "/mutate";
 pub const NAMESPACE_PATH: &str = "/mutate/namespace-enabled";
 
+/// Bytes of AdmissionReview bodies being read and reviewed at once, counted by their declared
+/// length (a body without one counts as [`MAX_BODY_BYTES`]): one of the largest the API server
+/// can send and a hundred real ones beside it (a pod's review is a few KiB), or hundreds of
+/// real ones. Reviewing a body costs several times its size, so two of the largest at once
+/// would not fit the Deployment's 64Mi. A constant, not a variable: it follows that limit. A
+/// review that does not fit is answered 503 at once rather than queued, so no answer waits
+/// on others past the API server's deadline; the API server counts the 503 as a failed call
+/// and, with `failurePolicy: Ignore`, creates that pod without the sidecar.
+pub const REVIEW_BUDGET_BYTES: usize = MAX_BODY_BYTES + 1024 * 1024;
+
+/// The API server gives up on a call after the configuration's `timeoutSeconds` (5 as shipped,
+/// at most 30): a body still arriving later would be answered to no one.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What each admission request needs.
 pub struct Handler {
     pub injector: InjectorConfig,
@@ -47,7 +62,7 @@ pub struct Handler {
 }
 
 /// The HTTPS server: [`server::serve_with`] with a TLS handshake first, bounded by the header
-/// timeout so a silent client cannot hold a task.
+/// timeout so a silent client cannot hold a task, and reviews within [`REVIEW_BUDGET_BYTES`].
 pub async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -71,14 +86,19 @@ pub async fn serve_tls(
             }
         }
     };
+    let budget = Arc::new(Semaphore::new(REVIEW_BUDGET_BYTES));
     let handle = move |req| {
-        let handler = handler.clone();
-        async move { handle(&handler, req).await }
+        let (handler, budget) = (handler.clone(), budget.clone());
+        async move { handle(&handler, &budget, req).await }
     };
     server::serve_with(listener, shutdown, handshake, handle).await;
 }
 
-async fn handle(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    handler: &Handler,
+    budget: &Semaphore,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let entry = match req.uri().path() {
         POD_PATH => Entry::Pod,
@@ -99,9 +119,20 @@ async fn handle(handler: &Handler, req: Request<Incoming>) -> Response<Full<Byte
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
-    let answer = match read_body(req.into_body(), MAX_BODY_BYTES).await {
-        Ok(body) => admission::review(&body, entry, &handler.injector),
-        Err(answer) => answer,
+    let body = req.into_body();
+    let answer = match reserve(budget, body.size_hint().exact()) {
+        Ok(_permit) => match read_body(body, MAX_BODY_BYTES).await {
+            Ok(body) => admission::review(&body, entry, &handler.injector),
+            Err(answer) => answer,
+        },
+        Err(answer) => {
+            // Read and drop what the client sends, so that it reads the answer instead of
+            // a reset, as it would if the connection closed with the body unread.
+            if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+                discard(body, MAX_BODY_BYTES).await;
+            }
+            answer
+        }
     };
     handler.metrics.answered(
         answer.decision.as_str(),
@@ -111,6 +142,9 @@ async fn handle(handler: &Handler, req: Request<Incoming>) -> Response<Full<Byte
     match answer.decision {
         Decision::Injected => tracing::info!("{}", answer.detail),
         Decision::Skipped => tracing::debug!("{}", answer.detail),
+        // Counted in ksit_webhook_admissions_total{reason="busy"}; a line each would flood
+        // the log exactly when a flood is on.
+        Decision::Error if answer.reason == BUSY => tracing::debug!("{}", answer.detail),
         Decision::Error => tracing::warn!(status = answer.status.as_u16(), "{}", answer.detail),
     }
     let mut r = Response::new(Full::new(Bytes::from(answer.body)));
@@ -122,23 +156,79 @@ async fn handle(handler: &Handler, req: Request<Incoming>) -> Response<Full<Byte
     r
 }
 
-/// The whole body, at most `limit` bytes and within the header timeout; otherwise the answer
-/// to send instead (413 or 400).
+/// The `reason` of a review refused for [`REVIEW_BUDGET_BYTES`].
+const BUSY: &str = "busy";
+
+/// Takes a body of `declared` bytes (unknown: [`MAX_BODY_BYTES`]) out of `budget` until the
+/// permit is dropped; otherwise the answer to send instead (413 for a body declared too
+/// large, 503 when the budget is spent).
+fn reserve(budget: &Semaphore, declared: Option<u64>) -> Result<SemaphorePermit<'_>, Answer> {
+    let size = declared.unwrap_or(MAX_BODY_BYTES as u64);
+    if size > MAX_BODY_BYTES as u64 {
+        return Err(too_large(MAX_BODY_BYTES));
+    }
+    let permits = u32::try_from(size).expect("at most MAX_BODY_BYTES, which fits");
+    budget.try_acquire_many(permits).map_err(|_| {
+        Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            BUSY,
+            format!(
+                "too many AdmissionReviews at once: {} of {REVIEW_BUDGET_BYTES} bytes are in \
+                 review and this one declares {size}; the pod is created without the sidecar \
+                 (failurePolicy Ignore)",
+                REVIEW_BUDGET_BYTES - budget.available_permits()
+            ),
+        )
+    })
+}
+
+fn too_large(limit: usize) -> Answer {
+    Answer::error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("AdmissionReview larger than {limit} bytes"),
+    )
+}
+
+/// Reads and drops up to `limit` bytes of `body`, for at most [`BODY_READ_TIMEOUT`].
+async fn discard<B: Body + Unpin>(mut body: B, limit: usize) {
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Buf::remaining);
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(BODY_READ_TIMEOUT, drain).await;
+}
+
+/// The whole body, at most `limit` bytes and within [`BODY_READ_TIMEOUT`]; otherwise the
+/// answer to send instead (413 or 400). Read into one buffer of the declared size, so the
+/// body is held once, not as chunks and then a copy.
 async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Answer>
 where
-    B: hyper::body::Body,
+    B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match tokio::time::timeout(HEADER_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Answer::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("AdmissionReview larger than {limit} bytes"),
-        )),
+    let declared = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
+    let mut body = Limited::new(body, limit);
+    let read = async {
+        let mut whole = BytesMut::with_capacity(declared.min(limit));
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                whole.put(data);
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(whole.freeze())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(whole)) => Ok(whole),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Ok(Err(e)) => Err(Answer::bad_request(format!("cannot read the body: {e}"))),
         Err(_) => Err(Answer::bad_request(format!(
-            "body not received within {HEADER_READ_TIMEOUT:?}"
+            "body not received within {BODY_READ_TIMEOUT:?}"
         ))),
     }
 }
@@ -170,6 +260,31 @@ mod tests {
         assert_eq!(
             read_body(small, 1024).await.unwrap(),
             Bytes::from_static(b"{}")
+        );
+    }
+
+    #[test]
+    fn reviews_take_their_declared_size_from_the_budget() {
+        let budget = Semaphore::new(REVIEW_BUDGET_BYTES);
+        let too_big = reserve(&budget, Some(MAX_BODY_BYTES as u64 + 1)).unwrap_err();
+        assert_eq!(
+            (too_big.status, too_big.reason),
+            (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+        );
+        let unknown = reserve(&budget, None).expect("one of unknown size fits");
+        let busy = reserve(&budget, Some(MAX_BODY_BYTES as u64)).unwrap_err();
+        assert_eq!(
+            (busy.status, busy.decision, busy.reason),
+            (StatusCode::SERVICE_UNAVAILABLE, Decision::Error, BUSY)
+        );
+        let small: Vec<_> = (0..100)
+            .map(|_| reserve(&budget, Some(10_000)).expect("small ones fit beside a large one"))
+            .collect();
+        drop((unknown, small));
+        assert_eq!(
+            budget.available_permits(),
+            REVIEW_BUDGET_BYTES,
+            "given back when dropped"
         );
     }
 }
