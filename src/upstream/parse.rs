@@ -596,20 +596,24 @@ impl<'b> Parser<'b, '_> {
             }
             Ok(Line::Type { name, kind }) => {
                 let c = self.enter(name);
-                if c.fault.is_some() {
-                    return;
-                }
                 if c.typed || c.samples > 0 {
                     let what = if c.typed {
                         "a second TYPE"
                     } else {
                         "TYPE after samples"
                     };
-                    c.fault = Some((Reason::Metadata, detail(n, what, line)));
+                    if c.fault.is_none() {
+                        c.fault = Some((Reason::Metadata, detail(n, what, line)));
+                    }
                     return;
                 }
+                // The first TYPE before samples says which samples belong here, even in a
+                // family already found bad, so that they are dropped with it.
                 c.typed = true;
                 c.kind = kind;
+                if c.fault.is_some() {
+                    return;
+                }
                 let out = &mut self.out.text;
                 out.extend_from_slice(b"# TYPE ");
                 out.extend_from_slice(name.as_bytes());
@@ -651,6 +655,7 @@ impl<'b> Parser<'b, '_> {
         let twice = sorted.windows(2).any(|w| w[0].0 == w[1].0);
         let hash = self.hasher.hash_one((s.name, &sorted));
         let c = self.enter_for_sample(s.name);
+        c.samples += 1;
         if c.fault.is_some() {
             return;
         }
@@ -662,7 +667,6 @@ impl<'b> Parser<'b, '_> {
             c.fault = Some((Reason::Type, detail(n, what, line)));
             return;
         }
-        c.samples += 1;
         self.series.push(hash);
         write_sample(&mut self.out.text, &s);
     }
