@@ -549,6 +549,8 @@ kept 1
                 b"# HELP bad \xff\nbad 1\n",
             ),
             ("dash after name", Reason::Syntax, b"bad-1 2\n"),
+            ("NUL in a value", Reason::Syntax, b"bad{a=\"\0\"} 1\n"),
+            ("NUL in HELP", Reason::Syntax, b"# HELP bad a\0b\nbad 1\n"),
             (
                 "TYPE word after two blanks",
                 Reason::Metadata,

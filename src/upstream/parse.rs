@@ -323,6 +323,9 @@ fn parse_comment(mut c: Cursor<'_>) -> Result<Line<'_>, LineError<'_>> {
         }
     };
     if help {
+        if text.contains(&0) {
+            return Err(err(Some(name), Reason::Syntax, "a NUL byte in HELP"));
+        }
         let text = std::str::from_utf8(text)
             .map_err(|_| err(Some(name), Reason::Syntax, "HELP text is not UTF-8"))?;
         return Ok(Line::Help {
@@ -341,6 +344,10 @@ fn parse_sample(mut c: Cursor<'_>) -> Result<Sample<'_>, LineError<'_>> {
         return Err(err(None, Reason::Syntax, "expected a metric name"));
     };
     let fail = |what| Err(err(Some(name), Reason::Syntax, what));
+    // Prometheus's lexer takes a NUL byte for the end of the body: never serve one.
+    if c.line.contains(&0) {
+        return fail("a NUL byte");
+    }
     let after_name = c.peek();
     c.skip_blanks();
     let mut labels = Vec::new();
