@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help build release run test test-unit lint bench controlplane-build controlplane-up controlplane-down
+.PHONY: help build release run test test-unit lint bench fuzz controlplane-build controlplane-up controlplane-down
 
 # The result files `make bench` turns into docs/figures.md; included makefiles add theirs.
 BENCH_RESULTS := target/bench.txt
@@ -40,6 +40,13 @@ lint: ## rustfmt and clippy, as CI runs them
 bench: release ## footprint and speed of the release binary; writes target/bench*.txt and docs/figures.md
 	set -o pipefail; python3 scripts/bench.py target/release/ksit-exporter | tee target/bench.txt
 	python3 scripts/bench.py --figures docs/figures.md $(BENCH_RESULTS)
+
+FUZZ_SECONDS ?= 60
+fuzz: ## fuzz the upstream parser for FUZZ_SECONDS (60) with cargo-fuzz on nightly; crashes land in fuzz/artifacts
+	@cargo fuzz --version >/dev/null 2>&1 || { echo "make fuzz needs cargo-fuzz: cargo install cargo-fuzz"; exit 2; }
+	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 2; }
+	@mkdir -p fuzz/corpus/upstream_parse.new
+	cargo +nightly fuzz run upstream_parse $(CURDIR)/fuzz/corpus/upstream_parse.new $(CURDIR)/fuzz/corpus/upstream_parse -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536
 
 controlplane-build: ## build etcd, kube-apiserver, prometheus, promtool and the stand-in manager (cached)
 	scripts/controlplane.sh build

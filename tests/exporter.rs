@@ -345,6 +345,10 @@ async fn upstream_reconciles_and_passthrough_and_faults() {
         s.get("process_cpu_seconds_total").is_some_and(|v| v != 1.5),
         "the exporter's own value, not the upstream's 1.5: {s}"
     );
+    s.assert(
+        "ksit_exporter_upstream_rejected_families{reason=\"shadowed\"}",
+        1.0,
+    );
 
     for (what, answer) in [
         (
@@ -368,6 +372,12 @@ async fn upstream_reconciles_and_passthrough_and_faults() {
         );
         assert!(!s.has_family("ksit_reconcile_total"), "{what}: {s}");
         s.assert("ksit_exporter_collector_up{collector=\"upstream\"}", 0.0);
+        // Only a body that was read counts rejected families; `this` is the malformed one.
+        let syntax = if what == "malformed" { 1.0 } else { 0.0 };
+        s.assert(
+            "ksit_exporter_upstream_rejected_families{reason=\"syntax\"}",
+            syntax,
+        );
         fake.set("/metrics", Answer::Status(200, UPSTREAM.into()));
         e.scrape_until("upstream back", |s| s.is("ksit_exporter_upstream_up", 1.0))
             .await;
