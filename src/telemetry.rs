@@ -236,3 +236,58 @@ mod tests {
         assert_eq!(excerpt(&[0xff, b'a'], 10), "\u{fffd}a");
     }
 }
+
+/// Lets a warning that may repeat many times a second (failed TLS handshakes from a port scan,
+/// say) through at most once per `every`, and says how many it held back meanwhile; the full
+/// count belongs in a metric.
+pub struct Throttle {
+    every: std::time::Duration,
+    /// When a warning last went through, and how many were held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last one)` when this warning may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    fn allow_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                state.1 += 1;
+                None
+            }
+            _ => Some(std::mem::replace(&mut *state, (Some(now), 0)).1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn once_per_period_with_the_count_held_back() {
+        let t = Throttle::new(Duration::from_secs(60));
+        let start = Instant::now();
+        assert_eq!(t.allow_at(start), Some(0));
+        for s in 1..=5 {
+            assert_eq!(t.allow_at(start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(t.allow_at(start + Duration::from_secs(60)), Some(5));
+        assert_eq!(t.allow_at(start + Duration::from_secs(61)), None);
+    }
+}

@@ -683,3 +683,41 @@ async fn unfinished_headers_on_many_tls_connections_are_bounded() {
     );
     drop(held);
 }
+
+/// Plain HTTP sent to the TLS port (a misconfigured client, a scan) fails the handshake: each one
+/// is counted, and the log says so at most once a minute (telemetry::Throttle's unit test), so
+/// a flood of them cannot flood the log.
+#[tokio::test]
+async fn failed_handshakes_are_counted() {
+    let certs = tempfile::tempdir().unwrap();
+    issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
+    const N: usize = 300;
+    for _ in 0..N {
+        let mut tcp = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
+        let _ = tcp
+            .write_all(b"GET /mutate HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        // The webhook closes the connection once the handshake has failed.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    }
+    let failures = "ksit_webhook_tls_handshake_failures_total";
+    eventually(
+        Duration::from_secs(10),
+        "every failed handshake counted",
+        || async {
+            let s = webhook.metrics().await;
+            if s.is(failures, N as f64) {
+                Ok(())
+            } else {
+                Err(format!("{failures} is {:?}", s.get(failures)))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        http::get(&webhook.metrics_addr, "/healthz").await.status,
+        200
+    );
+}

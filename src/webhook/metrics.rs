@@ -28,6 +28,10 @@ pub const CERTIFICATE_RELOADS: Family = Family {
     name: "ksit_webhook_certificate_reloads_total",
     help: "Times a changed certificate and key were loaded without a restart.",
 };
+pub const TLS_HANDSHAKE_FAILURES: Family = Family {
+    name: "ksit_webhook_tls_handshake_failures_total",
+    help: "TLS handshakes that failed (a client that does not trust the CA, plain HTTP, a scan).",
+};
 pub const BUILD_INFO: Family = Family {
     name: "ksit_webhook_build_info",
     help: "The running build; always 1.",
@@ -45,6 +49,7 @@ pub struct WebhookMetrics {
     duration: Histograms<()>,
     certificate_expiry: Gauges<()>,
     certificate_reloads: Counters<()>,
+    tls_handshake_failures: Counters<()>,
 }
 
 impl WebhookMetrics {
@@ -60,6 +65,7 @@ impl WebhookMetrics {
             duration: registry.histograms(ADMISSION_DURATION, DURATION_BUCKETS.to_vec()),
             certificate_expiry: registry.gauges(CERTIFICATE_EXPIRY),
             certificate_reloads: registry.counters(CERTIFICATE_RELOADS),
+            tls_handshake_failures: registry.counters(TLS_HANDSHAKE_FAILURES),
         }
     }
 
@@ -71,6 +77,10 @@ impl WebhookMetrics {
         };
         self.admissions.inc(&admission);
         self.duration.observe(&(), seconds);
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc(&());
     }
 
     /// The serving certificate in use: its notAfter, and whether it replaced another.

@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::inject::InjectorConfig;
 use crate::server::{self, HEADER_READ_TIMEOUT};
+use crate::telemetry::Throttle;
 use admission::{Answer, Decision, Entry, MAX_BODY_BYTES};
 use metrics::WebhookMetrics;
 
@@ -69,14 +70,20 @@ pub async fn serve_tls(
     handler: Arc<Handler>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // Usually a client that does not trust the CA: worth seeing, but a scan or a plain-HTTP
+    // client makes thousands a minute, so the log says it once a minute and the metric counts.
+    static HANDSHAKE_FAILURES: Throttle = Throttle::new(Duration::from_secs(60));
+    let metrics = handler.metrics.clone();
     let handshake = move |stream, peer: SocketAddr| {
-        let acceptor = acceptor.clone();
+        let (acceptor, metrics) = (acceptor.clone(), metrics.clone());
         async move {
             match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => Some(tls),
                 Ok(Err(e)) => {
-                    // Usually a client that does not trust the CA: worth seeing.
-                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                    metrics.tls_handshake_failed();
+                    if let Some(held_back) = HANDSHAKE_FAILURES.allow() {
+                        tracing::warn!(%peer, error = %e, held_back, "TLS handshake failed (logged at most once a minute; ksit_webhook_tls_handshake_failures_total counts them all)");
+                    }
                     None
                 }
                 Err(_) => {
