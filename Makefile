@@ -42,11 +42,16 @@ bench: release ## footprint and speed of the release binary; writes target/bench
 	python3 scripts/bench.py --figures docs/figures.md $(BENCH_RESULTS)
 
 FUZZ_SECONDS ?= 60
-fuzz: ## fuzz the upstream parser for FUZZ_SECONDS (60) with cargo-fuzz on nightly; crashes land in fuzz/artifacts
+# Each target with its committed corpus; what a run finds goes to fuzz/corpus/TARGET.new.
+FUZZ_TARGETS := upstream_parse:fuzz/corpus/upstream_parse admission_review:fuzz/corpus/admission_review \
+	inject_manifests:tests/testdata/inject/manifests
+fuzz: ## fuzz the upstream parser, the admission handler and inject's reader, FUZZ_SECONDS (60) each, with cargo-fuzz on nightly; crashes land in fuzz/artifacts
 	@cargo fuzz --version >/dev/null 2>&1 || { echo "make fuzz needs cargo-fuzz: cargo install cargo-fuzz"; exit 2; }
 	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 2; }
-	@mkdir -p fuzz/corpus/upstream_parse.new
-	cargo +nightly fuzz run upstream_parse $(CURDIR)/fuzz/corpus/upstream_parse.new $(CURDIR)/fuzz/corpus/upstream_parse -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		name=$${t%%:*}; corpus=$${t#*:}; mkdir -p fuzz/corpus/$$name.new; \
+		cargo +nightly fuzz run $$name $(CURDIR)/fuzz/corpus/$$name.new $(CURDIR)/$$corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536; \
+	done
 
 controlplane-build: ## build etcd, kube-apiserver, prometheus, promtool and the stand-in manager (cached)
 	scripts/controlplane.sh build

@@ -6,8 +6,12 @@
 mod parse {
     pub use ksit_exporter::upstream::parse::*;
 }
+#[path = "../fuzz/mutate.rs"]
+mod mutate;
 #[path = "../fuzz/property.rs"]
 mod property;
+
+use mutate::{Rng, mutate};
 
 use std::path::PathBuf;
 
@@ -66,55 +70,6 @@ fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// xorshift64: reproducible mutations without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(out.len() + 1);
-        match rng.below(5) {
-            0 | 1 => {
-                let token = TOKENS[rng.below(TOKENS.len())];
-                out.splice(at..at, token.iter().copied());
-            }
-            2 => {
-                let end = (at + 1 + rng.below(8)).min(out.len());
-                out.drain(at..end);
-            }
-            3 => {
-                // Repeat a line elsewhere: duplicate series, split families.
-                let lines: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
-                let line = lines[rng.below(lines.len())].to_vec();
-                let at = out[..at]
-                    .iter()
-                    .rposition(|b| *b == b'\n')
-                    .map_or(0, |p| p + 1);
-                out.splice(at..at, line.into_iter().chain([b'\n']));
-            }
-            _ => {
-                if let Some(b) = out.get_mut(at) {
-                    *b = rng.next() as u8;
-                }
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn the_corpus_holds_the_property() {
     for (path, bytes) in corpus() {
@@ -129,7 +84,7 @@ fn mutations_of_the_corpus_hold_the_property() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for (path, bytes) in corpus() {
         for case in 0..CASES_PER_FILE {
-            let input = mutate(&mut rng, &bytes);
+            let input = mutate(&mut rng, &bytes, TOKENS);
             if let Err(e) = property::check(&input) {
                 panic!(
                     "{} mutation {case}: {e}\ninput: {:?}",

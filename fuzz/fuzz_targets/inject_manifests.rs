@@ -1,0 +1,13 @@
+//! `inject`'s reader against any text: see `fuzz/inputs.rs` for what must hold.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../inputs.rs"]
+mod inputs;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(e) = inputs::manifests_hold(data) {
+        panic!("{e}");
+    }
+});
