@@ -20,7 +20,7 @@ labels! {
 
 pub const UP: Family = Family {
     name: "ksit_component_health_up",
-    help: "1 when the component's health endpoint last answered 2xx within the timeout.",
+    help: "1 when the component's health endpoint last answered 200-399 (as the kubelet counts a probe) within the timeout.",
 };
 pub const DURATION: Family = Family {
     name: "ksit_component_health_probe_duration_seconds",
@@ -76,7 +76,8 @@ impl Health {
             .get(&target.url, "*/*", self.timeout, MAX_BODY)
             .await
         {
-            Ok((status, _)) if status.is_success() => Ok(()),
+            // As the kubelet counts an HTTP probe: 200 to 399 is healthy.
+            Ok((status, _)) if (200..400).contains(&status.as_u16()) => Ok(()),
             Ok((status, body)) => Err(format!(
                 "answered {status}: {}",
                 telemetry::excerpt(body.trim_ascii(), BODY_EXCERPT)

@@ -239,11 +239,14 @@ async fn health_probes_report_each_endpoint() {
     fake.set("/healthz", Answer::Status(200, "ok".into()));
     fake.set("/readyz", Answer::Status(500, "not ready".into()));
     fake.set("/hang", Answer::Hang);
+    // The kubelet counts 200-399 healthy: so does the probe (no redirect is followed).
+    fake.set("/moved", Answer::Status(302, "see elsewhere".into()));
     let urls = format!(
-        "{},{},stuck={}",
+        "{},{},stuck={},{}",
         fake.url("/healthz"),
         fake.url("/readyz"),
-        fake.url("/hang")
+        fake.url("/hang"),
+        fake.url("/moved")
     );
     let started = now();
     let e = start(&[
@@ -260,6 +263,7 @@ async fn health_probes_report_each_endpoint() {
     s.assert("ksit_component_health_up{probe=\"healthz\"}", 1.0);
     s.assert("ksit_component_health_up{probe=\"readyz\"}", 0.0);
     s.assert("ksit_component_health_up{probe=\"stuck\"}", 0.0);
+    s.assert("ksit_component_health_up{probe=\"moved\"}", 1.0);
     let last_success =
         s.get("ksit_component_health_last_success_timestamp_seconds{probe=\"healthz\"}");
     assert!(
