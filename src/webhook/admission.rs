@@ -234,7 +234,7 @@ struct PodRequest {
 /// An object checked to be a JSON object and otherwise skipped, allocating nothing: the first
 /// reading of a review only needs to know one is there. A kube [`Resource`] only because
 /// [`AdmissionRequest`] asks for one.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 struct Unread(ObjectMeta);
 
 impl<'de> Deserialize<'de> for Unread {
