@@ -5,14 +5,18 @@
 //! against the pod as the API server sent it. `dryRun` requests get exactly the same answer:
 //! the webhook has no side effects (`sideEffects: None`), so there is nothing to hold back.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{DynamicResourceScope, ObjectMeta, Resource, TypeMeta};
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::inject::{self, INJECT_KEY, InjectorConfig, Outcome};
 use crate::telemetry::excerpt;
@@ -92,9 +96,15 @@ pub enum Entry {
     Namespace,
 }
 
-/// Answers one AdmissionReview.
-pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+/// Answers one AdmissionReview. A body given by value is dropped as soon as the pod is read,
+/// before inject copies the pod into the injected one.
+///
+/// The body is read twice, and neither time into a `serde_json::Value`: first the request
+/// with its object skipped, then, only when the request creates a pod, the object alone
+/// straight into a [`Pod`]. A request of another kind is answered without its object ever
+/// being parsed as a Pod (it would not be one).
+pub fn review(body: impl AsRef<[u8]>, entry: Entry, cfg: &InjectorConfig) -> Answer {
+    let review: Review = match serde_json::from_slice(body.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             return Answer::bad_request(format!(
@@ -103,17 +113,20 @@ pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
             ));
         }
     };
-    if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
+    if review.api_version != API_VERSION || review.kind != "AdmissionReview" {
         return Answer::bad_request(format!(
             "expected kind AdmissionReview of {API_VERSION}, got kind \"{}\" of \"{}\" \
              (register the webhook with admissionReviewVersions: [v1])",
-            quote(&review.types.kind),
-            quote(&review.types.api_version)
+            quote(&review.kind),
+            quote(&review.api_version)
         ));
     }
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(_) => return Answer::bad_request("AdmissionReview without a request".into()),
+    let Some(mut request) = review.request else {
+        return Answer::bad_request("AdmissionReview without a request".into());
+    };
+    request.types = TypeMeta {
+        api_version: review.api_version,
+        kind: review.kind,
     };
     let response = AdmissionResponse::from(&request);
     let what = quote(&format!(
@@ -133,21 +146,15 @@ pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
             format!("ksit-exporter injects only into pods; {what} left unchanged"),
         );
     }
-    let Some(object) = request
-        .object
-        .as_ref()
-        .filter(|_| request.operation == Operation::Create)
-    else {
+    if request.object.is_none() || request.operation != Operation::Create {
         return allowed(
             response,
             "not_a_create",
             format!("ksit-exporter injects only when a pod is created; {what} left unchanged"),
         );
-    };
-    // Through a Value rather than typed deserialization of the whole review: a non-Pod object
-    // must be answered above, not fail to parse as a Pod.
-    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
-        Ok(p) => p,
+    }
+    let pod = match serde_json::from_slice::<PodReview>(body.as_ref()) {
+        Ok(review) => review.request.object,
         Err(e) => {
             return Answer::bad_request(format!(
                 "the object of {what} is not a Pod: {}",
@@ -155,41 +162,42 @@ pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
             ));
         }
     };
+    drop(body);
 
     let namespace_labels = match entry {
         Entry::Namespace => BTreeMap::from([(INJECT_KEY.to_string(), "enabled".to_string())]),
         Entry::Pod => BTreeMap::new(),
     };
-    let outcome = inject::inject(&pod, &namespace_labels, cfg);
-    let (decision, reason, warnings, detail) = match &outcome {
-        Outcome::Injected { warnings, .. } => (
-            Decision::Injected,
-            "none",
-            warnings.clone(),
-            format!("injected into {what}"),
-        ),
-        Outcome::Skipped {
-            reason,
-            detail,
-            pod: refused,
-        } => (
-            Decision::Skipped,
-            reason.as_str(),
-            // A pod that asked for the sidecar and cannot have it: tell whoever created it.
-            refused
-                .iter()
-                .map(|_| format!("{reason}: {detail}"))
-                .collect(),
-            format!("{what} skipped: {reason}: {detail}"),
-        ),
-    };
+    let (decision, reason, warnings, detail, new) =
+        match inject::inject(&pod, &namespace_labels, cfg) {
+            Outcome::Injected { pod, warnings } => (
+                Decision::Injected,
+                "none",
+                warnings,
+                format!("injected into {what}"),
+                Some(pod),
+            ),
+            Outcome::Skipped {
+                reason,
+                detail,
+                pod: refused,
+            } => (
+                Decision::Skipped,
+                reason.as_str(),
+                // A pod that asked for the sidecar and cannot have it: tell whoever created it.
+                refused
+                    .iter()
+                    .map(|_| format!("{reason}: {detail}"))
+                    .collect(),
+                format!("{what} skipped: {reason}: {detail}"),
+                refused,
+            ),
+        };
     let mut response = response;
-    if let Some(new) = outcome.pod() {
-        // Both sides typed: the patch holds only what inject changed, not artefacts of how the
-        // API server and k8s-openapi each spell an empty field.
-        let patch = match (serde_json::to_value(&pod), serde_json::to_value(new)) {
-            (Ok(old), Ok(new)) => json_patch::diff(&old, &new),
-            (Err(e), _) | (_, Err(e)) => return internal(e.to_string()),
+    if let Some(new) = new {
+        let patch = match patch(pod, new) {
+            Ok(p) => p,
+            Err(e) => return internal(e.to_string()),
         };
         response = match response.with_patch(patch) {
             Ok(r) => r,
@@ -200,6 +208,131 @@ pub fn review(body: &[u8], entry: Entry, cfg: &InjectorConfig) -> Answer {
         response.warnings = Some(warnings);
     }
     respond(response, decision, reason, detail)
+}
+
+/// An AdmissionReview as sent: kube's `AdmissionReview` flattens its `TypeMeta`, which makes
+/// serde buffer the whole document before reading it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review {
+    api_version: String,
+    kind: String,
+    request: Option<AdmissionRequest<Unread>>,
+}
+
+/// The same review read again for its object alone, once it is known to be a pod's creation.
+#[derive(Deserialize)]
+struct PodReview {
+    request: PodRequest,
+}
+
+#[derive(Deserialize)]
+struct PodRequest {
+    object: Pod,
+}
+
+/// An object checked to be a JSON object and otherwise skipped, allocating nothing: the first
+/// reading of a review only needs to know one is there. A kube [`Resource`] only because
+/// [`AdmissionRequest`] asks for one.
+#[derive(Default)]
+struct Unread(ObjectMeta);
+
+impl<'de> Deserialize<'de> for Unread {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Skip;
+        impl<'de> Visitor<'de> for Skip {
+            type Value = Unread;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unread, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Unread::default())
+            }
+        }
+        deserializer.deserialize_map(Skip)
+    }
+}
+
+impl Resource for Unread {
+    type DynamicType = ();
+    type Scope = DynamicResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.0
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0
+    }
+}
+
+/// The JSONPatch that turns `old` into `new`, both typed, so that it holds only what inject
+/// changed, not artefacts of how the API server and k8s-openapi each spell an empty field.
+///
+/// What the two share is taken out of both before they are serialized, so a large pod is not
+/// copied twice more into JSON values: `json_patch::diff` compares object members by key and
+/// array elements by index, so a member equal on both sides, dropped from both, or a pair of
+/// equal elements, replaced by another equal pair, adds no operation and changes no other.
+/// The patch is the one a diff of the whole documents gives (a test checks it).
+fn patch(mut old: Pod, mut new: Pod) -> Result<json_patch::Patch, serde_json::Error> {
+    let (mut old_notes, mut new_notes) = (
+        old.metadata.annotations.take(),
+        new.metadata.annotations.take(),
+    );
+    if let (Some(old), Some(new)) = (&mut old_notes, &mut new_notes) {
+        new.retain(|key, value| {
+            let same = old.get(key) == Some(value);
+            if same {
+                old.remove(key);
+            }
+            !same
+        });
+    }
+    forget_if_equal(&mut old.metadata, &mut new.metadata);
+    (old.metadata.annotations, new.metadata.annotations) = (old_notes, new_notes);
+
+    if let (Some(old), Some(new)) = (&mut old.spec, &mut new.spec) {
+        let mut containers = (
+            std::mem::take(&mut old.containers),
+            std::mem::take(&mut new.containers),
+        );
+        let mut init = (old.init_containers.take(), new.init_containers.take());
+        forget_if_equal(old, new);
+        for (old, new) in containers.0.iter_mut().zip(&mut containers.1) {
+            forget_if_equal(old, new);
+        }
+        if let (Some(old), Some(new)) = (&mut init.0, &mut init.1) {
+            for (old, new) in old.iter_mut().zip(new) {
+                forget_if_equal(old, new);
+            }
+        }
+        (old.containers, new.containers) = containers;
+        (old.init_containers, new.init_containers) = init;
+    }
+    forget_if_equal(&mut old.status, &mut new.status);
+    Ok(json_patch::diff(
+        &serde_json::to_value(&old)?,
+        &serde_json::to_value(&new)?,
+    ))
+}
+
+/// Replaces both by the same small value when they are equal.
+fn forget_if_equal<T: PartialEq + Default>(old: &mut T, new: &mut T) {
+    if old == new {
+        (*old, *new) = (T::default(), T::default());
+    }
 }
 
 fn allowed(mut response: AdmissionResponse, reason: &'static str, message: String) -> Answer {
@@ -316,7 +449,7 @@ mod tests {
     fn a_labelled_pod_gets_a_patch_that_yields_the_injected_pod() {
         let pod = manager_pod(json!({"ksit.io/inject": "true"}));
         let a = review(
-            &review_of(pod.clone(), pod_kind(), false),
+            review_of(pod.clone(), pod_kind(), false),
             Entry::Pod,
             &cfg(),
         );
@@ -359,12 +492,12 @@ mod tests {
     fn an_already_injected_pod_is_left_alone_so_both_entries_can_match() {
         let pod = manager_pod(json!({"ksit.io/inject": "true"}));
         let first = review(
-            &review_of(pod.clone(), pod_kind(), false),
+            review_of(pod.clone(), pod_kind(), false),
             Entry::Namespace,
             &cfg(),
         );
         let stored = patched(&pod, &response(&first));
-        let second = review(&review_of(stored, pod_kind(), false), Entry::Pod, &cfg());
+        let second = review(review_of(stored, pod_kind(), false), Entry::Pod, &cfg());
         assert_eq!(second.reason, "already_injected");
         assert!(response(&second).get("patch").is_none());
     }
@@ -374,7 +507,7 @@ mod tests {
         let mut pod = manager_pod(json!({"ksit.io/inject": "true"}));
         pod["spec"]["hostNetwork"] = json!(true);
         let a = review(
-            &review_of(pod.clone(), pod_kind(), false),
+            review_of(pod.clone(), pod_kind(), false),
             Entry::Pod,
             &cfg(),
         );
@@ -394,11 +527,11 @@ mod tests {
     fn dry_run_gets_the_same_answer() {
         let pod = manager_pod(json!({"ksit.io/inject": "true"}));
         let wet = review(
-            &review_of(pod.clone(), pod_kind(), false),
+            review_of(pod.clone(), pod_kind(), false),
             Entry::Pod,
             &cfg(),
         );
-        let dry = review(&review_of(pod, pod_kind(), true), Entry::Pod, &cfg());
+        let dry = review(review_of(pod, pod_kind(), true), Entry::Pod, &cfg());
         assert_eq!(wet.body, dry.body);
         assert_eq!(dry.decision, Decision::Injected);
     }
@@ -409,11 +542,7 @@ mod tests {
             "metadata": {"name": "d", "labels": {"ksit.io/inject": "true"}},
             "spec": {"selector": {}, "template": {"spec": {"containers": []}}}});
         let kind = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
-        let a = review(
-            &review_of(deployment, kind, false),
-            Entry::Namespace,
-            &cfg(),
-        );
+        let a = review(review_of(deployment, kind, false), Entry::Namespace, &cfg());
         assert_eq!((a.decision, a.reason), (Decision::Skipped, "not_a_pod"));
         let r = response(&a);
         assert!(r.get("patch").is_none(), "{r}");
@@ -435,7 +564,7 @@ mod tests {
         ))
         .unwrap();
         body["request"]["operation"] = json!("UPDATE");
-        let a = review(&serde_json::to_vec(&body).unwrap(), Entry::Pod, &cfg());
+        let a = review(serde_json::to_vec(&body).unwrap(), Entry::Pod, &cfg());
         assert_eq!(a.reason, "not_a_create");
         assert!(response(&a).get("patch").is_none());
     }
@@ -468,7 +597,7 @@ mod tests {
         let mut pod = manager_pod(json!({"ksit.io/inject": "true"}));
         pod["metadata"]["annotations"] = json!({"ksit.io/probe-interval": "soon"});
         let a = review(
-            &review_of(pod.clone(), pod_kind(), false),
+            review_of(pod.clone(), pod_kind(), false),
             Entry::Pod,
             &cfg(),
         );
@@ -498,7 +627,7 @@ mod tests {
             .unwrap()
             .push(json!({"name": SIDECAR_NAME, "image": "busybox"}));
         let a = review(
-            &review_of(pod.clone(), pod_kind(), false),
+            review_of(pod.clone(), pod_kind(), false),
             Entry::Pod,
             &cfg(),
         );
@@ -524,12 +653,53 @@ mod tests {
             .unwrap(),
         ];
         for body in bodies {
-            let a = review(&serde_json::to_vec(&body).unwrap(), Entry::Pod, &cfg());
+            let a = review(serde_json::to_vec(&body).unwrap(), Entry::Pod, &cfg());
             assert_eq!(a.status, StatusCode::BAD_REQUEST);
             assert!(a.body.len() < 1024, "{} bytes", a.body.len());
             assert!(a.detail.len() < 1024, "{} bytes", a.detail.len());
             assert!(!a.detail.contains('\u{1b}'), "{}", a.detail);
         }
+    }
+
+    #[test]
+    fn the_patch_is_the_diff_of_the_whole_documents() {
+        let mut pods = vec![
+            manager_pod(json!({"ksit.io/inject": "true"})),
+            // Nothing to take over, no annotations, shared parts everywhere.
+            json!({"metadata": {"name": "p", "labels": {"ksit.io/inject": "true"},
+                                "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+                   "spec": {"initContainers": [{"name": "init", "image": "busybox"}],
+                            "containers": [{"name": "a", "image": "a"}, {"name": "b", "image": "b"}],
+                            "volumes": [{"name": "v", "emptyDir": {}}]},
+                   "status": {"phase": "Pending"}}),
+        ];
+        let mut classic = manager_pod(json!({"ksit.io/inject": "true"}));
+        classic["metadata"]["annotations"] =
+            json!({"ksit.io/sidecar-mode": "classic", "example.com/a": "1", "example.com/z": "2"});
+        classic["spec"]["restartPolicy"] = json!("Never");
+        pods.push(classic);
+        let mut refused = manager_pod(json!({"ksit.io/inject": "true"}));
+        refused["metadata"]["annotations"] = json!({"example.com/a": "1"});
+        refused["spec"]["hostNetwork"] = json!(true);
+        pods.push(refused);
+
+        let mut cases = 0;
+        for pod in pods {
+            let pod: Pod = serde_json::from_value(pod).unwrap();
+            let outcome = inject::inject(&pod, &BTreeMap::new(), &cfg());
+            let new = outcome
+                .pod()
+                .expect("each pod is injected or annotated")
+                .clone();
+            let whole = json_patch::diff(
+                &serde_json::to_value(&pod).unwrap(),
+                &serde_json::to_value(&new).unwrap(),
+            );
+            assert!(!whole.0.is_empty());
+            assert_eq!(patch(pod, new).unwrap(), whole);
+            cases += 1;
+        }
+        assert_eq!(cases, 4);
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn handle(
     let body = req.into_body();
     let answer = match reserve(budget, body.size_hint().exact()) {
         Ok(_permit) => match read_body(body, MAX_BODY_BYTES).await {
-            Ok(body) => admission::review(&body, entry, &handler.injector),
+            Ok(body) => admission::review(body, entry, &handler.injector),
             Err(answer) => answer,
         },
         Err(answer) => {
