@@ -45,11 +45,12 @@ pub const NAMESPACE_PATH: &str = "/mutate/namespace-enabled";
 /// Bytes of AdmissionReview bodies being read and reviewed at once, counted by their declared
 /// length (a body without one counts as [`MAX_BODY_BYTES`]): one of the largest the API server
 /// can send and a hundred real ones beside it (a pod's review is a few KiB), or hundreds of
-/// real ones. Reviewing a body costs several times its size, so two of the largest at once
-/// would not fit the Deployment's 64Mi. A constant, not a variable: it follows that limit. A
-/// review that does not fit is answered 503 at once rather than queued, so no answer waits
-/// on others past the API server's deadline; the API server counts the 503 as a failed call
-/// and, with `failurePolicy: Ignore`, creates that pod without the sidecar.
+/// real ones. Reviewing a body costs about twice its size (the body, then the pod read from
+/// it), so the budget keeps a burst of large ones well inside the Deployment's 64Mi. A
+/// constant, not a variable: it follows that limit. A review that does not fit is answered 503
+/// at once rather than queued, so no answer waits on others past the API server's deadline;
+/// the API server counts the 503 as a failed call and, with `failurePolicy: Ignore`, creates
+/// that pod without the sidecar.
 pub const REVIEW_BUDGET_BYTES: usize = MAX_BODY_BYTES + 1024 * 1024;
 
 /// The API server gives up on a call after the configuration's `timeoutSeconds` (5 as shipped,
