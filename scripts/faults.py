@@ -95,21 +95,25 @@ def wait_ready(proc, port, path, seconds=10.0):
 
 def poll_healthz(port, seconds):
     """Child process: GET /healthz every 20 ms until stdin closes or `seconds` pass; prints the
-    worst latency in ms, the polls and the failed ones as JSON."""
-    worst, polls, failed = 0.0, 0, 0
+    worst latency in ms, the polls, the failed ones and why they failed as JSON."""
+    worst, polls, failed, errors = 0.0, 0, 0, set()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
         try:
-            ok = get(port, "/healthz", timeout=5)[0] == 200
-        except OSError:
-            ok = False
+            status = get(port, "/healthz", timeout=5)[0]
+            if status != 200:
+                errors.add(f"status {status}")
+        except OSError as e:
+            status = None
+            errors.add(type(e).__name__)
+        ok = status == 200
         worst = max(worst, (time.perf_counter() - t0) * 1000)
         polls += 1
         failed += not ok
         if select.select([sys.stdin], [], [], 0.02)[0]:
             break
-    print(json.dumps({"worst_ms": worst, "polls": polls, "failed": failed}))
+    print(json.dumps({"worst_ms": worst, "polls": polls, "failed": failed, "errors": sorted(errors)}))
 
 
 class Poller:
@@ -203,7 +207,8 @@ def series(body, name):
 
 
 def hostile_body():
-    """Just under 8 MiB of upstream text: valid gauge families with malformed ones between them."""
+    """Just under 8 MiB of upstream text: valid gauge families with a malformed one after each;
+    returns it and the count of malformed families."""
     bad = [
         b'# TYPE bad_braces gauge\nbad_braces{a="1" 1\n',
         b"# TYPE bad_unquoted gauge\nbad_unquoted{a=b} 1\n",
@@ -215,7 +220,7 @@ def hostile_body():
     ]
     parts, size, i = [], 0, 0
     while i < 100_000:
-        family = f"# TYPE upstream_queue_depth_{i} gauge\n" + "".join(
+        family = f"# HELP upstream_queue_depth_{i} Depth.\n# TYPE upstream_queue_depth_{i} gauge\n" + "".join(
             f'upstream_queue_depth_{i}{{shard="{j}",pod="manager-{j:04d}"}} {j}\n' for j in range(100)
         )
         chunk = family.encode() + bad[i % len(bad)].replace(b"bad_", f"bad{i}_".encode())
@@ -224,7 +229,7 @@ def hostile_body():
         parts.append(chunk)
         size += len(chunk)
         i += 1
-    return b"".join(parts)
+    return b"".join(parts), i
 
 
 def serve_upstream(body):
@@ -248,7 +253,7 @@ def serve_upstream(body):
 
 
 def attack_upstream(binary, workdir):
-    body = hostile_body()
+    body, malformed = hostile_body()
     server, up = serve_upstream(body)
     try:
         t = Target(binary, workdir, "upstream", env={
@@ -261,8 +266,15 @@ def attack_upstream(binary, workdir):
             time.sleep(10)  # about five fetches and parses
         _, metrics = get(t.port, "/metrics", timeout=10)
         up_now = series(metrics, "ksit_exporter_upstream_up")
+        # Every malformed family's name starts with "bad" (see hostile_body).
+        leaked = len({l.split(b"{")[0].split(b" ")[0] for l in metrics.splitlines() if l.startswith(b"bad")})
         rejected = sum(float(v) for v in series(metrics, "ksit_exporter_upstream_rejected_families"))
-        served = f"upstream_up {','.join(up_now) or 'absent'}, {rejected:.0f} families rejected; " + metrics_served(t.port)
+        served = (
+            f"{len(body):,}-byte body with {malformed:,} malformed families: upstream_up "
+            f"{','.join(up_now) or 'absent'}, rejected_families {rejected:,.0f} (last read), "
+            f"{leaked:,} malformed families served; "
+            + metrics_served(t.port)
+        )
         return t, before, p.result, served
     finally:
         server.shutdown()
@@ -540,9 +552,13 @@ def table(result):
         h = r["healthz"]
         lines.append(
             f"| {r['attack']} | {mib(r['before_kib'])} | {mib(r['peak_kib'])} | "
-            f"{h['worst_ms']:.1f} ms ({h['polls']}, {h['failed']}) | {mib(r['rss_after_kib'])} | {r['served']} |"
+            f"{h['worst_ms']:.1f} ms ({h['polls']}, {h['failed']}{failures(h)}) | {mib(r['rss_after_kib'])} | {r['served']} |"
         )
     return "\n".join(lines)
+
+
+def failures(health):
+    return f": {', '.join(health['errors'])}" if health.get("errors") else ""
 
 
 def over_limits(result):
@@ -586,9 +602,10 @@ def write_figures(out, results):
 <!-- Written by `make faults` (scripts/faults.py --figures), which replaces this section;
 `make bench` keeps it. -->
 
-Issue 12's attacks, run by `make faults` against the release binary at commit `{commit}`, {date};
-{result['cpus']} CPUs shared with other builds, loopback, one run. Each attack gets a fresh
-process; RSS before is read once it is ready (for the upstream attack, after its first fetch),
+Measured at commit `{commit}`, {date}.
+
+Issue 12's attacks, run by `make faults` against the release binary; {result['cpus']} CPUs shared
+with other builds, loopback, one run. Each attack gets a fresh process; RSS before is read once it is ready (for the upstream attack, after its first fetch),
 peak RSS is its `VmHWM`, /healthz is polled every 20 ms (a new connection each time) by a
 separate process during the attack, and RSS after is read {result['settle_seconds']:g} s after
 the attack ended. Raw results: `target/faults.json`.
