@@ -41,7 +41,7 @@ bench: release ## footprint and speed of the release binary; writes target/bench
 	set -o pipefail; python3 scripts/bench.py target/release/ksit-exporter | tee target/bench.txt
 	python3 scripts/bench.py --figures docs/figures.md $(BENCH_RESULTS)
 
-faults: release ## issue 12's attacks on the release binary (~3 min; FAULTS_SETTLE_SECONDS=60); writes target/faults.json and docs/figures.md
+faults: release ## issue 12's attacks on the release binary (~5 min; FAULTS_SETTLE_SECONDS=60); writes target/faults.json and docs/figures.md
 	@mkdir -p target
 	python3 scripts/faults.py target/release/ksit-exporter target/faults.json
 	python3 scripts/faults.py --figures docs/figures.md target/faults.json
