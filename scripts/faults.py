@@ -173,7 +173,8 @@ class Target:
 
 
 def find_promtool():
-    built = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target/controlplane/bin/promtool")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    built = os.path.join(repo, "target/controlplane/bin/promtool")
     return built if os.path.exists(built) else shutil.which("promtool")
 
 
@@ -267,7 +268,8 @@ def attack_upstream(binary, workdir):
         _, metrics = get(t.port, "/metrics", timeout=10)
         up_now = series(metrics, "ksit_exporter_upstream_up")
         # Every malformed family's name starts with "bad" (see hostile_body).
-        leaked = len({l.split(b"{")[0].split(b" ")[0] for l in metrics.splitlines() if l.startswith(b"bad")})
+        names = {l.split(b"{")[0].split(b" ")[0] for l in metrics.splitlines()}
+        leaked = sum(name.startswith(b"bad") for name in names)
         rejected = sum(float(v) for v in series(metrics, "ksit_exporter_upstream_rejected_families"))
         served = (
             f"{len(body):,}-byte body with {malformed:,} malformed families: upstream_up "
@@ -329,10 +331,10 @@ def attack_connections(binary, workdir, name, count, at_once):
         if at_once:
             # Connect all in parallel from 8 threads, so the exporter sees them arrive together.
             parts = [[] for _ in range(8)]
-            threads = [
-                threading.Thread(target=lambda out: out.extend(open_holding(t.port, count // 8, 60)), args=(parts[i],))
-                for i in range(8)
-            ]
+            def hold(out):
+                out.extend(open_holding(t.port, count // 8, 60))
+
+            threads = [threading.Thread(target=hold, args=(part,)) for part in parts]
             for th in threads:
                 th.start()
             for th in threads:
@@ -444,7 +446,10 @@ def attack_reviews(binary, workdir, name, count):
     before = memory_kib(t.proc.pid)[0]
     answers = []
     with Poller(t.port) as p:
-        threads = [threading.Thread(target=lambda: answers.append(post_review(t, ca, body))) for _ in range(count)]
+        def one():
+            answers.append(post_review(t, ca, body))
+
+        threads = [threading.Thread(target=one) for _ in range(count)]
         for th in threads:
             th.start()
         for th in threads:
@@ -533,7 +538,10 @@ def run(binary, out):
         finally:
             for t in Target.live:
                 t.stop()
-    result = {"commit": stamp(), "date": utc_now(), "settle_seconds": settle, "cpus": os.cpu_count(), "binary": binary, "rows": rows}
+    result = {
+        "commit": stamp(), "date": utc_now(), "settle_seconds": settle,
+        "cpus": os.cpu_count(), "binary": binary, "rows": rows,
+    }
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print(table(result))
