@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help build release run test test-unit lint bench fuzz controlplane-build controlplane-up controlplane-down
+.PHONY: help build release run test test-unit lint bench faults fuzz controlplane-build controlplane-up controlplane-down
 
 # The result files `make bench` turns into docs/figures.md; included makefiles add theirs.
 BENCH_RESULTS := target/bench.txt
@@ -40,6 +40,11 @@ lint: ## rustfmt and clippy, as CI runs them
 bench: release ## footprint and speed of the release binary; writes target/bench*.txt and docs/figures.md
 	set -o pipefail; python3 scripts/bench.py target/release/ksit-exporter | tee target/bench.txt
 	python3 scripts/bench.py --figures docs/figures.md $(BENCH_RESULTS)
+
+faults: release ## issue 12's attacks on the release binary (~5 min; FAULTS_SETTLE_SECONDS=60); writes target/faults.json and docs/figures.md
+	@mkdir -p target
+	python3 scripts/faults.py target/release/ksit-exporter target/faults.json
+	python3 scripts/faults.py --figures docs/figures.md target/faults.json
 
 FUZZ_SECONDS ?= 60
 # Each target with its committed corpus; what a run finds goes to fuzz/corpus/TARGET.new.
