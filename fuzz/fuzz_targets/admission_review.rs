@@ -3,6 +3,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
+// Each target uses one of the two properties.
+#[allow(dead_code)]
 #[path = "../inputs.rs"]
 mod inputs;
 
