@@ -428,11 +428,21 @@ async fn sigterm_drains_and_exits_zero() {
     let mut buf = [0u8; 256];
     let n = idle.read(&mut buf).await.expect("response");
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    exits_0_on_sigterm(&mut e).await;
+}
+
+/// `kill SIGNAL pid`, as a kubelet or a shell sends it.
+fn signal(name: &str, pid: u32) {
     let status = Command::new("kill")
-        .args(["-TERM", &e.child.id().to_string()])
+        .args([name, &pid.to_string()])
         .status()
         .expect("kill runs");
-    assert!(status.success());
+    assert!(status.success(), "kill {name}");
+}
+
+/// SIGTERM, then the exit within the drain's time: status 0.
+async fn exits_0_on_sigterm(e: &mut common::Exporter) {
+    signal("-TERM", e.child.id());
     let child = &mut e.child;
     let exit = eventually(Duration::from_secs(5), "the exit after SIGTERM", || {
         std::future::ready(child.try_wait().expect("wait").ok_or("still running"))
@@ -531,15 +541,7 @@ fn find_promtool() -> Option<std::path::PathBuf> {
 #[tokio::test]
 async fn sighup_is_ignored_and_the_exporter_keeps_serving() {
     let mut e = start(&[]).await;
-    let signal = |name: &str, pid: u32| {
-        let status = Command::new("kill")
-            .args([name, &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {name}");
-    };
-    let pid = e.child.id();
-    signal("-HUP", pid);
+    signal("-HUP", e.child.id());
     // Answering takes the process to run after the signal was delivered: had SIGHUP's default
     // action (terminate) applied, there would be nobody to answer.
     let reply = e.get("/healthz").await;
@@ -549,13 +551,7 @@ async fn sighup_is_ignored_and_the_exporter_keeps_serving() {
         "the exporter exited on SIGHUP"
     );
     // And it still drains and exits 0 on SIGTERM.
-    signal("-TERM", pid);
-    let child = &mut e.child;
-    let exit = eventually(Duration::from_secs(5), "the exit after SIGTERM", || {
-        std::future::ready(child.try_wait().expect("wait").ok_or("still running"))
-    })
-    .await;
-    assert_eq!(exit.code(), Some(0));
+    exits_0_on_sigterm(&mut e).await;
 }
 
 #[test]
