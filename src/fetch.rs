@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Body, Incoming};
 use hyper::{Request, StatusCode, Uri, header};
 use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
@@ -66,23 +67,33 @@ impl Client {
                 .await
                 .map_err(|e| FetchError::Request(error_chain(&e)))?;
             let status = response.status();
-            let body = Limited::new(response.into_body(), max_bytes)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        FetchError::TooLarge(max_bytes)
-                    } else {
-                        FetchError::Body(e.to_string())
-                    }
-                })?
-                .to_bytes();
+            let body = read_at_most(response.into_body(), max_bytes).await?;
             Ok((status, body))
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| FetchError::Timeout(timeout))?
     }
+}
+
+/// Reads a body into one buffer sized from its declared length, chunk by chunk: collecting
+/// the chunks first and then joining them would hold the body twice.
+async fn read_at_most(mut body: Incoming, max_bytes: usize) -> Result<Bytes, FetchError> {
+    let declared = body.size_hint().exact().unwrap_or(0);
+    if declared > max_bytes as u64 {
+        return Err(FetchError::TooLarge(max_bytes));
+    }
+    let mut buf = BytesMut::with_capacity(declared as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| FetchError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max_bytes {
+                return Err(FetchError::TooLarge(max_bytes));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// hyper-util's errors say "client error (Connect)" and keep the cause in `source()`. A cause
@@ -96,4 +107,48 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     crate::telemetry::redact_text(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves one response of `chunks` in chunked encoding (no declared length) and returns
+    /// its URL.
+    async fn chunked(chunks: Vec<&'static str>) -> Uri {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = [0; 1024];
+            let _ = stream.read(&mut request).await;
+            let mut response =
+                String::from("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for c in chunks {
+                response.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+            }
+            response.push_str("0\r\n\r\n");
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+        format!("http://{addr}/metrics").parse().expect("valid URI")
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_declared_length_is_read_up_to_the_cap() {
+        let get = |uri: Uri, max| async move {
+            Client::default()
+                .get(&uri, "text/plain", Duration::from_secs(5), max)
+                .await
+        };
+        let (status, body) = get(chunked(vec!["a 1\n", "b 2\n"]).await, 8)
+            .await
+            .expect("within the cap");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"a 1\nb 2\n"[..]));
+        let over = get(chunked(vec!["a 1\n", "b 2\n", "c"]).await, 8).await;
+        assert!(matches!(over, Err(FetchError::TooLarge(8))), "{over:?}");
+    }
 }

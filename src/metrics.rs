@@ -292,22 +292,39 @@ fn served_from_start<L: Labels>(create: impl FnOnce()) {
     }
 }
 
-/// An encoded exposition of one state; the gzip form is made the first time a client asks.
+/// An encoded exposition of one state, in parts served one after the other: the registry's own
+/// families, then the upstream's pass-through text, shared rather than copied (it can be
+/// megabytes). The gzip form is made the first time a client asks.
 pub struct Snapshot {
-    pub text: Bytes,
+    parts: Vec<Bytes>,
     gzip: OnceLock<Bytes>,
 }
 
 impl Snapshot {
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// The whole text in one buffer (a copy when there are several parts).
+    pub fn text(&self) -> Bytes {
+        match self.parts.as_slice() {
+            [one] => one.clone(),
+            parts => Bytes::from(parts.concat()),
+        }
+    }
+
     pub fn gzip(&self) -> Bytes {
         self.gzip
             .get_or_init(|| {
+                let len: usize = self.parts.iter().map(Bytes::len).sum();
                 let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.text.len() / 4),
+                    Vec::with_capacity(len / 4),
                     flate2::Compression::fast(),
                 );
-                enc.write_all(&self.text)
-                    .and_then(|_| enc.finish())
+                self.parts
+                    .iter()
+                    .try_for_each(|part| enc.write_all(part))
+                    .and_then(|()| enc.finish())
                     .map(Bytes::from)
                     .expect("gzip into a Vec cannot fail")
             })
@@ -464,28 +481,33 @@ impl Registry {
         {
             return snap.clone();
         }
-        let snap = Arc::new(Snapshot {
-            text: self.encode(),
-            gzip: OnceLock::new(),
-        });
+        // Freed before encoding the next, so that two large bodies are not held at once.
+        *cache = None;
+        let snap = Arc::new(self.encode());
         *cache = Some((changes, snap.clone()));
         snap
     }
 
-    /// Encodes the registry's own families, then the upstream's.
-    pub fn encode(&self) -> Bytes {
+    /// Encodes the registry's own families, then appends the upstream's as they are.
+    fn encode(&self) -> Snapshot {
         let passthrough = self
             .passthrough
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let families = self.inner.gather();
-        let mut buf = Vec::with_capacity(16 * 1024 + passthrough.len());
+        let mut buf = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&families, &mut buf)
             .expect("the text encoder writes into a Vec and our families are well formed");
-        buf.extend_from_slice(&passthrough);
-        Bytes::from(buf)
+        let mut parts = vec![Bytes::from(buf)];
+        if !passthrough.is_empty() {
+            parts.push(passthrough);
+        }
+        Snapshot {
+            parts,
+            gzip: OnceLock::new(),
+        }
     }
 }
 
@@ -507,7 +529,7 @@ mod tests {
     };
 
     fn text(r: &Registry) -> String {
-        String::from_utf8(r.snapshot().text.to_vec()).expect("utf8")
+        String::from_utf8(r.snapshot().text().to_vec()).expect("utf8")
     }
 
     #[test]
@@ -607,7 +629,7 @@ mod tests {
         flate2::read::GzDecoder::new(&snap.gzip()[..])
             .read_to_string(&mut out)
             .expect("valid gzip");
-        assert_eq!(out.as_bytes(), &snap.text[..]);
+        assert_eq!(out.as_bytes(), &snap.text()[..]);
     }
 
     #[test]

@@ -15,14 +15,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
@@ -90,15 +89,15 @@ pub struct State {
 
 impl State {
     /// The text-format exposition of the current state, gzipped when `gzip` is true.
-    fn scrape(&self, gzip: bool) -> Bytes {
+    fn scrape(&self, gzip: bool) -> Chunks {
         if let Some(scrapes) = &self.scrapes {
             scrapes.inc();
         }
         let snapshot = self.registry.snapshot();
         if gzip {
-            snapshot.gzip()
+            Chunks::from(snapshot.gzip())
         } else {
-            snapshot.text.clone()
+            Chunks::new(snapshot.parts().iter().cloned())
         }
     }
 }
@@ -136,9 +135,23 @@ impl FirstPass {
     }
 }
 
+/// Connections the kernel queues before they are accepted. Tokio's default (1024) overflows
+/// under a burst of a few thousand connects, and a probe caught in an overflow waits for a
+/// SYN retransmit (a second or more); the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the listener; apart from [`serve`] so that tests can bind port 0 and read the address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std's and tokio's own bind do, so that a restart does not wait out TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves until `shutdown` completes, then stops accepting and drains open connections.
@@ -174,7 +187,7 @@ pub async fn serve_with<A, AFut, Io, H, HFut>(
     AFut: Future<Output = Option<Io>> + Send,
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> HFut + Clone + Send + Sync + 'static,
-    HFut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    HFut: Future<Output = Response<Chunks>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -441,7 +454,7 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<Io> {
     }
 }
 
-fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(state: &State, req: &Request<Incoming>) -> Response<Chunks> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return plain(
@@ -468,9 +481,9 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-fn metrics(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn metrics(state: &State, req: &Request<Incoming>) -> Response<Chunks> {
     let gzip = accepts_gzip(req.headers().get_all(header::ACCEPT_ENCODING));
-    let mut r = Response::new(Full::new(state.scrape(gzip)));
+    let mut r = Response::new(state.scrape(gzip));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -514,14 +527,61 @@ fn qvalue(text: &str) -> Option<u16> {
     }
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn plain(status: StatusCode, body: &'static str) -> Response<Chunks> {
+    let mut r = Response::new(Chunks::from(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// A response body of byte chunks sent in turn, so that /metrics serves the parts of a
+/// [`crate::metrics::Snapshot`] without first copying them into one buffer.
+pub struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        let chunks: std::collections::VecDeque<Bytes> =
+            chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        Self { chunks, remaining }
+    }
+}
+
+impl From<Bytes> for Chunks {
+    fn from(bytes: Bytes) -> Self {
+        Self::new([bytes])
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.remaining -= chunk.len() as u64;
+        }
+        Poll::Ready(next.map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Exact, so that hyper sends a Content-Length rather than chunked encoding.
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 #[cfg(test)]
@@ -617,5 +677,19 @@ mod tests {
         slots.truncate(10);
         assert_eq!(open.len(), 10, "ended connections give their place up");
         assert_eq!(slots[0].1.try_recv(), Err(Empty));
+    }
+
+    #[tokio::test]
+    async fn chunks_are_sent_in_order_with_an_exact_length() {
+        use http_body_util::BodyExt;
+        let body = Chunks::new([
+            Bytes::from_static(b"a 1\n"),
+            Bytes::new(),
+            Bytes::from_static(b"b 2\n"),
+        ]);
+        assert_eq!(body.size_hint().exact(), Some(8));
+        let collected = body.collect().await.expect("infallible").to_bytes();
+        assert_eq!(&collected[..], b"a 1\nb 2\n");
+        assert!(Chunks::new([]).is_end_stream());
     }
 }

@@ -772,7 +772,7 @@ controller_runtime_reconcile_total{controller="a,b",result="error",pod="y"} 1
         let registry = Registry::new();
         let f = Families::register(&registry);
         f.set_reconciles(&r.histograms, &r.counts);
-        let text = String::from_utf8(registry.snapshot().text.to_vec()).expect("utf8");
+        let text = String::from_utf8(registry.snapshot().text().to_vec()).expect("utf8");
         assert_eq!(text.matches("ksit_reconcile_total{").count(), 2, "{text}");
         assert_eq!(
             text.matches("ksit_reconcile_duration_seconds_bucket{")
@@ -834,7 +834,7 @@ controller_runtime_reconcile_total{controller="a,b",result="error",pod="y"} 1
                 value: 4.0,
             }],
         );
-        let text = String::from_utf8(r.snapshot().text.to_vec()).expect("utf8");
+        let text = String::from_utf8(r.snapshot().text().to_vec()).expect("utf8");
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("ksit_reconcile"))
@@ -855,7 +855,7 @@ controller_runtime_reconcile_total{controller="a,b",result="error",pod="y"} 1
             ]
         );
         f.set_reconciles(&[], &[]);
-        let text = String::from_utf8(r.snapshot().text.to_vec()).expect("utf8");
+        let text = String::from_utf8(r.snapshot().text().to_vec()).expect("utf8");
         assert!(!text.contains("ksit_reconcile"), "{text}");
         assert!(text.contains("ksit_exporter_upstream_rejected_families{reason=\"syntax\"} 0\n"));
     }

@@ -226,7 +226,7 @@ pub(crate) mod table {
 
     /// The samples (no HELP or TYPE lines) the registry serves, sorted.
     pub fn samples(registry: &Registry) -> Vec<String> {
-        let text = String::from_utf8(registry.snapshot().text.to_vec()).expect("UTF-8");
+        let text = String::from_utf8(registry.snapshot().text().to_vec()).expect("UTF-8");
         let mut lines: Vec<String> = text
             .lines()
             .filter(|l| !l.starts_with('#'))

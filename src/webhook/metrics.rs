@@ -102,7 +102,7 @@ mod tests {
         let m = WebhookMetrics::register(&r);
         m.answered("skipped", "not_opted_in", 0.0003);
         m.certificate(1_900_000_000, true);
-        let text = String::from_utf8(r.snapshot().text.to_vec()).expect("utf8");
+        let text = String::from_utf8(r.snapshot().text().to_vec()).expect("utf8");
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         for line in [
             "ksit_webhook_admissions_total{decision=\"skipped\",reason=\"not_opted_in\"} 1",

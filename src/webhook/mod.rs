@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use crate::inject::InjectorConfig;
-use crate::server::{self, HEADER_READ_TIMEOUT};
+use crate::server::{self, Chunks, HEADER_READ_TIMEOUT};
 use crate::telemetry::Throttle;
 use admission::{Answer, Decision, Entry, MAX_BODY_BYTES};
 use metrics::WebhookMetrics;
@@ -102,11 +102,7 @@ pub async fn serve_tls(
     server::serve_with(listener, shutdown, handshake, handle).await;
 }
 
-async fn handle(
-    handler: &Handler,
-    budget: &Semaphore,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle(handler: &Handler, budget: &Semaphore, req: Request<Incoming>) -> Response<Chunks> {
     let start = Instant::now();
     let entry = match req.uri().path() {
         POD_PATH => Entry::Pod,
@@ -155,7 +151,7 @@ async fn handle(
         Decision::Error if answer.reason == BUSY => tracing::debug!("{}", answer.detail),
         Decision::Error => tracing::warn!(status = answer.status.as_u16(), "{}", answer.detail),
     }
-    let mut r = Response::new(Full::new(Bytes::from(answer.body)));
+    let mut r = Response::new(Chunks::from(Bytes::from(answer.body)));
     *r.status_mut() = answer.status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -241,8 +237,8 @@ where
     }
 }
 
-fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body + "\n")));
+fn plain(status: StatusCode, body: String) -> Response<Chunks> {
+    let mut r = Response::new(Chunks::from(Bytes::from(body + "\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -253,6 +249,8 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::Full;
+
     use super::*;
 
     #[tokio::test]
