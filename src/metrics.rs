@@ -6,14 +6,17 @@
 //! (and gzips, when asked) at most once per change, and repeated scrapes of an unchanged state
 //! cost a pointer copy.
 
+mod objects;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use prometheus::core::{Collector, Desc};
+
+pub use objects::{ObjectGauges, Objects, Part, Render};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, TextEncoder,
@@ -293,42 +296,36 @@ fn served_from_start<L: Labels>(create: impl FnOnce()) {
 }
 
 /// An encoded exposition of one state, in parts served one after the other: the registry's own
-/// families, then the upstream's pass-through text, shared rather than copied (it can be
-/// megabytes). The gzip form is made the first time a client asks.
+/// families, the blocks of families rendered per object, then the upstream's pass-through
+/// text; each part is shared with the state it came from rather than copied (the pass-through
+/// can be megabytes), and each keeps its gzip member once made.
 pub struct Snapshot {
-    parts: Vec<Bytes>,
-    gzip: OnceLock<Bytes>,
+    pub(crate) parts: Vec<Part>,
 }
 
 impl Snapshot {
-    pub fn parts(&self) -> &[Bytes] {
-        &self.parts
+    /// The text, part after part.
+    pub fn texts(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.parts.iter().map(|p| p.text().clone())
     }
 
     /// The whole text in one buffer (a copy when there are several parts).
     pub fn text(&self) -> Bytes {
         match self.parts.as_slice() {
-            [one] => one.clone(),
-            parts => Bytes::from(parts.concat()),
+            [one] => one.text().clone(),
+            parts => Bytes::from(
+                parts
+                    .iter()
+                    .map(|p| &p.text()[..])
+                    .collect::<Vec<_>>()
+                    .concat(),
+            ),
         }
     }
 
-    pub fn gzip(&self) -> Bytes {
-        self.gzip
-            .get_or_init(|| {
-                let len: usize = self.parts.iter().map(Bytes::len).sum();
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(len / 4),
-                    flate2::Compression::fast(),
-                );
-                self.parts
-                    .iter()
-                    .try_for_each(|part| enc.write_all(part))
-                    .and_then(|()| enc.finish())
-                    .map(Bytes::from)
-                    .expect("gzip into a Vec cannot fail")
-            })
-            .clone()
+    /// The gzip form: one member per part, made at most once per part.
+    pub fn gzip(&self) -> Vec<Bytes> {
+        self.parts.iter().map(Part::gzip).collect()
     }
 }
 
@@ -340,8 +337,10 @@ pub struct Registry {
     families: Mutex<BTreeMap<String, Vec<String>>>,
     changes: Changes,
     cache: Mutex<Option<(u64, Arc<Snapshot>)>>,
+    /// Families rendered per object, group by group.
+    groups: Mutex<Vec<Objects>>,
     /// Upstream families passed through as text, already stripped of names registered here.
-    passthrough: RwLock<Bytes>,
+    passthrough: RwLock<Option<Part>>,
 }
 
 impl Registry {
@@ -444,6 +443,26 @@ impl Registry {
         mirror
     }
 
+    /// A new group of families rendered per object; declare its families with
+    /// [`Registry::object_gauges`].
+    pub fn objects(&self) -> Objects {
+        let objects = Objects::new(self.changes.clone());
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(objects.clone());
+        objects
+    }
+
+    /// A gauge family of the group `objects`, its series written per object.
+    pub fn object_gauges<L: Labels>(&self, objects: &Objects, family: Family) -> ObjectGauges<L> {
+        let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        let labels = L::NAMES.iter().map(|l| l.to_string()).collect();
+        let clash = families.insert(family.name.to_string(), labels);
+        assert!(clash.is_none(), "family {} registered twice", family.name);
+        objects.family(family)
+    }
+
     /// Every family registered, with its variable labels.
     pub fn families(&self) -> BTreeMap<String, Vec<String>> {
         self.families
@@ -466,13 +485,18 @@ impl Registry {
             .passthrough
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if *current != text {
-            *current = text;
+        let unchanged = match &*current {
+            Some(part) => *part.text() == text,
+            None => text.is_empty(),
+        };
+        if !unchanged {
+            // The old text is freed before the next snapshot is assembled.
+            *current = (!text.is_empty()).then(|| Part::new(text));
             self.changes.bump();
         }
     }
 
-    /// The exposition of the current state, encoded once per change.
+    /// The exposition of the current state, assembled once per change.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let changes = self.changes.get();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -481,33 +505,35 @@ impl Registry {
         {
             return snap.clone();
         }
-        // Freed before encoding the next, so that two large bodies are not held at once.
-        *cache = None;
-        let snap = Arc::new(self.encode());
+        let snap = Arc::new(self.assemble());
         *cache = Some((changes, snap.clone()));
         snap
     }
 
-    /// Encodes the registry's own families, then appends the upstream's as they are.
-    fn encode(&self) -> Snapshot {
+    /// Encodes the registry's own families, then appends the per-object groups' blocks and the
+    /// upstream's text as they are.
+    fn assemble(&self) -> Snapshot {
+        let families = self.inner.gather();
+        let mut own = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&families, &mut own)
+            .expect("the text encoder writes into a Vec and our families are well formed");
+        let mut parts = vec![Part::new(Bytes::from(own))];
+        for group in self
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            group.parts(&mut parts);
+        }
         let passthrough = self
             .passthrough
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let families = self.inner.gather();
-        let mut buf = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&families, &mut buf)
-            .expect("the text encoder writes into a Vec and our families are well formed");
-        let mut parts = vec![Bytes::from(buf)];
-        if !passthrough.is_empty() {
-            parts.push(passthrough);
-        }
-        Snapshot {
-            parts,
-            gzip: OnceLock::new(),
-        }
+        parts.extend(passthrough);
+        Snapshot { parts }
     }
 }
 
@@ -617,19 +643,6 @@ mod tests {
             .map(String::from)
             .collect();
         assert_eq!(samples, ["ksit_test_gauge 0", "ksit_test_total 0"]);
-    }
-
-    #[test]
-    fn gzip_decodes_to_text() {
-        use std::io::Read;
-        let r = Registry::new();
-        r.gauges::<()>(G).set(&(), 2.0);
-        let snap = r.snapshot();
-        let mut out = String::new();
-        flate2::read::GzDecoder::new(&snap.gzip()[..])
-            .read_to_string(&mut out)
-            .expect("valid gzip");
-        assert_eq!(out.as_bytes(), &snap.text()[..]);
     }
 
     #[test]

@@ -95,9 +95,9 @@ impl State {
         }
         let snapshot = self.registry.snapshot();
         if gzip {
-            Chunks::from(snapshot.gzip())
+            Chunks::new(snapshot.gzip())
         } else {
-            Chunks::new(snapshot.parts().iter().cloned())
+            Chunks::new(snapshot.texts())
         }
     }
 }

@@ -429,7 +429,7 @@ async fn many_objects_are_bounded_and_lint_clean() {
         "ksit_exporter_kube_objects_dropped_total{kind=\"integrationtargets\"}",
         50.0,
     );
-    // The first 250 by name are kept.
+    // The first 250 listed are kept (the API server lists them by name).
     assert!(s.has(&target_series(&ns.name, "t000", "c000")), "{s}");
     assert!(s.has(&target_series(&ns.name, "t249", "c249")), "{s}");
     assert!(!s.has_label("target", "t250"), "{s}");

@@ -92,6 +92,16 @@ async fn only_watches_after_the_initial_lists() {
         .create(&PostParams::default(), &lease)
         .await
         .expect("lease");
+    // One more than a page of client-go's and kube-rs's default size (500).
+    let targets: Vec<String> = (0..501)
+        .map(|i| {
+            format!(
+                "apiVersion: ksit.io/v1alpha1\nkind: IntegrationTarget\nmetadata:\n  name: t{i:03}\nspec:\n  clusterName: c{i:03}\n"
+            )
+        })
+        .collect();
+    cp.apply_yaml(n, &targets.join("---\n"));
+    let at_start = requests(&cp.client).await;
     let kc = cp.kubeconfig.display().to_string();
     let e = start(&[
         ("KUBECONFIG", kc.as_str()),
@@ -114,10 +124,15 @@ async fn only_watches_after_the_initial_lists() {
     // Let the initial lists finish being counted.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = requests(&cp.client).await;
-    // Else the comparison below would pass on nothing.
-    assert!(
-        before.contains_key(&("LIST".to_string(), "integrationtargets".to_string())),
-        "the exporter's initial list is counted: {before:?}"
+    let lists = |r: &BTreeMap<(String, String), f64>| {
+        r.get(&("LIST".to_string(), "integrationtargets".to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        lists(&before) - lists(&at_start),
+        1.0,
+        "501 objects are read in one LIST, not in pages: {before:?}"
     );
     tokio::time::sleep(STEADY).await;
     let after = requests(&cp.client).await;

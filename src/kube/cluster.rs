@@ -1,10 +1,9 @@
 //! The `ksit_cluster_*` families: one series set per managed cluster, written by two collectors
 //! (IntegrationTargets in `targets`, ManagedClusters in `ocm`) and told apart by `source`.
 
-use super::series::Series;
 use super::{Condition, first_of_each_type};
 use crate::labels;
-use crate::metrics::{Family, Gauges, Registry};
+use crate::metrics::{Family, ObjectGauges, Objects, Registry, Render};
 
 /// Condition statuses as Kubernetes writes them, the one-hot states of a condition series.
 pub const CONDITION_STATUSES: &[&str] = &["True", "False", "Unknown"];
@@ -32,31 +31,30 @@ pub const LAST_SYNC: Family = Family {
     help: "Unix time of the IntegrationTarget's status.lastSyncTime.",
 };
 
+/// Rendered per object: one group shared by IntegrationTargets and ManagedClusters.
 #[derive(Clone)]
 pub struct Families {
-    pub status: Gauges<Cluster>,
-    pub condition: Gauges<ClusterCondition>,
-    pub last_sync: Gauges<Cluster>,
+    pub objects: Objects,
+    pub status: ObjectGauges<Cluster>,
+    pub condition: ObjectGauges<ClusterCondition>,
+    pub last_sync: ObjectGauges<Cluster>,
 }
 
 impl Families {
     pub fn register(registry: &Registry) -> Self {
+        let objects = registry.objects();
         Self {
-            status: registry.gauges(STATUS),
-            condition: registry.gauges(CONDITION),
-            last_sync: registry.gauges(LAST_SYNC),
+            status: registry.object_gauges(&objects, STATUS),
+            condition: registry.object_gauges(&objects, CONDITION),
+            last_sync: registry.object_gauges(&objects, LAST_SYNC),
+            objects,
         }
     }
 
     /// Writes each condition of `cluster` one-hot over [`CONDITION_STATUSES`].
-    pub fn write_conditions(
-        &self,
-        series: &mut Series,
-        cluster: &Cluster,
-        conditions: &[Condition],
-    ) {
+    pub fn write_conditions(&self, out: &mut Render, cluster: &Cluster, conditions: &[Condition]) {
         for c in first_of_each_type(conditions) {
-            series.one_hot(&self.condition, CONDITION_STATUSES, &c.status, |status| {
+            out.one_hot(&self.condition, CONDITION_STATUSES, &c.status, |status| {
                 ClusterCondition {
                     source: cluster.source.clone(),
                     namespace: cluster.namespace.clone(),
@@ -67,5 +65,11 @@ impl Families {
                 }
             });
         }
+    }
+}
+
+impl super::watch::ObjectFamilies for Families {
+    fn objects(&self) -> &Objects {
+        &self.objects
     }
 }

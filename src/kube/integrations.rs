@@ -8,11 +8,11 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::CONDITION_STATUSES;
-use super::series::Series;
 use super::watch::{self, Gate, watch_all};
 use super::{Condition, field, first_of_each_type, ksit_resource, unix_seconds};
 use crate::labels;
-use crate::metrics::{Family, Gauges, Registry};
+use crate::metrics::Render;
+use crate::metrics::{Family, ObjectGauges, Objects, Registry};
 
 const NAME: &str = "integrations";
 const PHASES: &[&str] = &["Initializing", "Running", "Failed", "Succeeded"];
@@ -62,26 +62,36 @@ pub const GENERATION_LAG: Family = Family {
     help: "metadata.generation minus status.observedGeneration: above 0, the controller has not caught up.",
 };
 
+/// Rendered per object.
 #[derive(Clone)]
 pub struct Families {
-    info: Gauges<Info>,
-    phase: Gauges<Phase>,
-    condition: Gauges<IntegrationCondition>,
-    cluster_connected: Gauges<ClusterConnection>,
-    last_reconcile: Gauges<Integration>,
-    generation_lag: Gauges<Integration>,
+    objects: Objects,
+    info: ObjectGauges<Info>,
+    phase: ObjectGauges<Phase>,
+    condition: ObjectGauges<IntegrationCondition>,
+    cluster_connected: ObjectGauges<ClusterConnection>,
+    last_reconcile: ObjectGauges<Integration>,
+    generation_lag: ObjectGauges<Integration>,
 }
 
 impl Families {
     pub fn register(registry: &Registry) -> Self {
+        let objects = registry.objects();
         Self {
-            info: registry.gauges(INFO),
-            phase: registry.gauges(PHASE),
-            condition: registry.gauges(CONDITION),
-            cluster_connected: registry.gauges(CLUSTER_CONNECTED),
-            last_reconcile: registry.gauges(LAST_RECONCILE),
-            generation_lag: registry.gauges(GENERATION_LAG),
+            info: registry.object_gauges(&objects, INFO),
+            phase: registry.object_gauges(&objects, PHASE),
+            condition: registry.object_gauges(&objects, CONDITION),
+            cluster_connected: registry.object_gauges(&objects, CLUSTER_CONNECTED),
+            last_reconcile: registry.object_gauges(&objects, LAST_RECONCILE),
+            generation_lag: registry.object_gauges(&objects, GENERATION_LAG),
+            objects,
         }
+    }
+}
+
+impl watch::ObjectFamilies for Families {
+    fn objects(&self) -> &Objects {
+        &self.objects
     }
 }
 
@@ -148,14 +158,14 @@ pub async fn run(
 }
 
 /// Writes one Integration's series.
-pub fn write(series: &mut Series, f: &Families, obj: &DynamicObject) {
+pub fn write(out: &mut Render, f: &Families, obj: &DynamicObject) {
     let spec: Spec = field(obj, "spec");
     let status: Status = field(obj, "status");
     let it = Integration {
         namespace: obj.namespace().unwrap_or_default(),
         integration: obj.name_any(),
     };
-    series.set(
+    out.set(
         &f.info,
         &Info {
             namespace: it.namespace.clone(),
@@ -167,14 +177,14 @@ pub fn write(series: &mut Series, f: &Families, obj: &DynamicObject) {
     );
     // No phase yet means the controller has not seen it: Initializing is what it will write first.
     let phase = status.phase.as_deref().unwrap_or("Initializing");
-    series.one_hot(&f.phase, PHASES, phase, |phase| Phase {
+    out.one_hot(&f.phase, PHASES, phase, |phase| Phase {
         namespace: it.namespace.clone(),
         integration: it.integration.clone(),
         kind: spec.type_.clone(),
         phase: phase.to_string(),
     });
     for c in first_of_each_type(&status.conditions) {
-        series.one_hot(&f.condition, CONDITION_STATUSES, &c.status, |status| {
+        out.one_hot(&f.condition, CONDITION_STATUSES, &c.status, |status| {
             IntegrationCondition {
                 namespace: it.namespace.clone(),
                 integration: it.integration.clone(),
@@ -195,14 +205,14 @@ pub fn write(series: &mut Series, f: &Families, obj: &DynamicObject) {
             integration: it.integration.clone(),
             cluster_name: cluster.to_string(),
         };
-        series.set(&f.cluster_connected, &connection, f64::from(u8::from(up)));
+        out.set(&f.cluster_connected, &connection, f64::from(u8::from(up)));
     }
     if let Some(t) = &status.last_reconcile_time {
-        series.set(&f.last_reconcile, &it, unix_seconds(t));
+        out.set(&f.last_reconcile, &it, unix_seconds(t));
     }
     let generation = obj.metadata.generation.unwrap_or(0);
     let lag = generation - status.observed_generation.unwrap_or(0);
-    series.set(&f.generation_lag, &it, lag.max(0) as f64);
+    out.set(&f.generation_lag, &it, lag.max(0) as f64);
 }
 
 #[cfg(test)]
@@ -299,7 +309,6 @@ mod tests {
     fn a_deleted_integration_loses_its_series_and_others_keep_theirs() {
         let registry = Registry::new();
         let families = Families::register(&registry);
-        let mut series = Series::default();
         let obj = |name: &str| -> DynamicObject {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ns", "generation": 1},
@@ -308,11 +317,12 @@ mod tests {
             }))
             .expect("object")
         };
-        write(&mut series, &families, &obj("a"));
-        write(&mut series, &families, &obj("b"));
-        series.finish();
-        write(&mut series, &families, &obj("b"));
-        series.finish();
+        for name in ["a", "b"] {
+            let mut out = Render::default();
+            write(&mut out, &families, &obj(name));
+            families.objects.put(name, out);
+        }
+        families.objects.delete("a");
         let left = table::samples(&registry);
         assert!(
             left.iter().all(|l| l.contains("integration=\"b\"")),

@@ -222,7 +222,8 @@ fn watched_namespaces(namespaces: &Namespaces, own: String) -> Option<Vec<String
 #[cfg(test)]
 pub(crate) mod table {
     use super::series::Series;
-    use crate::metrics::Registry;
+    use super::watch::ObjectFamilies;
+    use crate::metrics::{Registry, Render};
 
     /// The samples (no HELP or TYPE lines) the registry serves, sorted.
     pub fn samples(registry: &Registry) -> Vec<String> {
@@ -259,18 +260,22 @@ pub(crate) mod table {
         }
     }
 
-    /// [`check`] for a writer of dynamic objects, the cases' inputs given as JSON.
-    pub fn check_objects<F>(
+    /// The same for a writer of dynamic objects, the cases' inputs given as JSON: each object is
+    /// rendered and put into its families' group.
+    pub fn check_objects<F: ObjectFamilies>(
         cases: &[(&str, serde_json::Value, &str)],
         register: fn(&Registry) -> F,
-        write: fn(&mut Series, &F, &kube::api::DynamicObject),
+        write: fn(&mut Render, &F, &kube::api::DynamicObject),
     ) {
-        check(cases, |registry, series, obj| {
-            let families = register(registry);
-            let obj = serde_json::from_value(obj.clone()).expect("a Kubernetes object");
-            write(series, &families, &obj);
-            series.finish();
-        });
+        for (name, input, want) in cases {
+            let registry = Registry::new();
+            let families = register(&registry);
+            let obj = serde_json::from_value(input.clone()).expect("a Kubernetes object");
+            let mut out = Render::default();
+            write(&mut out, &families, &obj);
+            families.objects().put("uid", out);
+            assert_eq!(samples(&registry), lines(want), "case {name:?}");
+        }
     }
 }
 

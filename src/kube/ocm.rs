@@ -6,9 +6,9 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
-use super::series::Series;
 use super::watch::{self, Gate, watch_all};
 use super::{Condition, field, first_of_each_type};
+use crate::metrics::Render;
 
 const NAME: &str = "managedclusters";
 
@@ -45,7 +45,7 @@ pub async fn run(
 }
 
 /// Writes one ManagedCluster's series.
-pub fn write(series: &mut Series, f: &cluster::Families, obj: &DynamicObject) {
+pub fn write(out: &mut Render, f: &cluster::Families, obj: &DynamicObject) {
     let status: Status = field(obj, "status");
     let cluster = Cluster {
         source: "managedcluster".to_string(),
@@ -55,8 +55,8 @@ pub fn write(series: &mut Series, f: &cluster::Families, obj: &DynamicObject) {
     };
     let available =
         first_of_each_type(&status.conditions).any(|c| c.type_ == AVAILABLE && c.status == "True");
-    series.set(&f.status, &cluster, f64::from(u8::from(available)));
-    f.write_conditions(series, &cluster, &status.conditions);
+    out.set(&f.status, &cluster, f64::from(u8::from(available)));
+    f.write_conditions(out, &cluster, &status.conditions);
 }
 
 #[cfg(test)]

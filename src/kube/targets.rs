@@ -7,9 +7,9 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
-use super::series::Series;
 use super::watch::{self, Gate, watch_all};
 use super::{Condition, field, ksit_resource, unix_seconds};
+use crate::metrics::Render;
 
 const NAME: &str = "integrationtargets";
 
@@ -54,7 +54,7 @@ pub async fn run(
 }
 
 /// Writes one IntegrationTarget's series.
-pub fn write(series: &mut Series, f: &cluster::Families, obj: &DynamicObject) {
+pub fn write(out: &mut Render, f: &cluster::Families, obj: &DynamicObject) {
     let spec: Spec = field(obj, "spec");
     let status: Status = field(obj, "status");
     let cluster = Cluster {
@@ -63,11 +63,11 @@ pub fn write(series: &mut Series, f: &cluster::Families, obj: &DynamicObject) {
         target: obj.name_any(),
         cluster_name: spec.cluster_name,
     };
-    series.set(&f.status, &cluster, f64::from(u8::from(status.ready)));
+    out.set(&f.status, &cluster, f64::from(u8::from(status.ready)));
     if let Some(t) = &status.last_sync_time {
-        series.set(&f.last_sync, &cluster, unix_seconds(t));
+        out.set(&f.last_sync, &cluster, unix_seconds(t));
     }
-    f.write_conditions(series, &cluster, &status.conditions);
+    f.write_conditions(out, &cluster, &status.conditions);
 }
 
 #[cfg(test)]

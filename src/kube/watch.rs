@@ -3,20 +3,17 @@
 //! leader gate, so that series every replica's sidecar would see alike come from one of them.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use futures::stream::{BoxStream, select_all};
 use futures::{Stream, StreamExt};
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use super::series::Series;
 use crate::collector::{self, Collector};
 use crate::labels;
-use crate::metrics::{Counters, Family, Gauges, Registry};
+use crate::metrics::{Counters, Family, Gauges, Objects, Registry, Render};
 
 labels! {
     /// The plural of a watched kind: `integrationtargets`, `managedclusters`, ...
@@ -103,29 +100,199 @@ where
     })
 }
 
-/// Runs a collector of dynamic objects (one watch per namespace, or one over all): after each
-/// change, `write` writes every object's series, the first `max` objects of all stores only, and
-/// only while the gate says this sidecar exports; what a pass does not write again is removed.
-pub async fn objects<F>(
+/// The families of one group rendered per object, and the group they are written into.
+pub trait ObjectFamilies {
+    fn objects(&self) -> &Objects;
+}
+
+/// Runs a collector of dynamic objects (one watch per namespace, or one over all): each event
+/// renders, or drops, the series of that object alone, under its UID; nothing keeps the objects
+/// themselves. Up to `max` objects are kept; the group is served only while the gate says this
+/// sidecar exports.
+pub async fn objects<F: ObjectFamilies>(
     name: &'static str,
-    (stores, stream): (Vec<Store<DynamicObject>>, Events),
-    gate: Gate,
+    watches: Vec<Events>,
+    mut gate: Gate,
     max: usize,
-    families: (F, Families),
-    write: fn(&mut Series, &F, &DynamicObject),
+    (families, watch_families): (F, Families),
+    write: fn(&mut Render, &F, &DynamicObject),
 ) {
-    let (families, watch_families) = families;
-    let mut series = Series::default();
-    let mut limit = Limit::new(name, max, watch_families.clone());
-    let mut changes = std::pin::pin!(changes(name, stream, gate, watch_families));
-    while let Some(exporting) = changes.next().await {
-        let objects = limit.apply(&stores);
-        if exporting {
-            for obj in &objects {
-                write(&mut series, &families, obj);
+    let group = families.objects().clone();
+    let exporting = |gate: &Gate| gate.as_ref().is_none_or(|g| *g.borrow());
+    group.set_exported(exporting(&gate));
+    let mut tracker = Tracker::new(name, watch_families.clone());
+    let mut kept = Kept::new(name, max, watch_families);
+    let mut events = select_all(
+        watches
+            .into_iter()
+            .enumerate()
+            .map(|(i, watch)| watch.map(move |event| (i, event)).boxed()),
+    );
+    loop {
+        let leadership = async {
+            match gate.as_mut() {
+                Some(g) => g.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = events.next() => {
+                let Some((watch, item)) = item else { return };
+                let event = match item {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracker.failed(&e);
+                        continue;
+                    }
+                };
+                match event {
+                    // Sent before the list request, on every retry: it proves nothing yet.
+                    watcher::Event::Init => kept.relist(watch),
+                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
+                        tracker.ok();
+                        if let Some(key) = kept.admit(watch, &obj) {
+                            let mut out = Render::default();
+                            write(&mut out, &families, &obj);
+                            group.put(&key, out);
+                        }
+                    }
+                    watcher::Event::Delete(obj) => {
+                        tracker.ok();
+                        if let Some(key) = kept.remove(watch, &obj) {
+                            group.delete(&key);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        tracker.ok();
+                        for key in kept.relisted(watch) {
+                            group.delete(&key);
+                        }
+                    }
+                }
+            }
+            true = leadership => group.set_exported(exporting(&gate)),
+        }
+    }
+}
+
+/// The keys of the objects each watch has had admitted, so that a re-list can drop those that
+/// went away meanwhile, and the cap on how many are kept.
+struct Kept {
+    kind: Kind,
+    max: usize,
+    families: Families,
+    watches: Vec<Keys>,
+    total: usize,
+    warned: bool,
+}
+
+#[derive(Default)]
+struct Keys {
+    kept: HashSet<Box<str>>,
+    /// Left out at the cap, counted once each.
+    dropped: HashSet<Box<str>>,
+    /// Seen since the re-list began, while one is under way.
+    listed: Option<HashSet<Box<str>>>,
+}
+
+impl Kept {
+    fn new(kind: &'static str, max: usize, families: Families) -> Self {
+        Self {
+            kind: Kind {
+                kind: kind.to_string(),
+            },
+            max,
+            families,
+            watches: Vec::new(),
+            total: 0,
+            warned: false,
+        }
+    }
+
+    fn keys(&mut self, watch: usize) -> &mut Keys {
+        if self.watches.len() <= watch {
+            self.watches.resize_with(watch + 1, Keys::default);
+        }
+        &mut self.watches[watch]
+    }
+
+    fn relist(&mut self, watch: usize) {
+        self.keys(watch).listed = Some(HashSet::new());
+    }
+
+    /// The object's key if its series are to be written: it is kept already, or there is room.
+    fn admit(&mut self, watch: usize, obj: &DynamicObject) -> Option<Box<str>> {
+        let key = key(obj);
+        let (total, max) = (self.total, self.max);
+        let keys = self.keys(watch);
+        if let Some(listed) = &mut keys.listed {
+            listed.insert(key.clone());
+        }
+        if keys.kept.contains(&key) {
+            return Some(key);
+        }
+        if total < max {
+            keys.kept.insert(key.clone());
+            self.total += 1;
+            self.count();
+            return Some(key);
+        }
+        if keys.dropped.insert(key) {
+            self.count();
+            self.families.dropped.inc(&self.kind);
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!(kind = %self.kind.kind, max = self.max, "more objects than KSIT_MAX_OBJECTS; the rest are not exported until room is made");
             }
         }
-        series.finish();
+        None
+    }
+
+    /// The object's key if it had series to remove.
+    fn remove(&mut self, watch: usize, obj: &DynamicObject) -> Option<Box<str>> {
+        let key = key(obj);
+        let keys = self.keys(watch);
+        let was_dropped = keys.dropped.remove(&key);
+        let removed = keys.kept.remove(&key);
+        if removed {
+            self.total -= 1;
+        }
+        if removed || was_dropped {
+            self.count();
+        }
+        removed.then_some(key)
+    }
+
+    /// Ends a re-list: the keys of the objects it did not list again, now forgotten.
+    fn relisted(&mut self, watch: usize) -> Vec<Box<str>> {
+        let keys = self.keys(watch);
+        let Some(listed) = keys.listed.take() else {
+            return Vec::new();
+        };
+        let gone: Vec<Box<str>> = keys.kept.difference(&listed).cloned().collect();
+        keys.kept.retain(|k| listed.contains(k));
+        keys.dropped.retain(|k| listed.contains(k));
+        self.total -= gone.len();
+        self.count();
+        gone
+    }
+
+    /// Counts every object seen, kept or left out at the cap.
+    fn count(&mut self) {
+        if self.total < self.max {
+            self.warned = false;
+        }
+        let dropped: usize = self.watches.iter().map(|k| k.dropped.len()).sum();
+        let seen = (self.total + dropped) as f64;
+        self.families.objects.set(&self.kind, seen);
+    }
+}
+
+/// An object's key in its group: its UID (a name can be reused by a new object).
+fn key(obj: &DynamicObject) -> Box<str> {
+    match &obj.metadata.uid {
+        Some(uid) => uid.as_str().into(),
+        None => format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()).into(),
     }
 }
 
@@ -220,12 +387,13 @@ pub fn by_name(name: &str) -> watcher::Config {
 /// Watch events of dynamic objects, from one or several merged watches.
 pub type Events = BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>>;
 
-/// One watch per namespace (`None`: one over all), merged, each with its own store.
+/// One watch per namespace (`None`: one over all). The first list is one request served from
+/// the API server's watch cache, as client-go's informers make it, rather than pages of 500.
 pub fn watch_all(
     client: &Client,
     ar: &ApiResource,
     namespaces: &Option<Vec<String>>,
-) -> (Vec<Store<DynamicObject>>, Events) {
+) -> Vec<Events> {
     let apis: Vec<Api<DynamicObject>> = match namespaces {
         None => vec![Api::all_with(client.clone(), ar)],
         Some(list) => list
@@ -233,65 +401,13 @@ pub fn watch_all(
             .map(|ns| Api::namespaced_with(client.clone(), ns, ar))
             .collect(),
     };
-    let mut stores = Vec::new();
-    let mut streams = Vec::new();
-    for api in apis {
-        let writer = reflector::store::Writer::new(ar.clone());
-        stores.push(writer.as_reader());
-        streams.push(
-            reflector::reflector(
-                writer,
-                watcher(api, watcher::Config::default()).default_backoff(),
-            )
-            .boxed(),
-        );
-    }
-    (stores, select_all(streams).boxed())
-}
-
-/// Objects of all stores, sorted, cut at `max`; objects newly cut are counted once.
-pub struct Limit {
-    kind: Kind,
-    max: usize,
-    dropped: HashSet<(String, String)>,
-    families: Families,
-}
-
-impl Limit {
-    pub fn new(kind: &'static str, max: usize, families: Families) -> Self {
-        Self {
-            kind: Kind {
-                kind: kind.to_string(),
-            },
-            max,
-            dropped: HashSet::new(),
-            families,
-        }
-    }
-
-    pub fn apply(&mut self, stores: &[Store<DynamicObject>]) -> Vec<Arc<DynamicObject>> {
-        let mut all: Vec<Arc<DynamicObject>> = stores.iter().flat_map(Store::state).collect();
-        all.sort_by_key(|o| (o.namespace(), o.name_any()));
-        self.families.objects.set(&self.kind, all.len() as f64);
-        let cut: HashSet<(String, String)> = all
-            .iter()
-            .skip(self.max)
-            .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
-            .collect();
-        let new = cut.difference(&self.dropped).count();
-        if new > 0 {
-            tracing::warn!(
-                kind = %self.kind.kind,
-                max = self.max,
-                dropped = cut.len(),
-                "more objects than KSIT_MAX_OBJECTS; the rest are not exported"
-            );
-            self.families.dropped.inc_by(&self.kind, new as u64);
-        }
-        self.dropped = cut;
-        all.truncate(self.max);
-        all
-    }
+    let config = watcher::Config {
+        page_size: None,
+        ..watcher::Config::default().any_semantic()
+    };
+    apis.into_iter()
+        .map(|api| watcher(api, config.clone()).default_backoff().boxed())
+        .collect()
 }
 
 #[cfg(test)]
