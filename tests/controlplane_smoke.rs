@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -276,6 +277,46 @@ async fn the_stand_in_manager_behaves_like_upstream() {
             manager.metrics_url
         );
     }
+}
+
+/// As upstream's, outside a pod the manager cannot find the namespace of its leader Lease (it
+/// reads the service account's): that is why start_manager passes --leader-election-namespace.
+#[tokio::test]
+async fn outside_a_pod_leader_election_finds_no_namespace() {
+    let Some(cp) = common::control_plane().await else {
+        return;
+    };
+    let log = common::repo_path("target/controlplane/ksit-manager-no-lease-namespace.log");
+    let log_file =
+        std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let mut child = Command::new(cp.bin_dir.join("ksit-manager"))
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .args([
+            "--leader-elect",
+            "--metrics-bind-address=127.0.0.1:0",
+            "--health-probe-bind-address=127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("starting ksit-manager");
+    let exited = common::eventually(Duration::from_secs(15), "the manager to exit", || {
+        let status = child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err("still running".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    assert!(!exited.success(), "{exited}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("unable to find leader election namespace"),
+        "{text}"
+    );
 }
 
 /// Every kustomization directory under `dir` (a kustomization's own subdirectories too,
