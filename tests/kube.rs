@@ -752,6 +752,8 @@ async fn least_privilege_role_suffices_and_each_rule_matters() {
             ("POD_NAME", "mgr"),
             ("POD_NAMESPACE", n),
             ("KSIT_CR_METRICS", "always"),
+            // The Role covers its own namespace: narrowed from the default, all namespaces.
+            ("KSIT_WATCH_NAMESPACES", n),
         ])
         .await;
         let up = |c: &str| format!("ksit_exporter_collector_up{{collector=\"{c}\"}}");
