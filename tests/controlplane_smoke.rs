@@ -237,6 +237,20 @@ async fn the_stand_in_manager_behaves_like_upstream() {
         "upstream writes no clusterStatuses: {s}"
     );
 
+    // The finalizer goes when the Integration is deleted, as upstream's does.
+    b_integrations
+        .delete("flux-integration", &Default::default())
+        .await
+        .expect("deleting flux-integration");
+    common::eventually(Duration::from_secs(15), "flux-integration gone", || async {
+        match b_integrations.get_opt("flux-integration").await {
+            Ok(None) => Ok(()),
+            Ok(Some(o)) => Err(format!("still there: {:?}", o.metadata.finalizers)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+
     // It leads through the ksit.io Lease in the namespace given and serves controller-runtime's
     // metrics in plain HTTP, none of them ksit_*.
     let lease = Api::<Lease>::namespaced(cp.client.clone(), &a.name)
