@@ -122,7 +122,8 @@ subsets:
 EOF
 
 start ksit-manager "$KSIT_CONTROLPLANE_BIN/ksit-manager" --kubeconfig="$KUBECONFIG" \
-	--namespaces="$NAMESPACE" --leader-elect --flap-interval="${KSIT_DEMO_FLAP:-10s}" \
+	--namespaces="$NAMESPACE" --leader-elect --leader-election-namespace="$NAMESPACE" \
+	--flap-interval="${KSIT_DEMO_FLAP:-10s}" \
 	--metrics-bind-address="127.0.0.1:$metrics_port" --health-probe-bind-address="127.0.0.1:$health_port"
 wait_http ksit-manager "http://127.0.0.1:$health_port/readyz" "$last_pid"
 

@@ -30,8 +30,7 @@ pub enum CrMetrics {
 /// Namespaces whose KSIT objects are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Namespaces {
-    /// The pod's own namespace (or the kubeconfig's default when not in a pod).
-    Own,
+    /// All of them, as KSIT's manager reads (its ClusterRole covers every namespace).
     All,
     List(Vec<String>),
 }
@@ -306,11 +305,12 @@ const KUBERNETES: Var<KubeMode> = Var {
 
 const WATCH_NAMESPACES: Var<Namespaces> = Var {
     name: "KSIT_WATCH_NAMESPACES",
-    default: "",
-    help: "comma list of namespaces whose Integrations and IntegrationTargets are read; empty = the pod's namespace; `*` = all",
+    // All, as upstream's manager reads them: a sidecar that reads less misses what its manager
+    // reconciles. The namespaced Role alone (manifests/rbac) needs a list, e.g. $(POD_NAMESPACE).
+    default: "*",
+    help: "`*` (all) or a comma list of namespaces whose Integrations and IntegrationTargets are read",
     empty: Empty::Default,
     parse: |v| match v {
-        "" => Ok(Namespaces::Own),
         "*" => Ok(Namespaces::All),
         list => {
             let mut names: Vec<String> = Vec::new();
@@ -333,7 +333,6 @@ const WATCH_NAMESPACES: Var<Namespaces> = Var {
         }
     },
     show: |v| match v {
-        Namespaces::Own => String::new(),
         Namespaces::All => "*".to_string(),
         Namespaces::List(l) => l.join(","),
     },
@@ -541,6 +540,8 @@ mod tests {
         assert!(c.health_targets.is_empty());
         assert!(c.upstream_url.is_none());
         assert_eq!(c.log_format, LogFormat::Text);
+        // What KSIT's manager reads: its samples span several namespaces.
+        assert_eq!(c.watch_namespaces, Namespaces::All);
     }
 
     #[test]

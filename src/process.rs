@@ -166,13 +166,20 @@ impl Processes {
         let oldest = procs.iter().map(|p| p.start_time()).min();
         let f = &self.families;
         f.count.set(&(), procs.len() as f64);
-        f.resident_memory.set(&(), rss as f64);
-        // No process, no start time: absent rather than a 1970 that would read as a restart.
+        // No process, no start time, memory or CPU: absent rather than a 1970 that would read
+        // as a restart, or a 0 that would read as a process using nothing.
         match oldest {
-            Some(t) => f.start_time.set(&(), t as f64),
-            None => f.start_time.remove(&()),
+            Some(t) => {
+                f.start_time.set(&(), t as f64);
+                f.resident_memory.set(&(), rss as f64);
+                f.set_cpu_seconds(cpu_ms as f64 / 1000.0);
+            }
+            None => {
+                f.start_time.remove(&());
+                f.resident_memory.remove(&());
+                f.cpu.set(Vec::new());
+            }
         }
-        f.set_cpu_seconds(cpu_ms as f64 / 1000.0);
         Ok(())
     }
 }
@@ -194,17 +201,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn no_matching_process_means_no_start_time_not_1970() {
+    async fn no_matching_process_means_no_start_time_memory_or_cpu_not_0() {
         let registry = Registry::new();
         let families = Families::register(&registry);
+        let served = |registry: &Registry, family: &str| {
+            String::from_utf8_lossy(&registry.encode())
+                .lines()
+                .any(|l| l.starts_with(family))
+        };
+        let matcher = Regex::new(".").expect("a valid regex");
+        let mut p = Processes::new(Some(matcher), Duration::from_secs(10), families.clone());
+        p.collect().await.expect("the process table is readable");
+        assert!(families.start_time.get(&()).is_some_and(|t| t > 1e9));
+        assert!(families.resident_memory.get(&()).is_some_and(|b| b > 0.0));
+        assert!(served(&registry, CPU.name));
         let matcher = Regex::new("^no-such-process-ksit-test$").expect("a valid regex");
         let mut p = Processes::new(Some(matcher), Duration::from_secs(10), families.clone());
         p.collect().await.expect("the process table is readable");
         assert_eq!(families.count.get(&()), Some(0.0));
         assert_eq!(families.start_time.get(&()), None, "absent, not 0");
-        let matcher = Regex::new(".").expect("a valid regex");
-        let mut p = Processes::new(Some(matcher), Duration::from_secs(10), families.clone());
-        p.collect().await.expect("the process table is readable");
-        assert!(families.start_time.get(&()).is_some_and(|t| t > 1e9));
+        assert_eq!(families.resident_memory.get(&()), None, "absent, not 0");
+        assert!(!served(&registry, CPU.name), "absent, not 0");
     }
 }

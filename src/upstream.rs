@@ -178,9 +178,17 @@ impl Read {
     }
 }
 
+/// Family groups the exporter serves about itself, so every upstream family of the group is
+/// dropped, not only the names both serve: the exporter's `process_*` describe the exporter,
+/// and an upstream `process_virtual_memory_max_bytes` beside them would describe another
+/// process under the same prefix (the component's process is `ksit_component_process_*`).
+const OWN_PREFIXES: &[&str] = &["process_"];
+
 /// Parses one upstream body; `own` names the families the exporter serves itself.
 pub fn read_body(body: &[u8], own: &BTreeSet<String>) -> Read {
-    let parsed = parse::parse(body, &|name| own.contains(name));
+    let parsed = parse::parse(body, &|name| {
+        own.contains(name) || OWN_PREFIXES.iter().any(|p| name.starts_with(p))
+    });
     let (histograms, counts) = reconciles(&parsed);
     Read {
         histograms,
@@ -497,6 +505,29 @@ untyped_without_comments 3
     }
 
     #[test]
+    fn every_upstream_process_family_is_dropped() {
+        // controller-runtime serves process_virtual_memory_max_bytes; the exporter's own
+        // process collector may not, and it must not be served beside the exporter's others.
+        let body = "\
+# TYPE process_virtual_memory_max_bytes gauge
+process_virtual_memory_max_bytes -1
+# TYPE process_open_fds gauge
+process_open_fds 12
+# TYPE process_network_receive_bytes_total counter
+process_network_receive_bytes_total 5
+# TYPE processes_unrelated gauge
+processes_unrelated 1
+";
+        let r = read_body(body.as_bytes(), &own());
+        assert_eq!(served(&r), ["processes_unrelated"]);
+        assert_eq!(r.rejected[Reason::Shadowed as usize], 3, "{:?}", r.reasons);
+        assert!(
+            !r.unusable(),
+            "only shadowed families: still a metrics endpoint"
+        );
+    }
+
+    #[test]
     fn suffixes_of_own_names_shadow_too() {
         let body = "\
 ksit_reconcile_duration_seconds_count 1
@@ -510,8 +541,9 @@ kept 1
 ";
         let r = read_body(body.as_bytes(), &own());
         assert_eq!(served(&r), ["kept"]);
-        assert_eq!(r.rejected[Reason::Shadowed as usize], 5, "{:?}", r.reasons);
-        // `process_open` is a histogram, so `process_open_fds` is not its sample: its own family.
+        assert_eq!(r.rejected[Reason::Shadowed as usize], 6, "{:?}", r.reasons);
+        // `process_open` is a histogram, so `process_open_fds` is not its sample: its own family
+        // (dropped as every upstream `process_*` is).
         assert_eq!(r.rejected[Reason::Type as usize], 0);
     }
 

@@ -1,15 +1,16 @@
 //! Smoke tests of the test control plane itself: the API answers, the project's CRDs and
-//! samples work with the stand-in KSIT manager, and every manifest passes server-side
-//! validation.
+//! samples work with the stand-in KSIT manager, which behaves like upstream's, and every
+//! manifest passes server-side validation.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::Value;
 
 #[tokio::test]
@@ -65,59 +66,215 @@ fn ready_condition(status: &Value) -> &Value {
         .unwrap_or(&Value::Null)
 }
 
+/// `.metadata` and `.spec` of an object.
+async fn object(api: &Api<DynamicObject>, name: &str) -> (Value, Value) {
+    let obj = api
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("getting {name}: {e}"));
+    let metadata = serde_json::to_value(&obj.metadata).expect("metadata is JSON");
+    (metadata, obj.data["spec"].clone())
+}
+
+/// The stand-in manager does what upstream's does (../shared/ksit-api.md, "What the upstream
+/// manager really does"), and the exporter reports it: no `clusterStatuses`, observedGeneration
+/// left as it was on the disabled and auto-install-failure paths (so the generation lag reads 1),
+/// `enabled: false` turned back into true by the finalizer update, no `ksit_*` on its /metrics.
+/// Two test-only deviations, both flags of the stand-in: it watches the two namespaces given
+/// rather than all (tests run at once), and start_manager names its Lease namespace.
 #[tokio::test]
-async fn samples_get_status_from_the_stand_in_manager() {
+async fn the_stand_in_manager_behaves_like_upstream() {
     let Some(cp) = common::control_plane().await else {
         return;
     };
-    let ns = common::test_namespace(&cp, "smoke-samples", &[]).await;
-    cp.apply_path(&ns.name, "manifests/samples");
-    let manager = common::start_manager(&cp, &[&ns.name]).await;
+    // Upstream's samples span several namespaces; these span two.
+    let a = common::test_namespace(&cp, "smoke-upstream-a", &[]).await;
+    let b = common::test_namespace(&cp, "smoke-upstream-b", &[]).await;
+    for ns in [&a, &b] {
+        cp.apply_path(&ns.name, "manifests/samples");
+    }
+    // cluster1 is ready, but the stand-in installs nothing anywhere: the auto-install fails.
+    cp.apply_yaml(
+        &b.name,
+        "apiVersion: ksit.io/v1alpha1\nkind: Integration\nmetadata:\n  name: istio-autoinstall\nspec:\n  type: istio\n  targetClusters: [cluster1]\n  autoInstall:\n    enabled: true\n    method: helm\n    helmConfig: {repository: https://istio-release.storage.googleapis.com/charts, chart: istiod}\n",
+    );
+    // A short requeue: like upstream, an Integration sees its targets' readiness only when it
+    // is next reconciled.
+    let manager =
+        common::start_manager_with(&cp, &[&a.name, &b.name], &["--integration-requeue=1s"]).await;
 
-    let targets = ksit_api(&cp, &ns.name, "IntegrationTarget");
-    let ready = status_when(&targets, "cluster1", |s| s["ready"] == true).await;
-    assert_eq!(ready_condition(&ready)["reason"], "ClusterReady");
-    assert!(ready["lastSyncTime"].is_string(), "{ready}");
-    let failing = status_when(&targets, "cluster2", |s| s["ready"] == false).await;
-    assert_eq!(ready_condition(&failing)["reason"], "ConnectionFailed");
-    assert_eq!(ready_condition(&failing)["status"], "False");
+    for ns in [&a, &b] {
+        let targets = ksit_api(&cp, &ns.name, "IntegrationTarget");
+        let ready = status_when(&targets, "cluster1", |s| s["ready"] == true).await;
+        assert_eq!(ready_condition(&ready)["reason"], "ClusterReady");
+        assert!(ready["lastSyncTime"].is_string(), "{ready}");
+        assert!(ready.get("observedGeneration").is_none(), "{ready}");
+        // `ready` is omitempty upstream: a target that is not ready has none.
+        let failing = status_when(&targets, "cluster2", |s| {
+            ready_condition(s)["status"] == "False"
+        })
+        .await;
+        assert_eq!(ready_condition(&failing)["reason"], "ConnectionFailed");
+        assert!(failing.get("ready").is_none(), "{failing}");
+        assert!(failing.get("lastSyncTime").is_none(), "{failing}");
 
-    let integrations = ksit_api(&cp, &ns.name, "Integration");
-    let running = status_when(&integrations, "argocd-integration", |s| {
-        s["phase"] == "Running"
-    })
-    .await;
-    assert_eq!(ready_condition(&running)["status"], "True");
-    assert_eq!(running["observedGeneration"], 1);
-    assert!(running["lastReconcileTime"].is_string(), "{running}");
-    let failed = status_when(&integrations, "flux-integration", |s| {
+        let integrations = ksit_api(&cp, &ns.name, "Integration");
+        let running = status_when(&integrations, "argocd-integration", |s| {
+            s["phase"] == "Running"
+        })
+        .await;
+        assert_eq!(ready_condition(&running)["reason"], "ReconcileSucceeded");
+        assert_eq!(running["observedGeneration"], 1);
+        assert!(running["lastReconcileTime"].is_string(), "{running}");
+        let (metadata, _) = object(&integrations, "argocd-integration").await;
+        assert_eq!(
+            metadata["finalizers"],
+            serde_json::json!(["ksit.io/finalizer"])
+        );
+        // A failed reconcile on the main path does record the generation.
+        let failed = status_when(&integrations, "flux-integration", |s| {
+            s["phase"] == "Failed" && s["observedGeneration"] == 1
+        })
+        .await;
+        assert_eq!(ready_condition(&failed)["reason"], "ReconcileFailed");
+        // Created with `enabled: false`: the finalizer update sent no `enabled` (omitempty), so
+        // the CRD default made it true, a new generation the manager then reconciled.
+        status_when(&integrations, "prometheus-integration", |s| {
+            s["phase"] == "Running" && s["observedGeneration"] == 2
+        })
+        .await;
+        let (metadata, spec) = object(&integrations, "prometheus-integration").await;
+        assert_eq!(spec["enabled"], true);
+        assert_eq!(metadata["generation"], 2);
+        for name in [
+            "argocd-integration",
+            "flux-integration",
+            "prometheus-integration",
+        ] {
+            let status = integrations.get(name).await.expect("get").data["status"].clone();
+            assert!(status.get("clusterStatuses").is_none(), "{name}: {status}");
+        }
+    }
+
+    let b_integrations = ksit_api(&cp, &b.name, "Integration");
+    let install_failed = status_when(&b_integrations, "istio-autoinstall", |s| {
         s["phase"] == "Failed"
     })
     .await;
-    let connected: Vec<(&str, bool)> = failed["clusterStatuses"]
-        .as_array()
-        .expect("clusterStatuses")
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap(),
-                c["connected"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(connected, [("cluster1", true), ("cluster2", false)]);
+    assert!(
+        install_failed["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Auto-install failed: ")),
+        "{install_failed}"
+    );
+    assert!(
+        install_failed.get("observedGeneration").is_none(),
+        "{install_failed}"
+    );
 
-    // It leads through the ksit.io Lease and serves controller-runtime's metrics in plain HTTP.
-    let lease = Api::<Lease>::namespaced(cp.client.clone(), &ns.name)
+    // Disabled once the finalizer is there: it stays disabled, and the generation is not recorded.
+    let a_integrations = ksit_api(&cp, &a.name, "Integration");
+    a_integrations
+        .patch(
+            "argocd-integration",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"enabled": false}})),
+        )
+        .await
+        .expect("disabling argocd-integration");
+    let disabled = status_when(&a_integrations, "argocd-integration", |s| {
+        s["message"] == "Integration is disabled"
+    })
+    .await;
+    assert_eq!(disabled["phase"], "Failed");
+    assert_eq!(disabled["observedGeneration"], 1);
+    let (metadata, spec) = object(&a_integrations, "argocd-integration").await;
+    assert_eq!(
+        (metadata["generation"].clone(), spec["enabled"].clone()),
+        (2.into(), false.into())
+    );
+
+    // The exporter reads it all, from both namespaces.
+    let kubeconfig = cp.kubeconfig.display().to_string();
+    let watched = format!("{},{}", a.name, b.name);
+    let e = common::start(&[
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("KSIT_KUBERNETES", "true"),
+        ("KSIT_WATCH_NAMESPACES", watched.as_str()),
+        ("KSIT_CR_METRICS", "always"),
+        ("KSIT_UPSTREAM_METRICS_URL", manager.metrics_url.as_str()),
+        ("KSIT_PROBE_INTERVAL", "500ms"),
+        ("KSIT_PROBE_TIMEOUT", "400ms"),
+    ])
+    .await;
+    let lag = |ns: &str, name: &str| {
+        format!("ksit_integration_generation_lag{{integration=\"{name}\",namespace=\"{ns}\"}}")
+    };
+    let status = |ns: &str, target: &str| {
+        format!(
+            "ksit_cluster_status{{cluster_name=\"{target}\",namespace=\"{ns}\",source=\"integrationtarget\",target=\"{target}\"}}"
+        )
+    };
+    let s = e
+        .scrape_until("both namespaces and the upstream read", |s| {
+            s.is("ksit_exporter_upstream_up", 1.0)
+                && [&a.name, &b.name].iter().all(|ns| {
+                    s.is(&status(ns, "cluster1"), 1.0) && s.is(&status(ns, "cluster2"), 0.0)
+                })
+                && s.is(&lag(&a.name, "argocd-integration"), 1.0)
+                && s.is(&lag(&b.name, "istio-autoinstall"), 1.0)
+        })
+        .await;
+    for (ns, name) in [
+        (&b.name, "argocd-integration"),
+        (&a.name, "flux-integration"),
+        (&a.name, "prometheus-integration"),
+    ] {
+        s.assert(&lag(ns, name), 0.0);
+    }
+    assert!(
+        !s.has_family("ksit_integration_cluster_connected"),
+        "upstream writes no clusterStatuses: {s}"
+    );
+
+    // The finalizer goes when the Integration is deleted, as upstream's does.
+    b_integrations
+        .delete("flux-integration", &Default::default())
+        .await
+        .expect("deleting flux-integration");
+    common::eventually(Duration::from_secs(15), "flux-integration gone", || async {
+        match b_integrations.get_opt("flux-integration").await {
+            Ok(None) => Ok(()),
+            Ok(Some(o)) => Err(format!("still there: {:?}", o.metadata.finalizers)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+
+    // It leads through the ksit.io Lease in the namespace given and serves controller-runtime's
+    // metrics in plain HTTP, none of them ksit_*.
+    let lease = Api::<Lease>::namespaced(cp.client.clone(), &a.name)
         .get("ksit.io")
         .await
         .expect("ksit.io Lease");
     assert!(lease.spec.and_then(|s| s.holder_identity).is_some());
     let metrics = manager.metrics().await;
-    // Every reconcile requeues after a period, as upstream's do, so that is the result counted.
-    for controller in ["integration", "integrationtarget"] {
+    let ksit: Vec<&str> = metrics
+        .types()
+        .iter()
+        .map(|(family, _)| family.as_str())
+        .filter(|family| family.starts_with("ksit_"))
+        .collect();
+    assert_eq!(ksit, Vec::<&str>::new(), "{}", manager.metrics_url);
+    // Every reconcile requeues after a period, as upstream's do, so that is the result counted;
+    // the failing auto-install returns its error.
+    for (controller, result) in [
+        ("integration", "requeue_after"),
+        ("integrationtarget", "requeue_after"),
+        ("integration", "error"),
+    ] {
         let series = format!(
-            r#"controller_runtime_reconcile_total{{controller="{controller}",result="requeue_after"}}"#
+            r#"controller_runtime_reconcile_total{{controller="{controller}",result="{result}"}}"#
         );
         let count = metrics
             .get(&series)
@@ -134,6 +291,46 @@ async fn samples_get_status_from_the_stand_in_manager() {
             manager.metrics_url
         );
     }
+}
+
+/// As upstream's, outside a pod the manager cannot find the namespace of its leader Lease (it
+/// reads the service account's): that is why start_manager passes --leader-election-namespace.
+#[tokio::test]
+async fn outside_a_pod_leader_election_finds_no_namespace() {
+    let Some(cp) = common::control_plane().await else {
+        return;
+    };
+    let log = common::repo_path("target/controlplane/ksit-manager-no-lease-namespace.log");
+    let log_file =
+        std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let mut child = Command::new(cp.bin_dir.join("ksit-manager"))
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .args([
+            "--leader-elect",
+            "--metrics-bind-address=127.0.0.1:0",
+            "--health-probe-bind-address=127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("starting ksit-manager");
+    let exited = common::eventually(Duration::from_secs(15), "the manager to exit", || {
+        let status = child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err("still running".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    assert!(!exited.success(), "{exited}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("unable to find leader election namespace"),
+        "{text}"
+    );
 }
 
 /// Every kustomization directory under `dir` (a kustomization's own subdirectories too,

@@ -14,6 +14,7 @@ use common::{
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -438,15 +439,176 @@ async fn many_objects_are_bounded_and_lint_clean() {
     assert_promtool_clean(&promtool, &s.text);
 }
 
+/// Property paths under `schema` (an OpenAPI v3 schema as JSON) that have no description.
+/// `metadata` is exempt: the API server describes it as ObjectMeta whatever the CRD says.
+fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    if let Some(properties) = schema["properties"].as_object() {
+        for (name, property) in properties {
+            let at = format!("{path}.{name}");
+            if name != "metadata" && !property["description"].is_string() {
+                out.push(at.clone());
+            }
+            undescribed(property, &at, out);
+        }
+    }
+    if schema["items"].is_object() {
+        undescribed(&schema["items"], &format!("{path}[]"), out);
+    }
+}
+
+/// manifests/crds has upstream's schema: objects of upstream's shape are accepted, two
+/// conditions of one type included (no map list); the fields upstream requires are required;
+/// every field is described, as `kubectl explain` shows it.
+#[tokio::test]
+async fn crds_accept_what_upstream_accepts_and_describe_every_field() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-crds", &[]).await;
+    let n = ns.name.as_str();
+    let ready = |status: &str, reason: &str| {
+        json!({"type": "Ready", "status": status, "reason": reason, "message": "",
+               "lastTransitionTime": "2026-11-27T10:00:00Z"})
+    };
+    let integrations = dynamic(&cp, n, "Integration", "integrations");
+    create(
+        &integrations,
+        json!({"apiVersion": "ksit.io/v1alpha1", "kind": "Integration", "metadata": {"name": "full"},
+               "spec": {"type": "prometheus", "enabled": true, "targetClusters": ["cluster1"],
+                        "config": {"namespace": "monitoring"},
+                        "autoInstall": {"enabled": true, "method": "helm", "manifestUrl": "https://example.com/m.yaml",
+                                        "helmConfig": {"repository": "https://prometheus-community.github.io/helm-charts",
+                                                       "chart": "kube-prometheus-stack", "version": "75.0.0",
+                                                       "releaseName": "monitoring", "values": {"grafana.enabled": "false"}}}}}),
+    )
+    .await;
+    patch_status(
+        &integrations,
+        "full",
+        json!({"phase": "Running", "message": "Integration is running", "observedGeneration": 1,
+               "lastReconcileTime": "2026-11-27T10:00:00Z",
+               "conditions": [ready("True", "ReconcileSucceeded"), ready("False", "ReconcileFailed"),
+                              {"type": "Progressing", "status": "Unknown", "reason": "Waiting", "message": "",
+                               "lastTransitionTime": "2026-11-27T10:00:00Z"}],
+               "clusterStatuses": [{"name": "cluster1", "connected": true, "lastSeen": "2026-11-27T10:00:00Z",
+                                    "message": "connected"}]}),
+    )
+    .await;
+    let stored = integrations.get("full").await.expect("get full");
+    assert_eq!(
+        stored.data["status"]["conditions"].as_array().map(Vec::len),
+        Some(3),
+        "both Ready conditions kept: {:?}",
+        stored.data
+    );
+    assert_eq!(
+        stored.data["spec"]["autoInstall"]["helmConfig"]["version"],
+        "75.0.0"
+    );
+
+    let targets = dynamic(&cp, n, "IntegrationTarget", "integrationtargets");
+    create(
+        &targets,
+        json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget", "metadata": {"name": "cluster1"},
+               "spec": {"clusterName": "cluster1", "namespace": "default", "labels": {"location-group": "edge"}}}),
+    )
+    .await;
+    patch_status(
+        &targets,
+        "cluster1",
+        json!({"ready": true, "message": "Target cluster is connected and ready", "observedGeneration": 1,
+               "lastSyncTime": "2026-11-27T10:00:00Z",
+               "conditions": [ready("True", "ClusterReady"), ready("False", "ConnectionFailed")]}),
+    )
+    .await;
+    let stored = targets.get("cluster1").await.expect("get cluster1");
+    assert_eq!(
+        stored.data["status"]["conditions"].as_array().map(Vec::len),
+        Some(2),
+        "{:?}",
+        stored.data
+    );
+
+    // What upstream's schema refuses, this one refuses too.
+    for (what, status) in [
+        (
+            "a cluster status without connected",
+            json!({"clusterStatuses": [{"name": "cluster1"}]}),
+        ),
+        (
+            "a cluster status without name",
+            json!({"clusterStatuses": [{"connected": true}]}),
+        ),
+    ] {
+        let refused = integrations
+            .patch_status(
+                "full",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await;
+        assert!(refused.is_err(), "{what} was accepted");
+    }
+    // A merge patch keeps the fields it does not name; null removes one.
+    for (what, helm) in [
+        ("a helmConfig without chart", json!({"chart": null})),
+        (
+            "a helmConfig without repository",
+            json!({"repository": null}),
+        ),
+    ] {
+        let refused = integrations
+            .patch(
+                "full",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"autoInstall": {"helmConfig": helm}}})),
+            )
+            .await;
+        assert!(refused.is_err(), "{what} was accepted");
+    }
+
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.client.clone());
+    for name in ["integrations.ksit.io", "integrationtargets.ksit.io"] {
+        let crd = serde_json::to_value(crds.get(name).await.expect("get CRD")).expect("JSON");
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        undescribed(schema, "", &mut missing);
+        assert_eq!(
+            missing,
+            Vec::<String>::new(),
+            "{name}: fields without a description"
+        );
+        let listed = serde_json::to_string(schema).expect("JSON");
+        assert!(
+            !listed.contains("x-kubernetes-list-type"),
+            "{name}: {listed}"
+        );
+    }
+    let explained = common::check(
+        cp.kubectl(&["explain", "integrations.status.observedGeneration"]),
+        "kubectl explain",
+    );
+    assert!(explained.contains("DESCRIPTION"), "{explained}");
+    assert!(explained.contains("generation"), "{explained}");
+}
+
 /// The stand-in KSIT manager writes status as upstream's does; the exporter reports it, and
-/// reads the manager's controller-runtime metrics as its upstream.
+/// reads the manager's controller-runtime metrics as its upstream. Upstream never writes
+/// status.clusterStatuses; this test asks the stand-in for them (--write-cluster-statuses) to
+/// follow `ksit_integration_cluster_connected` through a change, and for a short Integration
+/// requeue, since Integrations see their targets' readiness only when next reconciled.
 #[tokio::test]
 async fn follows_the_stand_in_manager() {
     let Some(cp) = control_plane().await else {
         return;
     };
     let ns = test_namespace(&cp, "kube-mgr", &[]).await;
-    let manager = common::start_manager(&cp, &[ns.name.as_str()]).await;
+    let manager = common::start_manager_with(
+        &cp,
+        &[ns.name.as_str()],
+        &["--write-cluster-statuses", "--integration-requeue=1s"],
+    )
+    .await;
     cp.apply_path(&ns.name, "manifests/samples");
     let e = exporter(
         &cp,
@@ -590,6 +752,8 @@ async fn least_privilege_role_suffices_and_each_rule_matters() {
             ("POD_NAME", "mgr"),
             ("POD_NAMESPACE", n),
             ("KSIT_CR_METRICS", "always"),
+            // The Role covers its own namespace: narrowed from the default, all namespaces.
+            ("KSIT_WATCH_NAMESPACES", n),
         ])
         .await;
         let up = |c: &str| format!("ksit_exporter_collector_up{{collector=\"{c}\"}}");

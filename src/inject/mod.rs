@@ -39,6 +39,8 @@ pub const TAKEOVER_ANNOTATION: &str = "ksit.io/metrics-takeover";
 /// kubectl logs/exec pick this container when none is named; set in classic mode so the sidecar
 /// does not become the one users land in.
 const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+/// KSIT's manager binary: `/ksit` upstream, `manager` in kubebuilder's scaffold.
+pub const DEFAULT_PROCESS_MATCH: &str = "^(ksit|manager)$";
 
 /// The decision for one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +137,10 @@ fn with_sidecar(
             "KSIT_HEALTH_URLS",
             format!("http://127.0.0.1:{port}/healthz,http://127.0.0.1:{port}/readyz"),
         );
+    }
+    // Only a pod that shares its PID namespace lets the sidecar see the manager's process.
+    if spec.share_process_namespace == Some(true) {
+        defaults.insert("KSIT_PROCESS_MATCH", DEFAULT_PROCESS_MATCH.to_string());
     }
     let env = template::ksit_env(pod, defaults);
     decision::check_env(&env)?;
@@ -778,6 +784,35 @@ mod tests {
             reason(&inject(&job, &BTreeMap::new(), &offline)),
             "invalid_annotation"
         );
+    }
+
+    #[test]
+    fn a_shared_pid_namespace_measures_ksits_binary_by_default() {
+        let offline = InjectorConfig {
+            default_opt_in: true,
+            ..cfg()
+        };
+        let process_match = |share: Option<bool>| {
+            let mut p = app_pod();
+            p.spec.as_mut().expect("spec").share_process_namespace = share;
+            let Outcome::Injected { pod: out, .. } = inject(&p, &BTreeMap::new(), &offline) else {
+                panic!("an opted-in pod is injected");
+            };
+            sidecar(&out)
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "KSIT_PROCESS_MATCH")
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(process_match(None), None, "it could not see the manager");
+        assert_eq!(
+            process_match(Some(true)).as_deref(),
+            Some(DEFAULT_PROCESS_MATCH)
+        );
+        let re = regex::Regex::new(DEFAULT_PROCESS_MATCH).expect("a valid regex");
+        assert!(re.is_match("ksit") && re.is_match("manager"));
+        assert!(!re.is_match("ksit-exporter") && !re.is_match("kube-manager"));
     }
 
     #[test]

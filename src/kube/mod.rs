@@ -99,10 +99,6 @@ impl Families {
 
 /// Starts every Kubernetes collector the settings call for, each in its own task.
 pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
-    let own_namespace = settings
-        .pod_namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
     let mut cr_metrics = settings.cr_metrics;
     let identity = settings
         .pod_name
@@ -140,7 +136,7 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
         ));
     }
     if cr_metrics != CrMetrics::Never {
-        let namespaces = watched_namespaces(&settings.namespaces, own_namespace);
+        let namespaces = watched_namespaces(&settings.namespaces);
         tokio::spawn(targets::run(
             client.clone(),
             namespaces.clone(),
@@ -209,9 +205,8 @@ fn unix_seconds(t: &Time) -> f64 {
 }
 
 /// Namespaces to watch: one list of namespaces, or `None` for one watch over all.
-fn watched_namespaces(namespaces: &Namespaces, own: String) -> Option<Vec<String>> {
+fn watched_namespaces(namespaces: &Namespaces) -> Option<Vec<String>> {
     match namespaces {
-        Namespaces::Own => Some(vec![own]),
         Namespaces::All => None,
         Namespaces::List(l) => Some(l.clone()),
     }
@@ -285,15 +280,10 @@ mod tests {
 
     #[test]
     fn namespaces_to_watch() {
-        let own = || "ksit-system".to_string();
-        assert_eq!(
-            watched_namespaces(&Namespaces::Own, own()),
-            Some(vec!["ksit-system".to_string()])
-        );
-        assert_eq!(watched_namespaces(&Namespaces::All, own()), None);
+        assert_eq!(watched_namespaces(&Namespaces::All), None);
         let list = Namespaces::List(vec!["a".into(), "b".into()]);
         assert_eq!(
-            watched_namespaces(&list, own()),
+            watched_namespaces(&list),
             Some(vec!["a".to_string(), "b".to_string()])
         );
     }

@@ -372,7 +372,9 @@ fn hint(e: &watcher::Error) -> &'static str {
         _ => 0,
     };
     match code {
-        403 => "the service account lacks get/list/watch on this resource; see manifests/rbac",
+        403 => {
+            "the service account lacks get/list/watch on this resource; see manifests/rbac (and manifests/rbac/cluster for KSIT_WATCH_NAMESPACES=*, the default)"
+        }
         404 => "the resource is not served; is its CRD installed?",
         0 => "the API server could not be reached",
         _ => "",

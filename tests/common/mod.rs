@@ -370,8 +370,9 @@ pub struct ManagerProcess {
     pub log: PathBuf,
 }
 
-/// Starts the manager watching `namespaces`, holding the `ksit.io` Lease in the first one,
-/// and waits for its /readyz.
+/// Starts the manager watching `namespaces` (a test-only deviation: upstream watches all, and
+/// tests running at once must not reconcile each other's objects), holding the `ksit.io`
+/// Lease in the first one, and waits for its /readyz.
 pub async fn start_manager(cp: &ControlPlane, namespaces: &[&str]) -> ManagerProcess {
     start_manager_with(cp, namespaces, &[]).await
 }
@@ -398,6 +399,9 @@ pub async fn start_manager_with(
         .arg(format!("--metrics-bind-address={metrics_addr}"))
         .arg(format!("--health-probe-bind-address={health_addr}"))
         .arg("--leader-elect")
+        // Test-only deviation: upstream finds this namespace in its service-account file,
+        // which a process outside a pod does not have.
+        .arg(format!("--leader-election-namespace={}", namespaces[0]))
         .args(extra)
         .stdout(log_file.try_clone().expect("a second handle on the log"))
         .stderr(log_file)

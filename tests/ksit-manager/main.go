@@ -1,10 +1,16 @@
 // Command ksit-manager is a test stand-in for the KSIT controller-manager.
 //
-// It reconciles IntegrationTargets and Integrations the way ../../../shared/ksit-api.md
-// describes the upstream controller (status fields, Ready conditions, requeue periods,
-// the `ksit.io` leader Lease) so that ksit-exporter is tested against real
-// controller-runtime behaviour and its real metrics. Cluster connectivity is simulated:
-// a target is ready unless it carries the annotation test.ksit.io/ready: "false".
+// By default it behaves as ../../../shared/ksit-api.md, "What the upstream manager really
+// does", describes: the same status fields, reasons and requeue periods, the ksit.io
+// finalizer (whose update turns `enabled: false` back into true), no observedGeneration on
+// the disabled and auto-install-failure paths, no status.clusterStatuses, no ksit_*
+// families on /metrics, all namespaces watched and the leader Lease in the namespace of its
+// service account. Cluster connectivity is simulated: a target is ready unless it carries
+// the annotation test.ksit.io/ready: "false", and auto-install always fails on a cluster.
+//
+// Deviations from upstream exist only behind flags, so a test that wants one names it:
+// --namespaces and --leader-election-namespace (tests run outside a pod, several managers
+// at once), the requeue periods, --flap-interval (demos) and --write-cluster-statuses.
 package main
 
 import (
@@ -20,34 +26,37 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 )
 
-const readyAnnotation = "test.ksit.io/ready"
+const (
+	readyAnnotation = "test.ksit.io/ready"
+	// Upstream's finalizer on Integrations.
+	finalizer = "ksit.io/finalizer"
+)
 
 var (
 	integrationGVK = schema.GroupVersionKind{Group: "ksit.io", Version: "v1alpha1", Kind: "Integration"}
 	targetGVK      = schema.GroupVersionKind{Group: "ksit.io", Version: "v1alpha1", Kind: "IntegrationTarget"}
 )
 
-// targetStatus and integrationStatus mirror the upstream status types; the objects
-// themselves stay unstructured so the fixture needs no generated deep-copy code.
+// targetStatus and integrationStatus mirror the upstream status types, omitempty included
+// (so a target that is not ready has no `ready` field); the objects themselves stay
+// unstructured so the fixture needs no generated deep-copy code.
 type targetStatus struct {
-	Ready              bool               `json:"ready"`
-	Message            string             `json:"message,omitempty"`
-	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
-	LastSyncTime       *metav1.Time       `json:"lastSyncTime,omitempty"`
-	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+	Ready        bool               `json:"ready,omitempty"`
+	Message      string             `json:"message,omitempty"`
+	LastSyncTime *metav1.Time       `json:"lastSyncTime,omitempty"`
+	Conditions   []metav1.Condition `json:"conditions,omitempty"`
 }
 
 type clusterStatus struct {
@@ -76,19 +85,22 @@ type periods struct {
 func main() {
 	var (
 		namespaces, metricsAddr, probeAddr, leaseNamespace string
-		leaderElect                                        bool
+		leaderElect, writeClusterStatuses                  bool
 		p                                                  periods
 	)
 	// --kubeconfig is registered on flag.CommandLine by controller-runtime's config package.
-	flag.StringVar(&namespaces, "namespaces", "", "comma-separated namespaces to watch (default: all)")
+	flag.StringVar(&namespaces, "namespaces", "", "test only: comma-separated namespaces to watch (default: all, as upstream)")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "127.0.0.1:8082", "plain-HTTP address of the controller-runtime metrics")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", "127.0.0.1:8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "hold the ksit.io leader Lease before reconciling")
-	flag.StringVar(&leaseNamespace, "leader-election-namespace", "", "namespace of the ksit.io Lease (default: first of --namespaces)")
+	flag.StringVar(&leaseNamespace, "leader-election-namespace", "",
+		"test only: namespace of the ksit.io Lease (default: the service account's, as upstream; outside a pod --leader-elect then fails)")
 	flag.DurationVar(&p.integration, "integration-requeue", 30*time.Second, "requeue period of Integrations")
 	flag.DurationVar(&p.targetReady, "target-ready-requeue", 60*time.Second, "requeue period of ready IntegrationTargets")
 	flag.DurationVar(&p.targetFailing, "target-failing-requeue", 30*time.Second, "requeue period of failing IntegrationTargets")
 	flag.DurationVar(&p.flap, "flap-interval", 0, "if set, every interval toggles all targets between ready and failing (for demos)")
+	flag.BoolVar(&writeClusterStatuses, "write-cluster-statuses", false,
+		"not upstream: also write status.clusterStatuses of Integrations (upstream's type has the field, its manager never writes it)")
 	zapOpts := zap.Options{Development: true}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -99,9 +111,6 @@ func main() {
 	if namespaces != "" {
 		watched = strings.Split(namespaces, ",")
 	}
-	if leaseNamespace == "" && len(watched) > 0 {
-		leaseNamespace = watched[0]
-	}
 	cacheOpts := cache.Options{}
 	if len(watched) > 0 {
 		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
@@ -110,6 +119,8 @@ func main() {
 		}
 	}
 
+	// An empty LeaderElectionNamespace makes controller-runtime read the service-account
+	// namespace file, which is what upstream (which has no flag for it) relies on.
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Cache: cacheOpts,
 		// Serve reads of the unstructured ksit.io objects from the informer cache, as a
@@ -127,7 +138,7 @@ func main() {
 		log.Error(err, "creating manager")
 		os.Exit(1)
 	}
-	if err := setup(mgr, p); err != nil {
+	if err := setup(mgr, p, writeClusterStatuses); err != nil {
 		log.Error(err, "creating controllers")
 		os.Exit(1)
 	}
@@ -139,7 +150,8 @@ func main() {
 		log.Error(err, "adding readyz check")
 		os.Exit(1)
 	}
-	log.Info("starting", "namespaces", watched, "leaderElect", leaderElect, "leaseNamespace", leaseNamespace)
+	log.Info("starting", "namespaces", watched, "leaderElect", leaderElect, "leaseNamespace", leaseNamespace,
+		"writeClusterStatuses", writeClusterStatuses)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		log.Error(err, "running manager")
 		os.Exit(1)
@@ -152,39 +164,29 @@ func newObject(gvk schema.GroupVersionKind) *unstructured.Unstructured {
 	return u
 }
 
-func setup(mgr ctrl.Manager, p periods) error {
+// deleting passes the update that marks an object for deletion, so the finalizer is
+// removed at once even should that update not change the generation.
+var deleting = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	return e.ObjectNew.GetDeletionTimestamp() != nil
+}}
+
+func setup(mgr ctrl.Manager, p periods, writeClusterStatuses bool) error {
 	c := mgr.GetClient()
 	// Status writes change resourceVersion but not generation; filtering on generation
-	// keeps a controller from re-triggering itself. The readiness annotation is metadata,
-	// so targets also react to annotation changes.
+	// keeps a controller from re-triggering itself, so it reconciles on changes and at the
+	// requeue periods. The readiness annotation is metadata, so targets also react to it.
 	if err := ctrl.NewControllerManagedBy(mgr).
 		For(newObject(targetGVK), builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Complete(&targetReconciler{client: c, periods: p}); err != nil {
 		return err
 	}
+	// Like upstream, Integrations do not watch targets: a target's change shows at the
+	// next requeue.
 	return ctrl.NewControllerManagedBy(mgr).
-		For(newObject(integrationGVK), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		// A target's readiness decides the phase of the Integrations in its namespace.
-		Watches(newObject(targetGVK), handler.EnqueueRequestsFromMapFunc(
-			func(ctx context.Context, o client.Object) []reconcile.Request {
-				return integrationsIn(ctx, c, o.GetNamespace())
-			})).
-		Complete(&integrationReconciler{client: c, periods: p})
-}
-
-func integrationsIn(ctx context.Context, c client.Client, namespace string) []reconcile.Request {
-	list := &unstructured.UnstructuredList{}
-	list.SetGroupVersionKind(integrationGVK.GroupVersion().WithKind("IntegrationList"))
-	if err := c.List(ctx, list, client.InNamespace(namespace)); err != nil {
-		ctrl.Log.Error(err, "listing Integrations", "namespace", namespace)
-		return nil
-	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for _, it := range list.Items {
-		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: it.GetNamespace(), Name: it.GetName()}})
-	}
-	return reqs
+		For(newObject(integrationGVK), builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, deleting))).
+		Complete(&integrationReconciler{client: c, periods: p, writeClusterStatuses: writeClusterStatuses})
 }
 
 // readStatus decodes .status into out; a missing status leaves out zero.
@@ -235,28 +237,29 @@ func (r *targetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	now := time.Now()
 	flapDown, untilToggle := r.flapping(now)
 
-	cond := metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue, Reason: "ClusterReady",
-		Message: fmt.Sprintf("cluster %s is reachable", cluster), ObservedGeneration: obj.GetGeneration()}
+	// Upstream's messages; it sets no observedGeneration on targets or their conditions,
+	// and lastSyncTime only when the cluster answered.
+	cause := ""
 	switch {
 	case obj.GetAnnotations()[readyAnnotation] == "false":
-		cond.Status, cond.Reason = metav1.ConditionFalse, "ConnectionFailed"
-		cond.Message = fmt.Sprintf("cannot connect to cluster %s (annotation %s is \"false\")", cluster, readyAnnotation)
+		cause = fmt.Sprintf("cluster %s does not answer (annotation %s is \"false\")", cluster, readyAnnotation)
 	case flapDown:
-		cond.Status, cond.Reason = metav1.ConditionFalse, "ConnectionFailed"
-		cond.Message = fmt.Sprintf("cannot connect to cluster %s (--flap-interval failing slot)", cluster)
+		cause = fmt.Sprintf("cluster %s does not answer (--flap-interval failing slot)", cluster)
 	}
-	st.Ready = cond.Status == metav1.ConditionTrue
-	st.Message = cond.Message
-	st.ObservedGeneration = obj.GetGeneration()
-	st.LastSyncTime = &metav1.Time{Time: now}
-	meta.SetStatusCondition(&st.Conditions, cond)
+	after := r.targetReady
+	if cause == "" {
+		st.Ready, st.Message = true, "Target cluster is connected and ready"
+		st.LastSyncTime = &metav1.Time{Time: now}
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue,
+			Reason: "ClusterReady", Message: "Successfully connected to target cluster"})
+	} else {
+		st.Ready, st.Message = false, "Connection test failed: "+cause
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionFalse,
+			Reason: "ConnectionFailed", Message: st.Message})
+		after = r.targetFailing
+	}
 	if err := writeStatus(ctx, r.client, obj, &st); err != nil {
 		return ctrl.Result{}, err
-	}
-
-	after := r.targetFailing
-	if st.Ready {
-		after = r.targetReady
 	}
 	if untilToggle > 0 && untilToggle < after {
 		after = untilToggle
@@ -267,25 +270,49 @@ func (r *targetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 type integrationReconciler struct {
 	client client.Client
 	periods
+	writeClusterStatuses bool
 }
 
+// Reconcile follows upstream's order: deletion, finalizer, disabled, Initializing,
+// auto-install, then the per-cluster checks.
 func (r *integrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	obj := newObject(integrationGVK)
 	if err := r.client.Get(ctx, req.NamespacedName, obj); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if obj.GetDeletionTimestamp() != nil {
+		if controllerutil.RemoveFinalizer(obj, finalizer) {
+			return ctrl.Result{}, r.client.Update(ctx, obj)
+		}
+		return ctrl.Result{}, nil
+	}
+	if !controllerutil.ContainsFinalizer(obj, finalizer) {
+		controllerutil.AddFinalizer(obj, finalizer)
+		// Upstream's spec.enabled is a Go bool with omitempty: false is not sent, so the
+		// CRD's default (true) comes back. Update decodes the answer into obj.
+		if enabled, found, _ := unstructured.NestedBool(obj.Object, "spec", "enabled"); found && !enabled {
+			unstructured.RemoveNestedField(obj.Object, "spec", "enabled")
+		}
+		if err := r.client.Update(ctx, obj); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	var st integrationStatus
 	if err := readStatus(obj, &st); err != nil {
 		return ctrl.Result{}, err
 	}
-	now := metav1.Now()
-	// Like upstream, an Integration is first marked Initializing, then evaluated.
+	// Writing `status` whole, as upstream's typed Status().Update does: the omitempty fields
+	// it does not set stay as they were read.
+	if enabled, found, _ := unstructured.NestedBool(obj.Object, "spec", "enabled"); found && !enabled {
+		// No observedGeneration, no lastReconcileTime, no condition, no requeue.
+		st.Phase, st.Message = "Failed", "Integration is disabled"
+		return ctrl.Result{}, writeStatus(ctx, r.client, obj, &st)
+	}
 	if st.Phase == "" {
-		st.Phase, st.Message, st.LastReconcileTime = "Initializing", "evaluating target clusters", &now
-		st.ObservedGeneration = obj.GetGeneration()
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionUnknown,
-			Reason: "Initializing", Message: st.Message, ObservedGeneration: obj.GetGeneration()})
-		return ctrl.Result{RequeueAfter: time.Millisecond}, writeStatus(ctx, r.client, obj, &st)
+		st.Phase = "Initializing"
+		if err := writeStatus(ctx, r.client, obj, &st); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 
 	ready, err := r.targetReadiness(ctx, obj.GetNamespace())
@@ -293,52 +320,81 @@ func (r *integrationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		return ctrl.Result{}, err
 	}
 	clusters, _, _ := unstructured.NestedStringSlice(obj.Object, "spec", "targetClusters")
-	previous := map[string]clusterStatus{}
-	for _, cs := range st.ClusterStatuses {
-		previous[cs.Name] = cs
-	}
-	st.ClusterStatuses = nil
-	var down []string
-	for _, name := range clusters {
-		cs := clusterStatus{Name: name, LastSeen: previous[name].LastSeen}
-		t, found := ready[name]
-		switch {
-		case !found:
-			cs.Message = fmt.Sprintf("no IntegrationTarget with clusterName %s", name)
-		case !t.Ready:
-			cs.Message = t.Message
-		default:
-			cs.Connected, cs.LastSeen, cs.Message = true, &now, "connected"
+	if autoInstall, _, _ := unstructured.NestedBool(obj.Object, "spec", "autoInstall", "enabled"); autoInstall {
+		if err := autoInstallOn(clusters, ready); err != nil {
+			// Upstream leaves observedGeneration and lastReconcileTime as they were and
+			// returns the error, so controller-runtime retries with backoff.
+			st.Phase, st.Message = "Failed", fmt.Sprintf("Auto-install failed: %v", err)
+			if werr := writeStatus(ctx, r.client, obj, &st); werr != nil {
+				ctrl.LoggerFrom(ctx).Error(werr, "writing status after auto-install failure")
+			}
+			return ctrl.Result{}, err
 		}
-		if !cs.Connected {
-			down = append(down, name)
-		}
-		st.ClusterStatuses = append(st.ClusterStatuses, cs)
 	}
 
-	cond := metav1.Condition{Type: "Ready", ObservedGeneration: obj.GetGeneration()}
-	if len(down) == 0 {
-		st.Phase, st.Message = "Running", fmt.Sprintf("all %d target clusters connected", len(clusters))
-		cond.Status, cond.Reason = metav1.ConditionTrue, "AllClustersConnected"
-	} else {
-		st.Phase, st.Message = "Failed", fmt.Sprintf("clusters not connected: %s", strings.Join(down, ", "))
-		cond.Status, cond.Reason = metav1.ConditionFalse, "ClustersNotConnected"
+	now := metav1.Now()
+	var failure error
+	for _, name := range clusters {
+		if !ready[name] {
+			failure = fmt.Errorf("failed to get cluster config for %s: no ready IntegrationTarget with clusterName %s", name, name)
+			break
+		}
 	}
-	cond.Message = st.Message
-	meta.SetStatusCondition(&st.Conditions, cond)
 	st.LastReconcileTime = &now
 	st.ObservedGeneration = obj.GetGeneration()
+	cond := metav1.Condition{Type: "Ready"}
+	if failure == nil {
+		st.Phase, st.Message = "Running", "Integration is running"
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionTrue, "ReconcileSucceeded", "Integration is healthy"
+	} else {
+		st.Phase, st.Message = "Failed", failure.Error()
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "ReconcileFailed", failure.Error()
+	}
+	meta.SetStatusCondition(&st.Conditions, cond)
+	if r.writeClusterStatuses {
+		st.ClusterStatuses = clusterStatuses(clusters, ready, st.ClusterStatuses, now)
+	}
 	return ctrl.Result{RequeueAfter: r.integration}, writeStatus(ctx, r.client, obj, &st)
 }
 
-// targetReadiness maps spec.clusterName to the status of the IntegrationTarget naming it.
-func (r *integrationReconciler) targetReadiness(ctx context.Context, namespace string) (map[string]targetStatus, error) {
+// autoInstallOn fails as upstream's installer does here: a cluster without a ready target
+// has no config, and the stand-in reaches no real cluster to install on.
+func autoInstallOn(clusters []string, ready map[string]bool) error {
+	for _, name := range clusters {
+		if !ready[name] {
+			return fmt.Errorf("failed to get config for cluster %s: no ready IntegrationTarget", name)
+		}
+		return fmt.Errorf("failed to install on cluster %s: the stand-in manager installs nothing", name)
+	}
+	return nil
+}
+
+// clusterStatuses is what --write-cluster-statuses writes: one entry per target cluster,
+// lastSeen kept from the previous entry while the cluster is not connected.
+func clusterStatuses(clusters []string, ready map[string]bool, previous []clusterStatus, now metav1.Time) []clusterStatus {
+	seen := map[string]*metav1.Time{}
+	for _, cs := range previous {
+		seen[cs.Name] = cs.LastSeen
+	}
+	out := make([]clusterStatus, 0, len(clusters))
+	for _, name := range clusters {
+		cs := clusterStatus{Name: name, LastSeen: seen[name], Message: "no ready IntegrationTarget"}
+		if ready[name] {
+			cs.Connected, cs.LastSeen, cs.Message = true, &now, "connected"
+		}
+		out = append(out, cs)
+	}
+	return out
+}
+
+// targetReadiness maps spec.clusterName to whether a target in namespace naming it is ready.
+func (r *integrationReconciler) targetReadiness(ctx context.Context, namespace string) (map[string]bool, error) {
 	list := &unstructured.UnstructuredList{}
 	list.SetGroupVersionKind(targetGVK.GroupVersion().WithKind("IntegrationTargetList"))
 	if err := r.client.List(ctx, list, client.InNamespace(namespace)); err != nil {
 		return nil, err
 	}
-	out := map[string]targetStatus{}
+	out := map[string]bool{}
 	for i := range list.Items {
 		name, _, _ := unstructured.NestedString(list.Items[i].Object, "spec", "clusterName")
 		var st targetStatus
@@ -346,9 +402,7 @@ func (r *integrationReconciler) targetReadiness(ctx context.Context, namespace s
 			return nil, err
 		}
 		// Several targets may name one cluster; any ready one makes it reachable.
-		if prev, seen := out[name]; !seen || (!prev.Ready && st.Ready) {
-			out[name] = st
-		}
+		out[name] = out[name] || st.Ready
 	}
 	return out, nil
 }
