@@ -205,7 +205,7 @@ mod tests {
         let registry = Registry::new();
         let families = Families::register(&registry);
         let served = |registry: &Registry, family: &str| {
-            String::from_utf8_lossy(&registry.encode())
+            String::from_utf8_lossy(&registry.snapshot().text())
                 .lines()
                 .any(|l| l.starts_with(family))
         };
