@@ -381,16 +381,16 @@ const OCM_CLUSTERS: Var<bool> = Var {
 
 const MAX_OBJECTS: Var<usize> = Var {
     name: "KSIT_MAX_OBJECTS",
-    default: "1000",
-    help: "most objects of one kind exported (1 to 10000); the rest are counted as dropped",
+    default: "5000",
+    help: "most objects of one kind exported (1 to 100000); the rest are counted as dropped",
     empty: Empty::Default,
-    parse: |v| count(v, 1..=MAX_MAX_OBJECTS, "a whole number from 1 to 10000"),
+    parse: |v| count(v, 1..=MAX_MAX_OBJECTS, "a whole number from 1 to 100000"),
     show: usize::to_string,
 };
 
-/// Each object costs a few series; ten thousand of each kind is already past what fits in the
-/// sidecar's memory limit with room to spare.
-const MAX_MAX_OBJECTS: usize = 10_000;
+/// An object costs ~4 KiB (docs/figures.md): 5,000 of a kind fit the sidecar's 64 MiB limit
+/// with room to spare, and 100,000 (~400 MiB) is past any limit a sidecar is given.
+const MAX_MAX_OBJECTS: usize = 100_000;
 
 const SUBDOMAIN: &str = "a Kubernetes NAME name (a DNS-1123 subdomain: up to 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit)";
 
@@ -585,7 +585,7 @@ mod tests {
             ("KSIT_CR_METRICS", "sometimes"),
             ("KSIT_OCM_CLUSTERS", "yes"),
             ("KSIT_MAX_OBJECTS", "0"),
-            ("KSIT_MAX_OBJECTS", "10001"),
+            ("KSIT_MAX_OBJECTS", "100001"),
             ("KSIT_UPSTREAM_MAX_BYTES", "18446744073709551615"),
             ("KSIT_UPSTREAM_MAX_BYTES", "67108865"),
             ("KSIT_PROBE_INTERVAL", "584542046090y"),
@@ -653,7 +653,7 @@ mod tests {
             ("KSIT_COMPONENT", "ArgoCD_server.v2"),
             ("KSIT_UPSTREAM_MAX_BYTES", "67108864"),
             ("KSIT_PROBE_INTERVAL", "1h"),
-            ("KSIT_MAX_OBJECTS", "10000"),
+            ("KSIT_MAX_OBJECTS", "100000"),
             (
                 "KSIT_UPSTREAM_METRICS_URL",
                 "http://127.0.0.1:8082/metrics?x=1",
