@@ -296,8 +296,13 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     )
     .unwrap();
     let mut page: Value = serde_saphyr::from_str(PAGE_SCRAPE_CONFIG).unwrap();
-    // The one addition, docs/metrics.md "Labels that cannot clash".
+    // The additions: docs/metrics.md "Labels that cannot clash", and only the Service's port
+    // (role endpoints also targets every other port of the pods; tests/layouts_e2e.rs).
     page["scrape_configs"][0]["honor_labels"] = json!(true);
+    page["scrape_configs"][0]["relabel_configs"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"source_labels": ["__meta_kubernetes_endpoint_port_name"], "action": "keep", "regex": "metrics"}));
     assert_eq!(shipped, page);
 
     let items = cp.render("manifests/monitoring");
