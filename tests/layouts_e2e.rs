@@ -26,6 +26,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,56 +48,85 @@ const NODE: &str = "ksit-test-node";
 /// The label the ksit-monitor Service selects.
 const EXPORTER_LABEL: (&str, &str) = ("ksit.io/exporter", "sidecar");
 
-/// One upstream install layout: its fixture, its Deployment and the network slot of its test.
+/// One upstream install layout: its fixture (tests/testdata/layouts/NAME), its Deployment and
+/// the service account its pods run as.
 struct Layout {
     name: &'static str,
     deployment: &'static str,
     service_account: &'static str,
-    slot: u32,
+}
+
+const KUBEBUILDER: Layout = Layout {
+    name: "kubebuilder",
+    deployment: "ksit-controller-manager",
+    service_account: "ksit-controller",
+};
+const KUSTOMIZE_DEV: Layout = Layout {
+    name: "kustomize-dev",
+    deployment: "ksit-controller-manager",
+    service_account: "ksit-controller",
+};
+const KUSTOMIZE_PROD: Layout = Layout {
+    name: "kustomize-prod",
+    deployment: "prod-ksit-controller-manager",
+    service_account: "prod-ksit-controller",
+};
+const HELM: Layout = Layout {
+    name: "helm",
+    deployment: "ksit",
+    service_account: "ksit",
+};
+
+/// How the sidecar gets into the pod (README, "Install").
+#[derive(Clone, Copy, Debug)]
+enum Way {
+    /// Label the namespace `ksit.io/inject=enabled` and restart the Deployment.
+    Webhook,
+    /// `kubectl apply -k` of an overlay of the install listing the manifests/sidecar Component.
+    Component,
+    /// `ksit-exporter inject -f` of the install, applied over it.
+    Inject,
+}
+
+// Each test has its own network slot (tests/common/netns.rs), so they can run at once.
+#[tokio::test]
+async fn kubebuilder_config_with_the_webhook() {
+    run(KUBEBUILDER, Way::Webhook, 0).await;
 }
 
 #[tokio::test]
-async fn kubebuilder_config() {
-    run(Layout {
-        name: "kubebuilder",
-        deployment: "ksit-controller-manager",
-        service_account: "ksit-controller",
-        slot: 0,
-    })
-    .await;
+async fn kustomize_dev_with_the_webhook() {
+    run(KUSTOMIZE_DEV, Way::Webhook, 1).await;
 }
 
 #[tokio::test]
-async fn kustomize_dev() {
-    run(Layout {
-        name: "kustomize-dev",
-        deployment: "ksit-controller-manager",
-        service_account: "ksit-controller",
-        slot: 1,
-    })
-    .await;
+async fn kustomize_prod_with_the_webhook() {
+    run(KUSTOMIZE_PROD, Way::Webhook, 2).await;
 }
 
 #[tokio::test]
-async fn kustomize_prod() {
-    run(Layout {
-        name: "kustomize-prod",
-        deployment: "prod-ksit-controller-manager",
-        service_account: "prod-ksit-controller",
-        slot: 2,
-    })
-    .await;
+async fn helm_chart_with_the_webhook() {
+    run(HELM, Way::Webhook, 3).await;
 }
 
 #[tokio::test]
-async fn helm_chart() {
-    run(Layout {
-        name: "helm",
-        deployment: "ksit",
-        service_account: "ksit",
-        slot: 3,
-    })
-    .await;
+async fn kubebuilder_config_with_the_sidecar_component() {
+    run(KUBEBUILDER, Way::Component, 4).await;
+}
+
+#[tokio::test]
+async fn kustomize_dev_with_the_sidecar_component() {
+    run(KUSTOMIZE_DEV, Way::Component, 5).await;
+}
+
+#[tokio::test]
+async fn kustomize_prod_with_the_sidecar_component() {
+    run(KUSTOMIZE_PROD, Way::Component, 6).await;
+}
+
+#[tokio::test]
+async fn helm_chart_with_inject() {
+    run(HELM, Way::Inject, 7).await;
 }
 
 /// A child process killed on drop, with its log file.
@@ -420,15 +450,53 @@ fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn run(layout: Layout) {
+/// A kustomization under target/ (kustomize refuses absolute paths) with the layout's fixture
+/// and the manifests/sidecar Component, as a user's overlay of their install would be.
+fn sidecar_overlay(layout: &Layout) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("layouts-e2e-")
+        .tempdir_in(common::repo_path("target"))
+        .expect("a directory under target/");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "resources: [../../tests/testdata/layouts/{}]\ncomponents: [../../manifests/sidecar]\n",
+            layout.name
+        ),
+    )
+    .expect("writing the overlay");
+    dir
+}
+
+/// `ksit-exporter inject -f -` of `yaml`.
+fn inject(yaml: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ksit-exporter inject starts");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin
+        .write_all(yaml.as_bytes())
+        .expect("writing to ksit-exporter inject");
+    drop(stdin);
+    check(
+        child.wait_with_output().expect("ksit-exporter inject ends"),
+        "ksit-exporter inject -f -",
+    )
+}
+
+async fn run(layout: Layout, way: Way, slot: u32) {
     let Some(cp) = control_plane().await else {
         return;
     };
-    let Some(netns) = netns::create_or_skip("198.51.100", layout.slot) else {
+    let Some(netns) = netns::create_or_skip("198.51.100", slot) else {
         return;
     };
     let started = Instant::now();
-    let tag = format!("{}-{}", layout.name, std::process::id());
+    let tag = format!("{}-{way:?}-{}", layout.name, std::process::id());
     let target = common::repo_path("target");
     let mut owned = Vec::new();
 
@@ -459,17 +527,23 @@ async fn run(layout: Layout) {
         &mut owned,
     );
     let certs = tempfile::tempdir().expect("a temporary directory");
-    let ca_bundle = check(
-        Command::new(BIN)
-            .args(["webhook", "certs", "--dir"])
-            .arg(certs.path())
-            .args(["--host", "127.0.0.1"])
-            .output()
-            .expect("ksit-exporter webhook certs"),
-        "ksit-exporter webhook certs",
-    );
-    let webhook = start_webhook(certs.path()).await;
-    register_webhook(&cp, webhook.addr, ca_bundle.trim(), &ns.name, &mut owned).await;
+    let _webhook = match way {
+        Way::Webhook => {
+            let ca_bundle = check(
+                Command::new(BIN)
+                    .args(["webhook", "certs", "--dir"])
+                    .arg(certs.path())
+                    .args(["--host", "127.0.0.1"])
+                    .output()
+                    .expect("ksit-exporter webhook certs"),
+                "ksit-exporter webhook certs",
+            );
+            let webhook = start_webhook(certs.path()).await;
+            register_webhook(&cp, webhook.addr, ca_bundle.trim(), &ns.name, &mut owned).await;
+            Some(webhook)
+        }
+        Way::Component | Way::Inject => None,
+    };
     let _cluster_objects = ClusterObjects {
         names: owned,
         cleanup: cp.cleanup(),
@@ -494,41 +568,56 @@ async fn run(layout: Layout) {
     assert!(!has_sidecar(&plain), "injection is not enabled yet");
     assert_eq!(label(&plain, EXPORTER_LABEL.0), None);
 
-    // The README's steps: enable injection for the namespace, restart the manager.
-    check(
-        cp.kubectl(&["label", "namespace", &ns.name, "ksit.io/inject=enabled"]),
-        "kubectl label namespace",
-    );
-    let probe: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "probe"},
-        "spec": {"containers": [{"name": "app", "image": "app"}]},
-    }))
-    .expect("a pod");
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    eventually(WAIT, "the API server to call the webhook", || async {
-        match pods.create(&dry, &probe).await {
-            Ok(pod) if has_sidecar(&pod) => Ok(()),
-            Ok(_) => Err("a pod without the sidecar".to_string()),
-            Err(e) => Err(e.to_string()),
+    // The README's steps for this way.
+    match way {
+        Way::Webhook => {
+            check(
+                cp.kubectl(&["label", "namespace", &ns.name, "ksit.io/inject=enabled"]),
+                "kubectl label namespace",
+            );
+            let probe: Pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "probe"},
+                "spec": {"containers": [{"name": "app", "image": "app"}]},
+            }))
+            .expect("a pod");
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            eventually(WAIT, "the API server to call the webhook", || async {
+                match pods.create(&dry, &probe).await {
+                    Ok(pod) if has_sidecar(&pod) => Ok(()),
+                    Ok(_) => Err("a pod without the sidecar".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await;
+            check(
+                cp.kubectl(&[
+                    "-n",
+                    &ns.name,
+                    "rollout",
+                    "restart",
+                    &format!("deployment/{}", layout.deployment),
+                ]),
+                "kubectl rollout restart",
+            );
         }
-    })
-    .await;
-    check(
-        cp.kubectl(&[
-            "-n",
-            &ns.name,
-            "rollout",
-            "restart",
-            &format!("deployment/{}", layout.deployment),
-        ]),
-        "kubectl rollout restart",
-    );
+        // Applied over the running install: a changed selector would be refused here.
+        Way::Component => {
+            let overlay = sidecar_overlay(&layout);
+            let rendered = cp.render(overlay.path().to_str().expect("UTF-8 path"));
+            cp.apply_yaml(
+                &ns.name,
+                &into_namespace(rendered, &ns.name, &mut Vec::new()),
+            );
+        }
+        Way::Inject => cp.apply_yaml(&ns.name, &inject(&install)),
+    }
 
-    // The controllers make a new pod; the webhook gave it the sidecar and the label.
+    // The controllers make a new pod, which has the sidecar and the label (from the webhook, or
+    // from the pod template).
     let selector = format!("{}={}", EXPORTER_LABEL.0, EXPORTER_LABEL.1);
     let pod = eventually(
         WAIT,
@@ -546,17 +635,24 @@ async fn run(layout: Layout) {
     )
     .await;
     let pod_name = pod.metadata.name.clone().expect("a stored pod has a name");
+    assert!(has_sidecar(&pod), "{pod_name}: {:?}", pod.spec);
     let status = pod
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get("ksit.io/inject-status"))
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        status.starts_with("injected: ") && status.contains("moved to 127.0.0.1:8082"),
-        "{pod_name}: {status}"
-    );
+        .cloned();
+    match way {
+        Way::Webhook | Way::Inject => {
+            let status = status.unwrap_or_default();
+            assert!(
+                status.starts_with("injected: ") && status.contains("moved to 127.0.0.1:8082"),
+                "{pod_name}: {status}"
+            );
+        }
+        // Added by hand: nothing was injected.
+        Way::Component => assert_eq!(status, None, "{pod_name}"),
+    }
     let spec = pod.spec.as_ref().expect("a pod has a spec");
     assert_eq!(
         spec.service_account_name.as_deref(),
@@ -757,7 +853,7 @@ async fn run(layout: Layout) {
     let up = query(&prom, r#"up{job="ksit"}"#).await.expect("a query");
     assert_eq!(up.len(), 1, "exactly one ksit target: {up:?}");
     eprintln!(
-        "{}: Deployment -> webhook -> Endpoints -> Prometheus in {:.1}s; {} ksit_cluster_status series",
+        "{} with {way:?}: Deployment -> Pod -> Endpoints -> Prometheus in {:.1}s; {} ksit_cluster_status series",
         layout.name,
         started.elapsed().as_secs_f64(),
         series.len()

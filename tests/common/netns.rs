@@ -37,7 +37,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// Namespaces one test process may hold at once.
-pub const SLOTS: u32 = 4;
+pub const SLOTS: u32 = 8;
 
 impl NetNs {
     /// A namespace with a /30 in `net` (a /24 prefix such as `192.0.2`), chosen from this
