@@ -18,7 +18,8 @@
 //!    `manifests/layouts/<layout>` binds lets it read anything; the manager it reads beside it
 //!    is the stand-in on 127.0.0.1:8081/8082 of the namespace, where the injection moved it;
 //! 5. a real Prometheus with the page's scrape config (kubernetes_sd, role endpoints, pointed at
-//!    the test API server) finds the Pod's address and `ksit_cluster_status` answers in PromQL.
+//!    the test API server), and with the job prometheus-operator makes of the ServiceMonitor
+//!    (role endpointslice), finds the Pod's address and `ksit_cluster_status` answers in PromQL.
 //!
 //! Needs the control plane and root (for the network namespace); under `CI=true` a missing one
 //! is a failure.
@@ -444,8 +445,51 @@ fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
         "key_file": pki.join("admin.key"),
     });
     sd["namespaces"] = json!({ "names": [namespace] });
+    let sd = sd.clone();
+    let servicemonitor = servicemonitor_job(cp, sd);
+    config["scrape_configs"]
+        .as_array_mut()
+        .expect("scrape_configs")
+        .push(servicemonitor);
+    // Fast scrapes keep the test short; neither job sets an interval Prometheus would honour.
     config["global"] = json!({ "scrape_interval": "1s", "scrape_timeout": "1s" });
     config
+}
+
+/// The job prometheus-operator makes of manifests/monitoring's ServiceMonitor, in what decides
+/// which targets it finds: role endpointslice in the ServiceMonitor's namespace (`sd`), Services
+/// kept by the selector's labels, endpoints by the port's name, honorLabels as honor_labels.
+/// (Its 30 s interval is left to the global 1 s, to keep the test short.)
+fn servicemonitor_job(cp: &ControlPlane, mut sd: Value) -> Value {
+    let items = cp.render("manifests/monitoring");
+    let sm = items
+        .iter()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .expect("manifests/monitoring has a ServiceMonitor");
+    let mut relabel: Vec<Value> = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("the ServiceMonitor selects by matchLabels")
+        .iter()
+        .map(|(key, value)| {
+            let key: String = key
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            json!({"source_labels": [format!("__meta_kubernetes_service_label_{key}")], "regex": value, "action": "keep"})
+        })
+        .collect();
+    let endpoints = sm["spec"]["endpoints"]
+        .as_array()
+        .expect("ServiceMonitor endpoints");
+    assert_eq!(endpoints.len(), 1, "{sm}");
+    relabel.push(json!({"source_labels": ["__meta_kubernetes_endpointslice_port_name"], "regex": endpoints[0]["port"], "action": "keep"}));
+    sd["role"] = json!("endpointslice");
+    json!({
+        "job_name": "ksit-servicemonitor",
+        "honor_labels": endpoints[0]["honorLabels"],
+        "kubernetes_sd_configs": [sd],
+        "relabel_configs": relabel,
+    })
 }
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -809,33 +853,43 @@ async fn run(layout: Layout, way: Way, slot: u32) {
         )
     };
 
-    let found = eventually(
-        WAIT,
-        "Prometheus scraping the pod through ksit-monitor",
-        || async {
-            let reply =
-                http::try_request(&prom, "GET", "/api/v1/targets?state=active", &[]).await?;
-            let v: Value = serde_json::from_slice(&reply.body)
-                .map_err(|e| format!("{e}: {}", reply.text()))?;
-            v["data"]["activeTargets"]
-                .as_array()
-                .and_then(|ts| {
-                    ts.iter()
-                        .find(|t| t["labels"]["job"] == "ksit" && t["health"] == "up")
-                        .cloned()
-                })
-                .ok_or_else(|| format!("active targets: {}{}", v["data"]["activeTargets"], logs()))
-        },
-    )
-    .await;
-    assert_eq!(
-        found["scrapeUrl"],
-        format!("http://{}:8080/metrics", netns.ns_ip),
-        "{found}"
-    );
-    let discovered = &found["discoveredLabels"];
-    assert_eq!(discovered["__meta_kubernetes_service_name"], "ksit-monitor");
-    assert_eq!(discovered["__meta_kubernetes_pod_name"], json!(pod_name));
+    // The page's job (role endpoints) and the ServiceMonitor's (role endpointslice) each find
+    // the pod, and only on the sidecar's port.
+    for job in ["ksit", "ksit-servicemonitor"] {
+        let found = eventually(
+            WAIT,
+            &format!("Prometheus job {job} scraping the pod through ksit-monitor"),
+            || async {
+                let reply =
+                    http::try_request(&prom, "GET", "/api/v1/targets?state=active", &[]).await?;
+                let v: Value = serde_json::from_slice(&reply.body)
+                    .map_err(|e| format!("{e}: {}", reply.text()))?;
+                v["data"]["activeTargets"]
+                    .as_array()
+                    .and_then(|ts| {
+                        ts.iter()
+                            .find(|t| t["labels"]["job"] == job && t["health"] == "up")
+                            .cloned()
+                    })
+                    .ok_or_else(|| {
+                        format!("active targets: {}{}", v["data"]["activeTargets"], logs())
+                    })
+            },
+        )
+        .await;
+        assert_eq!(
+            found["scrapeUrl"],
+            format!("http://{}:8080/metrics", netns.ns_ip),
+            "{found}"
+        );
+        let discovered = &found["discoveredLabels"];
+        assert_eq!(discovered["__meta_kubernetes_service_name"], "ksit-monitor");
+        assert_eq!(discovered["__meta_kubernetes_pod_name"], json!(pod_name));
+        let up = query(&prom, &format!(r#"up{{job="{job}"}}"#))
+            .await
+            .expect("a query");
+        assert_eq!(up.len(), 1, "exactly one {job} target: {up:?}");
+    }
 
     let series = eventually(WAIT, "ksit_cluster_status in PromQL", || async {
         let result = query(&prom, "ksit_cluster_status").await?;
@@ -850,8 +904,6 @@ async fn run(layout: Layout, way: Way, slot: u32) {
         assert_eq!(s["metric"]["namespace"], json!(ns.name), "{s}");
         assert_eq!(s["metric"]["source"], "integrationtarget", "{s}");
     }
-    let up = query(&prom, r#"up{job="ksit"}"#).await.expect("a query");
-    assert_eq!(up.len(), 1, "exactly one ksit target: {up:?}");
     eprintln!(
         "{} with {way:?}: Deployment -> Pod -> Endpoints -> Prometheus in {:.1}s; {} ksit_cluster_status series",
         layout.name,
