@@ -570,9 +570,10 @@ async fn run(layout: Layout, way: Way, slot: u32) {
         &ns.name,
         &mut owned,
     );
-    let certs = tempfile::tempdir().expect("a temporary directory");
+    // Kept to the end of the test: the webhook reads its certificate files.
     let _webhook = match way {
         Way::Webhook => {
+            let certs = tempfile::tempdir().expect("a temporary directory");
             let ca_bundle = check(
                 Command::new(BIN)
                     .args(["webhook", "certs", "--dir"])
@@ -584,7 +585,7 @@ async fn run(layout: Layout, way: Way, slot: u32) {
             );
             let webhook = start_webhook(certs.path()).await;
             register_webhook(&cp, webhook.addr, ca_bundle.trim(), &ns.name, &mut owned).await;
-            Some(webhook)
+            Some((webhook, certs))
         }
         Way::Component | Way::Inject => None,
     };
@@ -595,8 +596,7 @@ async fn run(layout: Layout, way: Way, slot: u32) {
     cp.apply_yaml(&ns.name, &install);
     cp.apply_yaml(&ns.name, &extras);
 
-    // Before injection is enabled the install's pod has no sidecar, and the Service selects
-    // nothing.
+    // As installed, the pod has no sidecar, nor the label the Service selects.
     let pods = Api::<Pod>::namespaced(cp.client.clone(), &ns.name);
     let plain = eventually(WAIT, "the install's first pod", || async {
         let list = pods
