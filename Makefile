@@ -58,10 +58,10 @@ fuzz: ## fuzz the upstream parser, the admission handler and inject's reader, FU
 		cargo +nightly fuzz run $$name $(CURDIR)/fuzz/corpus/$$name.new $(CURDIR)/$$corpus -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536; \
 	done
 
-controlplane-build: ## build etcd, kube-apiserver, prometheus, promtool and the stand-in manager (cached)
+controlplane-build: ## build etcd, kube-apiserver, kube-controller-manager, prometheus, promtool and the stand-in manager (cached)
 	scripts/controlplane.sh build
 
-controlplane-up: ## start etcd and kube-apiserver on loopback; kubeconfig in target/controlplane/kubeconfig
+controlplane-up: ## start etcd, kube-apiserver and kube-controller-manager on loopback; kubeconfig in target/controlplane/kubeconfig
 	scripts/controlplane.sh up
 
 controlplane-down: ## stop the test control plane

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test control plane: etcd and kube-apiserver on 127.0.0.1, with RBAC, the ksit.io,
-# prometheus-operator and open-cluster-management CRDs installed.
+# The test control plane: etcd, kube-apiserver and kube-controller-manager on 127.0.0.1, with
+# RBAC, the ksit.io, prometheus-operator and open-cluster-management CRDs installed. There is no
+# scheduler and no kubelet: tests bind pods and write their status themselves.
 #
 #   scripts/controlplane.sh build    build (or reuse cached) binaries, link them into target/controlplane/bin
 #   scripts/controlplane.sh up       build if needed, start, install CRDs; does nothing if already up
@@ -103,7 +104,7 @@ cmd_build() {
 	# Without these, kube-apiserver reports version v0.0.0-master and kubectl warns about skew.
 	build_component kubernetes "$cp/kubernetes" \
 		"-s -w -X $v.gitVersion=$k8s -X $v.gitMajor=1 -X $v.gitMinor=$(cut -d. -f2 <<<"$k8s") -X $v.gitTreeState=clean" \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 	build_component etcd "$cp/etcd" "-s -w" go.etcd.io/etcd/server/v3
 	build_component prometheus "$cp/prometheus" "-s -w -X github.com/prometheus/common/version.Version=$prom" \
 		github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
@@ -135,7 +136,7 @@ api_ready() {
 }
 
 cmd_status() {
-	if pid_alive etcd && pid_alive kube-apiserver && api_ready; then
+	if pid_alive etcd && pid_alive kube-apiserver && pid_alive kube-controller-manager && api_ready; then
 		log "up: $(sed -n "s/^export KSIT_CONTROLPLANE_SERVER='\(.*\)'$/\1/p" "$ENV_FILE") (KUBECONFIG=$KUBECONFIG_FILE)"
 		return 0
 	fi
@@ -253,6 +254,21 @@ start_apiserver() {
 		--cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" "$SERVER_URL/readyz"
 }
 
+# Only the controllers that turn a Deployment into Pods and a Service into Endpoints and
+# EndpointSlices, and the garbage collector that removes what a deleted owner leaves behind.
+# The serving port answers /healthz only, which is all `up` asks of it.
+start_controller_manager() {
+	local port
+	port=$(free_port)
+	start kube-controller-manager \
+		--kubeconfig="$KUBECONFIG_FILE" \
+		--controllers=deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,garbage-collector-controller \
+		--leader-elect=false \
+		--bind-address=127.0.0.1 --secure-port="$port" --cert-dir="$CP_DIR/kube-controller-manager-certs" \
+		--profiling=false
+	wait_for kube-controller-manager 60 curl -sfk --max-time 2 "https://127.0.0.1:$port/healthz"
+}
+
 write_kubeconfig() {
 	local tmp=$KUBECONFIG_FILE.tmp
 	cat >"$tmp" <<EOF
@@ -352,6 +368,12 @@ cmd_up() {
 		((attempt < 3)) || die "control plane did not start"
 	done
 	write_kubeconfig
+	for attempt in 1 2 3; do
+		start_controller_manager && break
+		log "kube-controller-manager start attempt $attempt failed; see $CP_DIR/kube-controller-manager.log"
+		stop_pid kube-controller-manager
+		((attempt < 3)) || die "kube-controller-manager did not start"
+	done
 	write_env
 	install_crds
 	log "up in $((SECONDS - start))s: $SERVER_URL; env in $ENV_FILE"
@@ -376,10 +398,11 @@ stop_pid() {
 cmd_down() {
 	local f
 	# Managers left by tests that did not get to clean up (e.g. a killed test binary),
-	# then the API server before the etcd it writes to.
+	# then the controller-manager and the API server before the etcd it writes to.
 	for f in "$RUN_DIR"/ksit-manager-*.pid; do
 		[[ -e $f ]] && stop_pid "$(basename "$f" .pid)"
 	done
+	stop_pid kube-controller-manager
 	stop_pid kube-apiserver
 	stop_pid etcd
 	rm -rf "$CP_DIR/etcd-data" "$ENV_FILE" "$KUBECONFIG_FILE"

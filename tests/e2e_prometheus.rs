@@ -12,6 +12,7 @@
 //! the control plane). Inside the namespace, loopback is the namespace's own, so a relay (a
 //! process with one foot in each namespace) carries the exporter's connections to the API
 //! server and to the manager on this machine's 127.0.0.1. No packet leaves the machine.
+//! (Both live in tests/common/netns.rs.)
 //!
 //! Needs root (CAP_NET_ADMIN) for `ip netns`; without it the test is skipped, except under
 //! `CI=true`, where that is a failure.
@@ -20,147 +21,14 @@ mod common;
 
 use std::fmt;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, check, control_plane, eventually, free_port, http, test_namespace};
+use common::{
+    ControlPlane, check, control_plane, eventually, free_port, http, netns, test_namespace,
+};
 use serde_json::{Value, json};
-
-/// A network namespace with a veth pair to this one, deleted (with its veth) on drop.
-struct NetNs {
-    name: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl NetNs {
-    fn create() -> Result<NetNs, String> {
-        remove_stale_namespaces();
-        let pid = std::process::id();
-        // One /30 per test process, so concurrent runs on one machine do not collide.
-        let base = 4 * (pid % 64);
-        let ns = NetNs {
-            name: format!("ksit-e2e-{pid}"),
-            host_ip: format!("192.0.2.{}", base + 1),
-            ns_ip: format!("192.0.2.{}", base + 2),
-        };
-        ip(&["netns", "add", &ns.name])?;
-        let (host_if, ns_if) = (format!("ke{pid}h"), format!("ke{pid}n"));
-        let setup = || -> Result<(), String> {
-            ip(&[
-                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name,
-            ])?;
-            ip(&[
-                "addr",
-                "add",
-                &format!("{}/30", ns.host_ip),
-                "dev",
-                &host_if,
-            ])?;
-            ip(&["link", "set", &host_if, "up"])?;
-            ip(&[
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{}/30", ns.ns_ip),
-                "dev",
-                &ns_if,
-            ])?;
-            ip(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
-            // A new namespace's loopback is down; the relay listens on it.
-            ip(&["-n", &ns.name, "link", "set", "lo", "up"])
-        };
-        // On failure, drop removes the namespace (and with it the veth).
-        setup().map(|()| ns)
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        // Deleting the namespace destroys the veth pair with it.
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
-
-/// Namespaces left by a killed test run (their pid is gone).
-fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
-        if let Some(pid) = name.strip_prefix("ksit-e2e-")
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = ip(&["netns", "del", &name]);
-        }
-    }
-}
-
-/// Listens on 127.0.0.1:PORT inside the namespace for each port and forwards each connection
-/// to 127.0.0.1:PORT of this machine: the sockets are created after setns(2) into the
-/// namespace, the connections after returning. Prints `ready` once listening.
-const RELAY: &str = r#"
-import ctypes, os, socket, sys, threading
-libc = ctypes.CDLL(None, use_errno=True)
-def setns(fd):
-    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-        raise OSError(ctypes.get_errno(), "setns")
-host = os.open("/proc/self/ns/net", os.O_RDONLY)
-setns(os.open(sys.argv[1], os.O_RDONLY))
-listeners = []
-for port in map(int, sys.argv[2:]):
-    s = socket.socket()
-    s.bind(("127.0.0.1", port))
-    s.listen(64)
-    listeners.append((s, port))
-setns(host)
-def pipe(src, dst):
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    for s in (src, dst):
-        try: s.shutdown(socket.SHUT_RDWR)
-        except OSError: pass
-def serve(listener, port):
-    while True:
-        conn, _ = listener.accept()
-        try:
-            up = socket.create_connection(("127.0.0.1", port))
-        except OSError:
-            conn.close()
-            continue
-        for a, b in ((conn, up), (up, conn)):
-            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
-for l, p in listeners:
-    threading.Thread(target=serve, args=(l, p), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"#;
 
 /// A child process killed on drop, with its log file.
 struct Proc {
@@ -189,42 +57,6 @@ fn spawn_logged(cmd: &mut Command, log: PathBuf) -> Proc {
         .spawn()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
     Proc { child, log }
-}
-
-/// The relay process, killed on drop.
-struct Relay(Child);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn start_relay(ns: &NetNs, ports: &[u16]) -> Relay {
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(RELAY)
-        .arg(ns.path())
-        .args(ports.iter().map(u16::to_string))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the relay");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let relay = Relay(child);
-    // Read on a thread, so the wait for the line can have a deadline.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("the relay says ready within 10s")
-        .unwrap_or_default();
-    assert_eq!(line.trim(), "ready", "relay did not start");
-    relay
 }
 
 fn port_of(addr: &str) -> u16 {
@@ -336,15 +168,8 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
         return;
     };
     let started = Instant::now();
-    let netns = match NetNs::create() {
-        Ok(ns) => ns,
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-            panic!("CI=true but no network namespace for the exporter: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: cannot create a network namespace (needs root): {why}");
-            return;
-        }
+    let Some(netns) = netns::create_or_skip("192.0.2", 0) else {
+        return;
     };
     let ns = test_namespace(&cp, "e2e-prom", &[]).await;
     cp.apply_path(&ns.name, "manifests/samples");
@@ -361,13 +186,14 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
     .await;
 
     let api_port = port_of(&cp.server_url);
-    let _relay = start_relay(
+    let _relay = netns::start_relay(
         &netns,
         &[
             api_port,
             port_of(&manager.metrics_addr),
             port_of(&manager.health_addr),
-        ],
+        ]
+        .map(|port| (port, port)),
     )
     .await;
     let listen = format!("{}:8080", netns.ns_ip);

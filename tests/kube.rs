@@ -232,6 +232,10 @@ async fn cluster_and_integration_series_follow_their_objects() {
 
 /// A Deployment, its ReplicaSet and pod (written as a kubelet and the controllers would), and
 /// the leader Lease: the component series follow them, and the KSIT series follow leadership.
+/// The control plane's controllers run too: the Deployment is paused, so its controller makes no
+/// ReplicaSet of its own and keeps the one written here (labelled, or it would release it); the
+/// replicaset controller makes its second, never-ready pod; the pod here is Ready as a kubelet
+/// would report it; so the status the controllers keep writing has the counts written here.
 #[tokio::test]
 async fn pod_workload_and_lease_series_and_leader_gating() {
     let Some(cp) = control_plane().await else {
@@ -245,7 +249,7 @@ async fn pod_workload_and_lease_series_and_leader_gating() {
     let deploy = create(
         &deployments,
         json!({"metadata": {"name": "ksit-controller-manager"},
-               "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+               "spec": {"replicas": 2, "paused": true, "selector": {"matchLabels": labels},
                         "template": {"metadata": {"labels": labels}, "spec": {"containers": container}}}}),
     )
     .await;
@@ -259,7 +263,7 @@ async fn pod_workload_and_lease_series_and_leader_gating() {
     let replicasets: Api<ReplicaSet> = Api::namespaced(cp.client.clone(), n);
     let rs = create(
         &replicasets,
-        json!({"metadata": {"name": "ksit-controller-manager-5d9c", "ownerReferences":
+        json!({"metadata": {"name": "ksit-controller-manager-5d9c", "labels": labels, "ownerReferences":
                             owner("Deployment", "ksit-controller-manager", deploy.metadata.uid.as_deref().expect("uid"))},
                "spec": {"replicas": 2, "selector": {"matchLabels": labels},
                         "template": {"metadata": {"labels": labels}, "spec": {"containers": container}}}}),
@@ -277,7 +281,7 @@ async fn pod_workload_and_lease_series_and_leader_gating() {
     patch_status(
         &pods,
         pod_name,
-        json!({"phase": "Running", "containerStatuses": [{
+        json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{
             "name": "manager", "ready": true, "restartCount": 2, "image": "ksit/manager:test", "imageID": "",
             "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
             "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}}}]}),

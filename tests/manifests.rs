@@ -34,6 +34,40 @@ fn kustomizations(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A kustomization under target/ (kustomize refuses absolute paths) listing `resources` and
+/// `components`, both relative to the repository; removed on drop.
+struct Overlay(tempfile::TempDir);
+
+impl Overlay {
+    fn new(resources: &[&str], components: &[&str]) -> Overlay {
+        let dir = tempfile::Builder::new()
+            .prefix("overlay-")
+            .tempdir_in(repo("target"))
+            .unwrap();
+        let list = |paths: &[&str]| {
+            paths
+                .iter()
+                .map(|p| format!("../../{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            format!(
+                "resources: [{}]\ncomponents: [{}]\n",
+                list(resources),
+                list(components)
+            ),
+        )
+        .unwrap();
+        Overlay(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.path().to_str().expect("UTF-8 path")
+    }
+}
+
 fn find<'a>(items: &'a [Value], kind: &str, name: &str) -> &'a Value {
     items
         .iter()
@@ -60,6 +94,10 @@ async fn every_kustomization_builds() {
     kustomizations(&repo("manifests"), &mut dirs);
     for d in [
         "manifests/sidecar",
+        "manifests/layouts/kubebuilder",
+        "manifests/layouts/kustomize-dev",
+        "manifests/layouts/kustomize-prod",
+        "manifests/layouts/helm",
         "manifests/monitoring/podmonitor",
         "manifests/demo/prometheus",
     ] {
@@ -165,33 +203,26 @@ async fn network_policy_components_select_their_pods_and_pass_server_side_dry_ru
     let Some(cp) = control_plane().await else {
         return;
     };
-    for (base, component, policy, deployment, metrics_port) in [
+    for (base, components, policy, deployment, metrics_port) in [
         (
             "manifests/webhook/base",
-            "manifests/networkpolicy/webhook",
+            &["manifests/networkpolicy/webhook"][..],
             "ksit-webhook",
             "ksit-webhook",
             json!("metrics"),
         ),
+        // KSIT's install with the sidecar added by hand.
         (
-            "manifests/sidecar",
-            "manifests/networkpolicy/sidecar",
+            "tests/testdata/layouts/kubebuilder",
+            &["manifests/sidecar", "manifests/networkpolicy/sidecar"][..],
             "ksit-exporter-metrics",
             "ksit-controller-manager",
             json!(8080),
         ),
     ] {
-        // kustomize refuses absolute paths, so the overlay lives under target/.
-        let overlay = tempfile::Builder::new()
-            .prefix("networkpolicy-")
-            .tempdir_in(repo("target"))
-            .unwrap();
-        std::fs::write(
-            overlay.path().join("kustomization.yaml"),
-            format!("resources: [../../{base}]\ncomponents: [../../{component}]\n"),
-        )
-        .unwrap();
-        let dir = overlay.path().to_str().unwrap();
+        let component = components.last().expect("a component under test");
+        let overlay = Overlay::new(&[base], components);
+        let dir = overlay.path();
         let items = cp.render(dir);
         let np = find(&items, "NetworkPolicy", policy);
         let deploy = find(&items, "Deployment", deployment);
@@ -265,8 +296,13 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     )
     .unwrap();
     let mut page: Value = serde_saphyr::from_str(PAGE_SCRAPE_CONFIG).unwrap();
-    // The one addition, docs/metrics.md "Labels that cannot clash".
+    // The additions: docs/metrics.md "Labels that cannot clash", and only the Service's port
+    // (role endpoints also targets every other port of the pods; tests/layouts_e2e.rs).
     page["scrape_configs"][0]["honor_labels"] = json!(true);
+    page["scrape_configs"][0]["relabel_configs"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"source_labels": ["__meta_kubernetes_endpoint_port_name"], "action": "keep", "regex": "metrics"}));
     assert_eq!(shipped, page);
 
     let items = cp.render("manifests/monitoring");
@@ -291,42 +327,14 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
         shipped
     );
 
-    // Both find the Service the sidecar Deployment is exposed by.
-    let items = cp.render("manifests/sidecar");
+    // Both find the ksit-monitor Service; which pods it selects: every_layout_... below.
+    let items = cp.render("manifests/service");
     let svc = find(&items, "Service", "ksit-monitor");
     assert_eq!(svc["metadata"]["labels"]["app"], "ksit");
     assert_eq!(
         svc["spec"]["ports"],
         json!([{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}])
     );
-    let deploy = find(&items, "Deployment", "ksit-controller-manager");
-    let pod = &deploy["spec"]["template"];
-    let selector = svc["spec"]["selector"].as_object().unwrap();
-    assert!(!selector.is_empty(), "{svc}");
-    for (k, v) in selector {
-        assert_eq!(&pod["metadata"]["labels"][k], v, "selector {k}");
-    }
-    assert_eq!(pod["spec"]["shareProcessNamespace"], true);
-    let containers = pod["spec"]["containers"].as_array().unwrap();
-    let manager = containers.iter().find(|c| c["name"] == "manager").unwrap();
-    assert!(
-        manager["args"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("--metrics-bind-address=127.0.0.1:8082")),
-        "{manager}"
-    );
-    let sidecar = containers
-        .iter()
-        .find(|c| c["name"] == "ksit-exporter")
-        .unwrap();
-    assert_eq!(
-        sidecar["ports"],
-        json!([{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}])
-    );
-    assert!(sidecar["env"].as_array().unwrap().contains(
-        &json!({"name": "KSIT_UPSTREAM_METRICS_URL", "value": "http://127.0.0.1:8082/metrics"})
-    ));
 
     // promtool accepts a Prometheus config that embeds it, with the shipped rules.
     let dir = tempfile::tempdir().unwrap();
@@ -337,6 +345,142 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     let path = dir.path().join("prometheus.yml");
     std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     promtool(&cp, &["check", "config", path.to_str().unwrap()]);
+}
+
+/// Each of KSIT's install layouts (tests/testdata/layouts), with the sidecar added by every way
+/// that fits it: `ksit-exporter inject`, and for the kustomize layouts the manifests/sidecar
+/// Component in an overlay of the install. Each way keeps the Deployment's name and selector
+/// (immutable: the result must apply over the install) and puts on the pod template the label
+/// that the ksit-monitor Service and the PodMonitor select; manifests/layouts/<layout> binds
+/// the sidecar's Role and ClusterRole to the service account the pods run as.
+#[tokio::test]
+async fn every_layout_gets_a_sidecar_that_the_service_and_podmonitor_select() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let service = find(&cp.render("manifests/service"), "Service", "ksit-monitor").clone();
+    let selector = service["spec"]["selector"].as_object().unwrap().clone();
+    assert_eq!(selector.len(), 1, "{service}");
+    let podmonitor = find(
+        &cp.render("manifests/monitoring/podmonitor"),
+        "PodMonitor",
+        "ksit-monitor",
+    )
+    .clone();
+    assert_eq!(
+        podmonitor["spec"]["selector"]["matchLabels"],
+        Value::Object(selector.clone())
+    );
+    let mut cfg = ksit_exporter::inject::InjectorConfig::from_vars([]).expect("defaults are valid");
+    // As `ksit-exporter inject` runs: every pod template is opted in unless it opts out.
+    cfg.default_opt_in = true;
+    for (layout, deployment, kustomize) in [
+        ("kubebuilder", "ksit-controller-manager", true),
+        ("kustomize-dev", "ksit-controller-manager", true),
+        ("kustomize-prod", "prod-ksit-controller-manager", true),
+        ("helm", "ksit", false),
+    ] {
+        let fixture = format!("tests/testdata/layouts/{layout}");
+        let installed = cp.render(&fixture);
+        let original = find(&installed, "Deployment", deployment);
+        let account = original["spec"]["template"]["spec"]["serviceAccountName"].clone();
+        let pod_labels = original["spec"]["template"]["metadata"]["labels"]
+            .as_object()
+            .unwrap();
+        assert!(
+            selector.keys().all(|k| !pod_labels.contains_key(k)),
+            "{layout}: the install alone already carries the sidecar's label"
+        );
+
+        let extras = cp.render(&format!("manifests/layouts/{layout}"));
+        assert_eq!(
+            find(&extras, "Service", "ksit-monitor")["spec"],
+            service["spec"]
+        );
+        for (kind, name) in [
+            ("RoleBinding", "ksit-exporter"),
+            ("ClusterRoleBinding", "ksit-exporter-cluster"),
+        ] {
+            let binding = find(&extras, kind, name);
+            let mut subject = json!({"kind": "ServiceAccount", "name": account});
+            // A RoleBinding's subject defaults to the binding's own namespace.
+            if kind == "ClusterRoleBinding" {
+                subject["namespace"] = json!("ksit-system");
+            }
+            assert_eq!(
+                binding["subjects"],
+                json!([subject]),
+                "{layout}: {kind} {name}"
+            );
+        }
+
+        let yaml = installed
+            .iter()
+            .map(|o| serde_json::to_string(o).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        let injected = ksit_exporter::inject::manifests::inject_manifests(&yaml, &cfg)
+            .unwrap_or_else(|e| panic!("{layout}: inject: {e}"));
+        let injected: Vec<Value> = serde_saphyr::from_multiple(&injected.yaml).unwrap();
+        let mut ways = vec![("inject", find(&injected, "Deployment", deployment).clone())];
+        if kustomize {
+            let overlay = Overlay::new(&[&fixture], &["manifests/sidecar"]);
+            let items = cp.render(overlay.path());
+            ways.push((
+                "manifests/sidecar",
+                find(&items, "Deployment", deployment).clone(),
+            ));
+        }
+        for (way, deploy) in ways {
+            let what = format!("{layout} with {way}");
+            assert_eq!(
+                deploy["spec"]["selector"], original["spec"]["selector"],
+                "{what}"
+            );
+            let pod = &deploy["spec"]["template"];
+            for (k, v) in selector.iter().chain(pod_labels) {
+                assert_eq!(&pod["metadata"]["labels"][k], v, "{what}: pod label {k}");
+            }
+            assert_eq!(pod["spec"]["serviceAccountName"], account, "{what}");
+            let containers = pod["spec"]["containers"].as_array().unwrap().iter().chain(
+                pod["spec"]["initContainers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten(),
+            );
+            let (mut manager, mut sidecar) = (None, None);
+            for c in containers {
+                match c["name"].as_str() {
+                    Some("manager") => manager = Some(c),
+                    Some("ksit-exporter") => sidecar = Some(c),
+                    _ => {}
+                }
+            }
+            let manager = manager.unwrap_or_else(|| panic!("{what}: no manager"));
+            assert_eq!(manager["command"], json!(["/ksit"]), "{what}");
+            assert_eq!(
+                manager["args"],
+                json!([
+                    "--leader-elect",
+                    "--metrics-bind-address=127.0.0.1:8082",
+                    "--health-probe-bind-address=:8081"
+                ]),
+                "{what}"
+            );
+            let sidecar = sidecar.unwrap_or_else(|| panic!("{what}: no sidecar"));
+            assert_eq!(
+                sidecar["ports"],
+                json!([{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]),
+                "{what}"
+            );
+            assert!(
+                sidecar["env"].as_array().unwrap().contains(&json!(
+                    {"name": "KSIT_UPSTREAM_METRICS_URL", "value": "http://127.0.0.1:8082/metrics"}
+                )),
+                "{what}: {sidecar}"
+            );
+        }
+    }
 }
 
 /// The PrometheusRule's groups as a rule file (JSON is YAML); returns its path.

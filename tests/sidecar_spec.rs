@@ -5,13 +5,17 @@
 //!
 //! "KSIT's manager pod" is the one of `manifests/sidecar` without the sidecar and with the
 //! manager's metrics where KSIT ships them (`:8080`), annotated for the classic mode those
-//! manifests use and with `ksit.io/process-match: ^manager$`.
+//! manifests use and with `ksit.io/process-match: ^ksit$` (upstream's binary is `/ksit`).
+//! `manifests/sidecar` is a patch, so its pod is only what the patch sets; what it leaves
+//! alone (the manager's image, probes, ...) `inject` leaves alone too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
-use ksit_exporter::inject::{InjectorConfig, Outcome, SIDECAR_NAME, inject};
+use ksit_exporter::inject::{
+    EXPORTER_LABEL, EXPORTER_LABEL_VALUE, InjectorConfig, Outcome, SIDECAR_NAME, inject,
+};
 use serde_json::Value;
 
 /// Put by the docs right before the YAML block of the sidecar added by hand.
@@ -56,7 +60,7 @@ fn injected() -> PodSpec {
     let mut metadata = template.metadata.expect("the template has metadata");
     let annotations = metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert("ksit.io/sidecar-mode".into(), "classic".into());
-    annotations.insert("ksit.io/process-match".into(), "^manager$".into());
+    annotations.insert("ksit.io/process-match".into(), "^ksit$".into());
     let pod = Pod {
         metadata,
         spec: Some(spec),
@@ -83,6 +87,16 @@ fn manifests_sidecar_is_what_inject_produces() {
         normal(sidecar(&expected)),
         "manifests/sidecar/deployment.yaml's sidecar differs from inject's; inject gives:\n{}",
         as_yaml(sidecar(&expected))
+    );
+    // The label the ksit-monitor Service selects, on the pod template only.
+    let labels = manifest_template()
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get(EXPORTER_LABEL).map(String::as_str),
+        Some(EXPORTER_LABEL_VALUE),
+        "manifests/sidecar/deployment.yaml's pod template lacks the label inject adds"
     );
     // The rest of the pod too: the manager's metrics moved as the takeover moves them.
     assert_eq!(
@@ -120,6 +134,10 @@ fn docs_sidecar_block_is_what_inject_produces() {
         normal(sidecar(&expected)),
         "{name}'s sidecar block differs from inject's; inject gives:\n{}",
         as_yaml(sidecar(&expected))
+    );
+    assert_eq!(
+        value["metadata"]["labels"][EXPORTER_LABEL], EXPORTER_LABEL_VALUE,
+        "{name}: the block's pod label"
     );
     let manager = |spec: &PodSpec| spec.containers[0].args.clone();
     assert_eq!(

@@ -30,6 +30,10 @@ pub const METRICS_PORT_NAME: &str = "metrics";
 
 /// Namespace label (`enabled`) or pod label (`true`) that opts in; `false` on the pod opts out.
 pub const INJECT_KEY: &str = "ksit.io/inject";
+/// Pod label every pod with the sidecar carries ([`EXPORTER_LABEL_VALUE`]): what the `ksit-monitor`
+/// Service and the PodMonitor select, whatever labels the component's own install gives its pods.
+pub const EXPORTER_LABEL: &str = "ksit.io/exporter";
+pub const EXPORTER_LABEL_VALUE: &str = "sidecar";
 /// Records the outcome on the pod: `injected: ...` or `skipped: <reason>: <detail>`.
 pub const STATUS_ANNOTATION: &str = "ksit.io/inject-status";
 /// Overrides the configured sidecar mode for one pod (`native` or `classic`).
@@ -176,6 +180,10 @@ fn with_sidecar(
         }
     }
     new.spec = Some(spec);
+    new.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(EXPORTER_LABEL.to_string(), EXPORTER_LABEL_VALUE.to_string());
     Ok(Outcome::Injected {
         pod: with_annotation(new, STATUS_ANNOTATION, status),
         warnings,
@@ -388,6 +396,10 @@ mod tests {
             assert_eq!(*reason, SkipReason::NameConflict, "{image:?}");
             assert!(detail.contains("is not the sidecar"), "{detail}");
             assert_eq!(refused.spec, p.spec, "nothing but the status changes");
+            assert_eq!(
+                refused.metadata.labels, p.metadata.labels,
+                "a refused pod is not selected as one with the sidecar"
+            );
             // The refusal is stable: the status it wrote does not make the container ours.
             assert_eq!(inject(refused, &BTreeMap::new(), &offline), outcome);
         }
@@ -773,6 +785,13 @@ mod tests {
             get(&classic.metadata.annotations, STATUS_ANNOTATION),
             Some("injected: classic")
         );
+        for pod in [&native, &classic] {
+            assert_eq!(
+                get(&pod.metadata.labels, EXPORTER_LABEL),
+                Some(EXPORTER_LABEL_VALUE),
+                "the Service selects every injected pod by this label"
+            );
+        }
         assert_eq!(
             warnings.len(),
             1,

@@ -7,6 +7,7 @@
 
 pub mod exporter;
 pub mod http;
+pub mod netns;
 pub mod poll;
 pub mod scrape;
 
