@@ -804,7 +804,9 @@ async fn run(layout: Layout, way: Way, slot: u32) {
             .arg(cp.bin_dir.join("ksit-manager"))
             .args(&manager_args)
             .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
-            .arg(format!("--namespaces={}", ns.name)),
+            .arg(format!("--namespaces={}", ns.name))
+            // Upstream reads it from the service account's namespace file, which only a pod has.
+            .arg(format!("--leader-election-namespace={}", ns.name)),
         target.join(format!("layouts-e2e-manager-{tag}.log")),
     );
 
@@ -892,7 +894,9 @@ async fn run(layout: Layout, way: Way, slot: u32) {
     }
 
     let series = eventually(WAIT, "ksit_cluster_status in PromQL", || async {
-        let result = query(&prom, "ksit_cluster_status").await?;
+        // The sidecar reads every namespace (the default), other tests' objects included.
+        let promql = format!("ksit_cluster_status{{namespace={:?}}}", ns.name);
+        let result = query(&prom, &promql).await?;
         if result.is_empty() {
             Err(format!("no series yet{}", logs()))
         } else {

@@ -3,11 +3,12 @@
 //! open-cluster-management ManagedClusters (`ocm`). Each declares its families and runs its
 //! watches through the one runner in `watch`.
 //!
-//! Each watch feeds a reflector store: after the initial list the API server carries one watch
-//! per watched kind, re-established with backoff. Every change recomputes that kind's series
-//! from its store, so a deleted object loses its series at once. A failing collector sets its
-//! `ksit_exporter_collector_up` to 0 and keeps its last series; the others carry on and it
-//! recovers by itself.
+//! After the initial list the API server carries one watch per watched kind, re-established with
+//! backoff. Each event of IntegrationTargets, Integrations and ManagedClusters renders that
+//! object's series alone (`watch::objects`), so a deleted object loses its series at once; the
+//! pod, its workload and the Lease keep a reflector store of their one object. A failing
+//! collector sets its `ksit_exporter_collector_up` to 0 and keeps its last series; the others
+//! carry on and it recovers by itself.
 
 pub mod cluster;
 pub mod component;
