@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::DynamicObject;
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::CONDITION_STATUSES;
+use super::object::Object;
 use super::watch::{self, Gate, watch_all};
-use super::{Condition, field, first_of_each_type, ksit_resource, unix_seconds};
+use super::{Condition, first_of_each_type, ksit_resource, unix_seconds};
 use crate::labels;
 use crate::metrics::Render;
 use crate::metrics::{Family, ObjectGauges, Objects, Registry};
@@ -95,7 +95,7 @@ impl watch::ObjectFamilies for Families {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Spec {
     #[serde(rename = "type", default)]
@@ -117,7 +117,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ClusterStatus {
     #[serde(default)]
@@ -126,7 +126,7 @@ struct ClusterStatus {
     connected: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Status {
     phase: Option<String>,
@@ -137,6 +137,9 @@ struct Status {
     last_reconcile_time: Option<Time>,
     observed_generation: Option<i64>,
 }
+
+/// An Integration as the collector reads it.
+type IntegrationObject = Object<Spec, Status>;
 
 pub async fn run(
     client: Client,
@@ -158,9 +161,9 @@ pub async fn run(
 }
 
 /// Writes one Integration's series.
-pub fn write(out: &mut Render, f: &Families, obj: &DynamicObject) {
-    let spec: Spec = field(obj, "spec");
-    let status: Status = field(obj, "status");
+fn write(out: &mut Render, f: &Families, obj: &IntegrationObject) {
+    let spec = &obj.spec;
+    let status = &obj.status;
     let it = Integration {
         namespace: obj.namespace().unwrap_or_default(),
         integration: obj.name_any(),
@@ -309,7 +312,7 @@ mod tests {
     fn a_deleted_integration_loses_its_series_and_others_keep_theirs() {
         let registry = Registry::new();
         let families = Families::register(&registry);
-        let obj = |name: &str| -> DynamicObject {
+        let obj = |name: &str| -> IntegrationObject {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ns", "generation": 1},
                 "spec": {"type": "t"},

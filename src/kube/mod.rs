@@ -14,13 +14,14 @@ pub mod cluster;
 pub mod component;
 pub mod integrations;
 pub mod lease;
+pub mod object;
 pub mod ocm;
 pub mod series;
 pub mod targets;
 pub mod watch;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, GroupVersionKind};
 use serde::Deserialize;
 
 use crate::collector;
@@ -167,7 +168,7 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
 }
 
 /// A condition of a KSIT or open-cluster-management object's status.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type", default)]
@@ -189,15 +190,6 @@ fn first_of_each_type(conditions: &[Condition]) -> impl Iterator<Item = &Conditi
 /// A kind of KSIT's API group `ksit.io/v1alpha1`.
 fn ksit_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("ksit.io", "v1alpha1", kind), plural)
-}
-
-/// Reads `obj.data[field]` as `T`; a field of an unexpected shape reads as the default, so one
-/// odd object cannot stop the others from being reported.
-fn field<T: for<'de> Deserialize<'de> + Default>(obj: &DynamicObject, name: &str) -> T {
-    obj.data
-        .get(name)
-        .and_then(|v| T::deserialize(v).ok())
-        .unwrap_or_default()
 }
 
 /// Unix seconds of an RFC 3339 time as Kubernetes writes it.
@@ -258,10 +250,10 @@ pub(crate) mod table {
 
     /// The same for a writer of dynamic objects, the cases' inputs given as JSON: each object is
     /// rendered and put into its families' group.
-    pub fn check_objects<F: ObjectFamilies>(
+    pub fn check_objects<K: serde::de::DeserializeOwned, F: ObjectFamilies>(
         cases: &[(&str, serde_json::Value, &str)],
         register: fn(&Registry) -> F,
-        write: fn(&mut Render, &F, &kube::api::DynamicObject),
+        write: fn(&mut Render, &F, &K),
     ) {
         for (name, input, want) in cases {
             let registry = Registry::new();

@@ -1,13 +1,14 @@
 //! open-cluster-management ManagedClusters, the clusters of a KubeStellar ITS, reported as
 //! `ksit_cluster_*` series with `source="managedcluster"`.
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
+use super::object::Object;
 use super::watch::{self, Gate, watch_all};
-use super::{Condition, field, first_of_each_type};
+use super::{Condition, first_of_each_type};
 use crate::metrics::Render;
 
 const NAME: &str = "managedclusters";
@@ -15,11 +16,14 @@ const NAME: &str = "managedclusters";
 /// The condition that says a ManagedCluster is usable.
 const AVAILABLE: &str = "ManagedClusterConditionAvailable";
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 struct Status {
     #[serde(default)]
     conditions: Vec<Condition>,
 }
+
+/// An ManagedCluster as the collector reads it.
+type ManagedCluster = Object<serde::de::IgnoredAny, Status>;
 
 pub async fn run(
     client: Client,
@@ -45,8 +49,8 @@ pub async fn run(
 }
 
 /// Writes one ManagedCluster's series.
-pub fn write(out: &mut Render, f: &cluster::Families, obj: &DynamicObject) {
-    let status: Status = field(obj, "status");
+fn write(out: &mut Render, f: &cluster::Families, obj: &ManagedCluster) {
+    let status = &obj.status;
     let cluster = Cluster {
         source: "managedcluster".to_string(),
         namespace: String::new(),

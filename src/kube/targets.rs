@@ -2,25 +2,25 @@
 //! `source="integrationtarget"`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::DynamicObject;
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
+use super::object::Object;
 use super::watch::{self, Gate, watch_all};
-use super::{Condition, field, ksit_resource, unix_seconds};
+use super::{Condition, ksit_resource, unix_seconds};
 use crate::metrics::Render;
 
 const NAME: &str = "integrationtargets";
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Spec {
     #[serde(default)]
     cluster_name: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Status {
     #[serde(default)]
@@ -29,6 +29,9 @@ struct Status {
     conditions: Vec<Condition>,
     last_sync_time: Option<Time>,
 }
+
+/// An IntegrationTarget as the collector reads it.
+type IntegrationTarget = Object<Spec, Status>;
 
 pub async fn run(
     client: Client,
@@ -54,14 +57,14 @@ pub async fn run(
 }
 
 /// Writes one IntegrationTarget's series.
-pub fn write(out: &mut Render, f: &cluster::Families, obj: &DynamicObject) {
-    let spec: Spec = field(obj, "spec");
-    let status: Status = field(obj, "status");
+fn write(out: &mut Render, f: &cluster::Families, obj: &IntegrationTarget) {
+    let spec = &obj.spec;
+    let status = &obj.status;
     let cluster = Cluster {
         source: "integrationtarget".to_string(),
         namespace: obj.namespace().unwrap_or_default(),
         target: obj.name_any(),
-        cluster_name: spec.cluster_name,
+        cluster_name: spec.cluster_name.clone(),
     };
     out.set(&f.status, &cluster, f64::from(u8::from(status.ready)));
     if let Some(t) = &status.last_sync_time {

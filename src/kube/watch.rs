@@ -6,9 +6,12 @@ use std::collections::HashSet;
 
 use futures::stream::{BoxStream, select_all};
 use futures::{Stream, StreamExt};
-use kube::api::{ApiResource, DynamicObject};
+use std::fmt::Debug;
+
+use kube::api::ApiResource;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::collector::{self, Collector};
@@ -109,13 +112,13 @@ pub trait ObjectFamilies {
 /// renders, or drops, the series of that object alone, under its UID; nothing keeps the objects
 /// themselves. Up to `max` objects are kept; the group is served only while the gate says this
 /// sidecar exports.
-pub async fn objects<F: ObjectFamilies>(
+pub async fn objects<K: Resource, F: ObjectFamilies>(
     name: &'static str,
-    watches: Vec<Events>,
+    watches: Vec<Events<K>>,
     mut gate: Gate,
     max: usize,
     (families, watch_families): (F, Families),
-    write: fn(&mut Render, &F, &DynamicObject),
+    write: fn(&mut Render, &F, &K),
 ) {
     let group = families.objects().clone();
     let exporting = |gate: &Gate| gate.as_ref().is_none_or(|g| *g.borrow());
@@ -221,7 +224,7 @@ impl Kept {
     }
 
     /// The object's key if its series are to be written: it is kept already, or there is room.
-    fn admit(&mut self, watch: usize, obj: &DynamicObject) -> Option<Box<str>> {
+    fn admit(&mut self, watch: usize, obj: &impl Resource) -> Option<Box<str>> {
         let key = key(obj);
         let (total, max) = (self.total, self.max);
         let keys = self.keys(watch);
@@ -249,7 +252,7 @@ impl Kept {
     }
 
     /// The object's key if it had series to remove.
-    fn remove(&mut self, watch: usize, obj: &DynamicObject) -> Option<Box<str>> {
+    fn remove(&mut self, watch: usize, obj: &impl Resource) -> Option<Box<str>> {
         let key = key(obj);
         let keys = self.keys(watch);
         let was_dropped = keys.dropped.remove(&key);
@@ -289,8 +292,8 @@ impl Kept {
 }
 
 /// An object's key in its group: its UID (a name can be reused by a new object).
-fn key(obj: &DynamicObject) -> Box<str> {
-    match &obj.metadata.uid {
+fn key(obj: &impl Resource) -> Box<str> {
+    match &obj.meta().uid {
         Some(uid) => uid.as_str().into(),
         None => format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()).into(),
     }
@@ -386,17 +389,25 @@ pub fn by_name(name: &str) -> watcher::Config {
     watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
 
-/// Watch events of dynamic objects, from one or several merged watches.
-pub type Events = BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>>;
+/// One watch's events.
+pub type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
 
 /// One watch per namespace (`None`: one over all). The first list is one request served from
 /// the API server's watch cache, as client-go's informers make it, rather than pages of 500.
-pub fn watch_all(
+pub fn watch_all<K>(
     client: &Client,
     ar: &ApiResource,
     namespaces: &Option<Vec<String>>,
-) -> Vec<Events> {
-    let apis: Vec<Api<DynamicObject>> = match namespaces {
+) -> Vec<Events<K>>
+where
+    K: Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static,
+{
+    let apis: Vec<Api<K>> = match namespaces {
         None => vec![Api::all_with(client.clone(), ar)],
         Some(list) => list
             .iter()
