@@ -11,7 +11,7 @@ mod objects;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use bytes::Bytes;
 use prometheus::core::{Collector, Desc};
@@ -295,38 +295,72 @@ fn served_from_start<L: Labels>(create: impl FnOnce()) {
     }
 }
 
-/// An encoded exposition of one state, in parts served one after the other: the registry's own
-/// families, the blocks of families rendered per object, then the upstream's pass-through
-/// text; each part is shared with the state it came from rather than copied (the pass-through
-/// can be megabytes), and each keeps its gzip member once made.
+/// An encoded exposition of one state, in parts: the registry's own families, the blocks of
+/// families rendered per object, then the upstream's pass-through text. Each part is shared
+/// with the state it came from rather than copied (the pass-through can be megabytes), and each
+/// keeps its gzip member once made.
 pub struct Snapshot {
     pub(crate) parts: Vec<Part>,
+    /// The bodies as served, made once: small parts joined, so that a response is a few writes
+    /// rather than one per part.
+    text: OnceLock<Vec<Bytes>>,
+    gzip: OnceLock<Vec<Bytes>>,
 }
 
 impl Snapshot {
-    /// The text, part after part.
-    pub fn texts(&self) -> impl Iterator<Item = Bytes> + '_ {
-        self.parts.iter().map(|p| p.text().clone())
-    }
-
-    /// The whole text in one buffer (a copy when there are several parts).
-    pub fn text(&self) -> Bytes {
-        match self.parts.as_slice() {
-            [one] => one.text().clone(),
-            parts => Bytes::from(
-                parts
-                    .iter()
-                    .map(|p| &p.text()[..])
-                    .collect::<Vec<_>>()
-                    .concat(),
-            ),
+    fn new(parts: Vec<Part>) -> Self {
+        Self {
+            parts,
+            text: OnceLock::new(),
+            gzip: OnceLock::new(),
         }
     }
 
-    /// The gzip form: one member per part, made at most once per part.
-    pub fn gzip(&self) -> Vec<Bytes> {
-        self.parts.iter().map(Part::gzip).collect()
+    /// The text, in chunks.
+    pub fn texts(&self) -> &[Bytes] {
+        self.text
+            .get_or_init(|| coalesce(self.parts.iter().map(|p| p.text().clone())))
     }
+
+    /// The whole text in one buffer (a copy when there are several chunks).
+    pub fn text(&self) -> Bytes {
+        match self.texts() {
+            [one] => one.clone(),
+            chunks => Bytes::from(chunks.concat()),
+        }
+    }
+
+    /// The gzip form in chunks: a member per part (made at most once per part), which a gzip
+    /// reader reads as one stream.
+    pub fn gzip(&self) -> &[Bytes] {
+        self.gzip
+            .get_or_init(|| coalesce(self.parts.iter().map(Part::gzip)))
+    }
+}
+
+/// Chunks of at least [`CHUNK_BYTES`] (but for the last): small ones are joined, large ones
+/// kept as they are rather than copied.
+fn coalesce(parts: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
+    const CHUNK_BYTES: usize = 64 * 1024;
+    let mut out = Vec::new();
+    let mut small = Vec::new();
+    for part in parts {
+        if part.len() >= CHUNK_BYTES {
+            if !small.is_empty() {
+                out.push(Bytes::from(std::mem::take(&mut small)));
+            }
+            out.push(part);
+        } else {
+            small.extend_from_slice(&part);
+            if small.len() >= CHUNK_BYTES {
+                out.push(Bytes::from(std::mem::take(&mut small)));
+            }
+        }
+    }
+    if !small.is_empty() || out.is_empty() {
+        out.push(Bytes::from(small));
+    }
+    out
 }
 
 /// The one explicit registry of a process: what it serves on /metrics.
@@ -533,7 +567,7 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         parts.extend(passthrough);
-        Snapshot { parts }
+        Snapshot::new(parts)
     }
 }
 
@@ -643,6 +677,23 @@ mod tests {
             .map(String::from)
             .collect();
         assert_eq!(samples, ["ksit_test_gauge 0", "ksit_test_total 0"]);
+    }
+
+    #[test]
+    fn small_parts_are_joined_and_large_ones_shared() {
+        let large = Bytes::from(vec![b'x'; 100 * 1024]);
+        let parts = [
+            Bytes::from_static(b"a\n"),
+            Bytes::from_static(b"b\n"),
+            large.clone(),
+            Bytes::from_static(b"c\n"),
+        ];
+        let chunks = coalesce(parts.into_iter());
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(&chunks[0][..], b"a\nb\n");
+        assert_eq!(chunks[1].as_ptr(), large.as_ptr(), "not copied");
+        assert_eq!(&chunks[2][..], b"c\n");
+        assert_eq!(coalesce(std::iter::empty()), [Bytes::new()]);
     }
 
     #[test]

@@ -95,9 +95,9 @@ impl State {
         }
         let snapshot = self.registry.snapshot();
         if gzip {
-            Chunks::new(snapshot.gzip())
+            Chunks::new(snapshot.gzip().iter().cloned())
         } else {
-            Chunks::new(snapshot.texts())
+            Chunks::new(snapshot.texts().iter().cloned())
         }
     }
 }

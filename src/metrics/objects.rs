@@ -464,6 +464,11 @@ mod tests {
         }
         let snap = r.snapshot();
         let gz: Vec<u8> = snap.gzip().concat();
+        assert_eq!(
+            snap.gzip().len(),
+            1,
+            "small members are joined into one chunk"
+        );
         let mut plain = String::new();
         flate2::read::MultiGzDecoder::new(&gz[..])
             .read_to_string(&mut plain)
