@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help build release run test test-unit lint bench faults fuzz controlplane-build controlplane-up controlplane-down
+.PHONY: help build release run test test-unit lint bench faults fuzz bench-compare controlplane-build controlplane-up controlplane-down
 
 # The result files `make bench` turns into docs/figures.md; included makefiles add theirs.
 BENCH_RESULTS := target/bench.txt
@@ -45,6 +45,11 @@ faults: release ## issue 12's attacks on the release binary (~5 min; FAULTS_SETT
 	@mkdir -p target
 	python3 scripts/faults.py target/release/ksit-exporter target/faults.json
 	python3 scripts/faults.py --figures docs/figures.md target/faults.json
+
+bench-compare: release ## ksit-exporter beside kube-state-metrics and node_exporter at 100 to 10,000 IntegrationTargets (~12 min); writes BENCHMARKS.md
+	@command -v prometheus-node-exporter >/dev/null || { echo "make bench-compare needs Debian's node_exporter: apt-get install prometheus-node-exporter"; exit 2; }
+	scripts/controlplane.sh build-bench
+	@trap 'scripts/controlplane.sh down' EXIT; scripts/controlplane.sh up && python3 scripts/bench_compare.py
 
 FUZZ_SECONDS ?= 60
 # Each target with its committed corpus; what a run finds goes to fuzz/corpus/TARGET.new.

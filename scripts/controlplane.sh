@@ -7,6 +7,7 @@
 #   scripts/controlplane.sh up       build if needed, start, install CRDs; does nothing if already up
 #   scripts/controlplane.sh down     stop everything it (and the tests) started, by PID; remove data
 #   scripts/controlplane.sh status   exit 0 if the API server is ready
+#   scripts/controlplane.sh build-bench   also kube-state-metrics, for `make bench-compare` only
 #
 # Needs bash, go, openssl, curl, coreutils. kubectl is built here too (same module as
 # kube-apiserver), so its version always matches the server's.
@@ -111,6 +112,16 @@ cmd_build() {
 	build_component ksit-manager "$ROOT/tests/ksit-manager" "-s -w" .
 	extract_crds
 	log "build: done in $((SECONDS - start))s; binaries in $BIN_DIR"
+}
+
+# kube-state-metrics, the peer `make bench-compare` measures against; not in cmd_build, so CI
+# (which never benchmarks) does not spend minutes building it.
+cmd_build_bench() {
+	cmd_build
+	local moddir=$ROOT/tests/controlplane/kube-state-metrics ksm
+	ksm=$(pinned "$moddir" k8s.io/kube-state-metrics/v2)
+	build_component kube-state-metrics "$moddir" "-s -w -X github.com/prometheus/common/version.Version=$ksm" \
+		k8s.io/kube-state-metrics/v2
 }
 
 # --- status -------------------------------------------------------------------------------
@@ -410,11 +421,12 @@ cmd_down() {
 
 case ${1:-} in
 build) cmd_build ;;
+build-bench) cmd_build_bench ;;
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 *)
-	echo "usage: $0 build|up|down|status" >&2
+	echo "usage: $0 build|build-bench|up|down|status" >&2
 	exit 2
 	;;
 esac
