@@ -22,13 +22,33 @@ use super::{Changes, Family, Labels};
 /// Buckets per group: at 10,000 objects a change re-renders ~150 objects' lines of a family.
 const BUCKETS: usize = 64;
 
+/// A family smaller than this is served, and compressed, whole: re-compressing it on a change
+/// costs well under a millisecond.
+const WHOLE_BYTES: usize = 64 * 1024;
+
 /// A piece of the exposition and, made the first time a client asks, its gzip member.
 #[derive(Clone)]
-pub struct Part(Arc<(Bytes, OnceLock<Bytes>)>);
+pub struct Part(Arc<(Bytes, OnceLock<Bytes>, flate2::Compression)>);
 
 impl Part {
+    /// A part that changes often or is large (the registry's own families, the upstream's
+    /// text): compressed fast.
     pub fn new(text: Bytes) -> Self {
-        Self(Arc::new((text, OnceLock::new())))
+        Self(Arc::new((
+            text,
+            OnceLock::new(),
+            flate2::Compression::fast(),
+        )))
+    }
+
+    /// A block of objects' series: compressed once per change of one of its objects, so worth
+    /// the default level's better ratio.
+    fn block(text: Bytes) -> Self {
+        Self(Arc::new((
+            text,
+            OnceLock::new(),
+            flate2::Compression::default(),
+        )))
     }
 
     pub fn text(&self) -> &Bytes {
@@ -43,7 +63,7 @@ impl Part {
                 let text = self.text();
                 let mut enc = flate2::write::GzEncoder::new(
                     Vec::with_capacity(text.len() / 4 + 32),
-                    flate2::Compression::fast(),
+                    self.0.2,
                 );
                 enc.write_all(text)
                     .and_then(|()| enc.finish())
@@ -200,7 +220,7 @@ impl Bucket {
                         .flat_map(|r| r.family(i))
                         .copied()
                         .collect();
-                    (!text.is_empty()).then(|| Part::new(Bytes::from(text)))
+                    (!text.is_empty()).then(|| Part::block(Bytes::from(text)))
                 })
                 .collect()
         })
@@ -213,6 +233,10 @@ struct Group {
     buckets: Vec<Bucket>,
     objects: usize,
     exported: bool,
+    /// Counts changes to the objects; the families served whole are cached against it.
+    version: u64,
+    /// Per family, when it is small: all of it in one part, and the version it was made at.
+    whole: Vec<Option<(u64, Part)>>,
 }
 
 /// A group of families whose series are rendered per object; the handle is shared by the
@@ -230,6 +254,8 @@ impl Objects {
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
             objects: 0,
             exported: true,
+            version: 0,
+            whole: Vec::new(),
         };
         Self {
             group: Arc::new(Mutex::new(group)),
@@ -249,7 +275,7 @@ impl Objects {
             name = family.name,
             help = family.help.replace('\\', "\\\\").replace('\n', "\\n"),
         );
-        group.headers.push(Part::new(Bytes::from(header)));
+        group.headers.push(Part::block(Bytes::from(header)));
         let mut order: Vec<usize> = (0..L::NAMES.len()).collect();
         order.sort_by_key(|&i| L::NAMES[i]);
         ObjectGauges {
@@ -271,6 +297,7 @@ impl Objects {
         let new = bucket.objects.insert(key.into(), rendered).is_none();
         bucket.blocks = None;
         group.objects += usize::from(new);
+        group.version += 1;
         self.changes.bump();
     }
 
@@ -281,6 +308,7 @@ impl Objects {
         if bucket.objects.remove(key).is_some() {
             bucket.blocks = None;
             group.objects -= 1;
+            group.version += 1;
             self.changes.bump();
         }
     }
@@ -294,23 +322,47 @@ impl Objects {
         }
     }
 
-    /// Appends the group's parts, family after family, to an exposition being assembled.
+    /// Appends the group's parts, family after family, to an exposition being assembled. A
+    /// family under [`WHOLE_BYTES`] is served as one part (a gzip member per bucket would cost
+    /// more than its few lines); a larger one as its header and its buckets' blocks.
     pub(super) fn parts(&self, out: &mut Vec<Part>) {
         let mut group = self.lock();
         if !group.exported || group.objects == 0 {
             return;
         }
         let Group {
-            headers, buckets, ..
+            headers,
+            buckets,
+            version,
+            whole,
+            ..
         } = &mut *group;
         let families = headers.len();
+        whole.resize_with(families, || None);
         let blocks: Vec<&[Option<Part>]> = buckets.iter_mut().map(|b| b.blocks(families)).collect();
         for (i, header) in headers.iter().enumerate() {
-            let mut family = blocks.iter().filter_map(|b| b[i].clone()).peekable();
-            if family.peek().is_some() {
-                out.push(header.clone());
-                out.extend(family);
+            let family: Vec<&Part> = blocks.iter().filter_map(|b| b[i].as_ref()).collect();
+            if family.is_empty() {
+                continue;
             }
+            let len: usize = family.iter().map(|p| p.text().len()).sum();
+            if len >= WHOLE_BYTES {
+                out.push(header.clone());
+                out.extend(family.into_iter().cloned());
+                continue;
+            }
+            let cached = whole[i].as_ref().filter(|(at, _)| at == version);
+            let part = match cached {
+                Some((_, part)) => part.clone(),
+                None => {
+                    let mut text = header.text().to_vec();
+                    family.iter().for_each(|p| text.extend_from_slice(p.text()));
+                    let part = Part::block(Bytes::from(text));
+                    whole[i] = Some((*version, part.clone()));
+                    part
+                }
+            };
+            out.push(part);
         }
     }
 }
@@ -420,10 +472,16 @@ mod tests {
             render.set(&status, &target(&i.to_string()), value);
             objects.put(&format!("uid-{i}"), render);
         };
-        for i in 0..1000 {
+        // ~150 KiB of lines: above WHOLE_BYTES, so served by bucket.
+        for i in 0..3000 {
             put(i, 1.0);
         }
         let before = r.snapshot();
+        assert_eq!(
+            before.parts.len(),
+            2 + BUCKETS,
+            "own, header, a block per bucket"
+        );
         put(7, 0.0);
         let after = r.snapshot();
         assert_eq!(before.parts.len(), after.parts.len());
@@ -434,6 +492,19 @@ mod tests {
             .filter(|(a, b)| !Arc::ptr_eq(&a.0, &b.0))
             .count();
         assert_eq!(rebuilt, 2, "the registry's own families and one block");
+
+        // A small family is one part, made anew on a change.
+        let small = Registry::new();
+        let objects = small.objects();
+        let status = small.object_gauges::<Target>(&objects, STATUS);
+        for i in 0..100 {
+            let mut render = Render::default();
+            render.set(&status, &target(&i.to_string()), 1.0);
+            objects.put(&format!("uid-{i}"), render);
+        }
+        let snap = small.snapshot();
+        assert_eq!(snap.parts.len(), 2, "own families, and the family whole");
+        assert!(snap.parts[1].text().starts_with(b"# HELP t_status"));
     }
 
     #[test]
