@@ -388,8 +388,8 @@ const MAX_OBJECTS: Var<usize> = Var {
     show: usize::to_string,
 };
 
-/// An object costs ~4 KiB (docs/figures.md): 5,000 of a kind fit the sidecar's 64 MiB limit
-/// with room to spare, and 100,000 (~400 MiB) is past any limit a sidecar is given.
+/// An object costs ~2.5 KiB (BENCHMARKS.md): 5,000 of a kind fit the sidecar's 64 MiB limit
+/// with room to spare, and 100,000 (~250 MiB) is past any limit a sidecar is given.
 const MAX_MAX_OBJECTS: usize = 100_000;
 
 const SUBDOMAIN: &str = "a Kubernetes NAME name (a DNS-1123 subdomain: up to 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit)";
