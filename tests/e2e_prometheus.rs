@@ -26,8 +26,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{
-    ControlPlane, check, control_plane, eventually, free_port, http, netns, test_namespace,
+    ControlPlane, check, control_plane, eventually, free_port, http, netns, prometheus,
+    test_namespace,
 };
+use prometheus::port_of;
 use serde_json::{Value, json};
 
 /// A child process killed on drop, with its log file.
@@ -59,10 +61,6 @@ fn spawn_logged(cmd: &mut Command, log: PathBuf) -> Proc {
     Proc { child, log }
 }
 
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
 fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
 }
@@ -92,23 +90,11 @@ fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
     config
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// `data.result` of an instant query.
+/// `data.result` of an instant query that must answer.
 async fn query(prom: &str, promql: &str) -> Vec<Value> {
-    let reply = http::get(prom, &format!("/api/v1/query?query={}", urlencode(promql))).await;
-    assert_eq!(reply.status, 200, "{promql}: {}", reply.text());
-    let v: Value = serde_json::from_slice(&reply.body).expect("JSON from Prometheus");
-    v["data"]["result"].as_array().cloned().unwrap_or_default()
+    prometheus::query(prom, promql)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `{target label: value}` of the `ksit_cluster_status` series.

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prometheus::{port_of, query};
 use common::{
     Cleanup, ControlPlane, check, control_plane, eventually, free_port, http, netns, test_namespace,
 };
@@ -393,35 +394,6 @@ fn sidecar_env(pod: &Pod) -> Vec<(String, String)> {
             (e.name.clone(), value)
         })
         .collect()
-}
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {addr}"))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn query(prom: &str, promql: &str) -> Result<Vec<Value>, String> {
-    let path = format!("/api/v1/query?query={}", urlencode(promql));
-    let reply = http::try_request(prom, "GET", &path, &[]).await?;
-    let v: Value =
-        serde_json::from_slice(&reply.body).map_err(|e| format!("{e}: {}", reply.text()))?;
-    v["data"]["result"]
-        .as_array()
-        .cloned()
-        .ok_or_else(|| format!("{promql}: {v}"))
 }
 
 /// The shipped scrape config pointed at the test API server and limited to `namespace`.

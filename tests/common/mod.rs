@@ -9,6 +9,7 @@ pub mod exporter;
 pub mod http;
 pub mod netns;
 pub mod poll;
+pub mod prometheus;
 pub mod scrape;
 
 // The names most suites use; a crate that uses none of one would warn.
