@@ -164,7 +164,7 @@ async fn pod(
     let stream = reflector(writer, watcher(api, by_name(&t.pod)).default_backoff());
     let mut series = Series::default();
     let mut owner_rs: Option<String> = None;
-    let mut changes = std::pin::pin!(watches::changes("pod", stream, None, watch_families));
+    let mut changes = std::pin::pin!(watches::changes("pod", stream, watch_families));
     while changes.next().await.is_some() {
         let pod = store.state().into_iter().next();
         let workload = match pod.as_deref().and_then(controller_of) {
@@ -373,7 +373,7 @@ async fn follow_replicas<K>(
 {
     let (store, writer) = reflector::store::<K>();
     let stream = reflector(writer, watcher(api, by_name(name)).default_backoff());
-    let mut changes = std::pin::pin!(watches::changes("workload", stream, None, watch_families));
+    let mut changes = std::pin::pin!(watches::changes("workload", stream, watch_families));
     while changes.next().await.is_some() {
         let found = store
             .state()

@@ -49,7 +49,7 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let (store, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, by_name(&name)).default_backoff());
-    let mut changes = std::pin::pin!(watches::changes("lease", stream, None, watch_families));
+    let mut changes = std::pin::pin!(watches::changes("lease", stream, watch_families));
     let mut expires_in: Option<Duration> = None;
     loop {
         let expiry = async {

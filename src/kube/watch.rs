@@ -59,47 +59,34 @@ impl Families {
 /// Whether this pod's sidecar exports the gated series: the leader's does.
 pub type Gate = Option<watch::Receiver<bool>>;
 
-/// Follows one watch: yields `exporting` after every change to the set of objects and, when
-/// `gate` is set, whenever leadership changes (`exporting` is false while this pod does not
-/// lead; without a gate it is always true). Errors only update the watch's health series: the
-/// watcher retries with backoff, and the stream ends only when the watch does.
+/// Follows one watch of a single object (the pod, its workload, the Lease): yields after every
+/// change. Errors only update the watch's health series: the watcher retries with backoff, and
+/// the stream ends only when the watch does.
 pub fn changes<K, S>(
     name: &'static str,
     stream: S,
-    gate: Gate,
     families: Families,
-) -> impl Stream<Item = bool> + Send
+) -> impl Stream<Item = ()> + Send
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send,
 {
-    let state = (Tracker::new(name, families), Box::pin(stream), gate);
-    futures::stream::unfold(state, |(mut tracker, mut stream, mut gate)| async move {
-        let exporting = |gate: &Gate| gate.as_ref().is_none_or(|g| *g.borrow());
+    let state = (Tracker::new(name, families), Box::pin(stream));
+    futures::stream::unfold(state, |(mut tracker, mut stream)| async move {
         loop {
-            let leadership = async {
-                match gate.as_mut() {
-                    Some(g) => g.changed().await.is_ok(),
-                    None => std::future::pending().await,
+            match stream.next().await? {
+                Ok(
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                ) => {
+                    tracker.ok();
+                    return Some(((), (tracker, stream)));
                 }
-            };
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {
-                        tracker.ok();
-                        break;
-                    }
-                    Some(Ok(watcher::Event::InitApply(_))) => tracker.ok(),
-                    // Init is sent before the list request, on every retry: it proves nothing.
-                    Some(Ok(watcher::Event::Init)) => {}
-                    Some(Err(e)) => tracker.failed(&e),
-                    None => return None,
-                },
-                true = leadership => break,
+                Ok(watcher::Event::InitApply(_)) => tracker.ok(),
+                // Init is sent before the list request, on every retry: it proves nothing.
+                Ok(watcher::Event::Init) => {}
+                Err(e) => tracker.failed(&e),
             }
         }
-        let now = exporting(&gate);
-        Some((now, (tracker, stream, gate)))
     })
 }
 
