@@ -15,19 +15,22 @@ use serde::{Deserialize, Deserializer};
 /// One object of the kind `dt` names, with its `spec` read as `Spec` and `status` as `Status`.
 #[derive(Clone, Debug, Default)]
 pub struct Object<Spec, Status> {
-    /// Name, namespace, UID and generation only.
+    /// Name, namespace, UID, generation and resourceVersion only.
     pub metadata: ObjectMeta,
     pub spec: Spec,
     pub status: Status,
 }
 
-/// The metadata fields the series use.
+/// The metadata fields the series use, and the resourceVersion the watcher resumes from (an
+/// event without one fails the watch).
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Meta {
     name: Option<String>,
     namespace: Option<String>,
     uid: Option<String>,
     generation: Option<i64>,
+    resource_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +63,7 @@ where
                 namespace: wire.metadata.namespace,
                 uid: wire.metadata.uid,
                 generation: wire.metadata.generation,
+                resource_version: wire.metadata.resource_version,
                 ..ObjectMeta::default()
             },
             spec: wire.spec,
@@ -120,6 +124,7 @@ mod tests {
             "kind": "IntegrationTarget",
             "metadata": {
                 "name": "t", "namespace": "ns", "uid": "u-1", "generation": 3,
+                "resourceVersion": "42",
                 "labels": {"a": "b"},
                 "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
             },
@@ -133,6 +138,11 @@ mod tests {
             (Some("t"), Some("ns"), Some("u-1"))
         );
         assert_eq!(m.generation, Some(3));
+        assert_eq!(
+            m.resource_version.as_deref(),
+            Some("42"),
+            "the watcher resumes from it"
+        );
         assert!(m.labels.is_none() && m.managed_fields.is_none());
         assert_eq!(obj.status, Status { ready: true });
     }
