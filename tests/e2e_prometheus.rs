@@ -4,9 +4,9 @@
 //! endpoints, against the test API server.
 //!
 //! Endpoints may not hold loopback addresses, so the exporter runs as the test's own host in a
-//! network namespace the test creates: a veth pair with a /30 from TEST-NET-1 (192.0.2.0/24,
-//! documentation-only and never routed), the exporter listening on the namespace's end, the
-//! `ksit-monitor` Endpoints naming that address. Prometheus reaches it over the veth, so the
+//! network namespace the test creates: a veth pair with a /30 from TEST-NET-3 (203.0.113.0/24,
+//! documentation-only; not TEST-NET-1, which this CI machine's own eth0 is on), the exporter
+//! listening on the namespace's end, the `ksit-monitor` Endpoints naming that address. Prometheus reaches it over the veth, so the
 //! page's relabelling stays exactly as shipped; the scrape config gains only what points it at
 //! the test API server (`api_server`, `tls_config`, and `namespaces`, because other tests share
 //! the control plane). Inside the namespace, loopback is the namespace's own, so a relay (a
@@ -154,7 +154,7 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
         return;
     };
     let started = Instant::now();
-    let Some(netns) = netns::create_or_skip("192.0.2", 0) else {
+    let Some(netns) = netns::create_or_skip("203.0.113", 0) else {
         return;
     };
     let ns = test_namespace(&cp, "e2e-prom", &[]).await;

@@ -45,6 +45,17 @@ impl NetNs {
     /// share an address and concurrent runs rarely do.
     pub fn create(net: &str, slot: u32) -> Result<NetNs, String> {
         assert!(slot < SLOTS, "slot {slot} is not below {SLOTS}");
+        // A /30 inside a network the machine is on would shadow it (this CI machine's own
+        // eth0 is 192.0.2.2/24, its gateway 192.0.2.1): refuse rather than cut the machine off.
+        let addrs = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map_err(|e| format!("running ip: {e}"))?;
+        if String::from_utf8_lossy(&addrs.stdout).contains(&format!("inet {net}.")) {
+            return Err(format!(
+                "this machine has an address in {net}.0/24; the test needs a network of its own"
+            ));
+        }
         remove_stale_namespaces();
         let pid = std::process::id();
         let base = 4 * ((pid % (64 / SLOTS)) * SLOTS + slot);
