@@ -6,10 +6,10 @@
 //! Endpoints may not hold loopback addresses, so the exporter runs as the test's own host in a
 //! network namespace the test creates: a veth pair with a /30 from TEST-NET-3 (203.0.113.0/24,
 //! documentation-only; not TEST-NET-1, which this CI machine's own eth0 is on), the exporter
-//! listening on the namespace's end, the `ksit-monitor` Endpoints naming that address. Prometheus reaches it over the veth, so the
-//! page's relabelling stays exactly as shipped; the scrape config gains only what points it at
-//! the test API server (`api_server`, `tls_config`, and `namespaces`, because other tests share
-//! the control plane). Inside the namespace, loopback is the namespace's own, so a relay (a
+//! listening on the namespace's end, the `ksit-monitor` Endpoints naming that address.
+//! Prometheus reaches it over the veth, so the page's relabelling stays exactly as shipped; the
+//! scrape config gains only what points it at the test API server (`api_server`, `tls_config`,
+//! and `namespaces`, because other tests share the control plane). Inside the namespace, loopback is the namespace's own, so a relay (a
 //! process with one foot in each namespace) carries the exporter's connections to the API
 //! server and to the manager on this machine's 127.0.0.1. No packet leaves the machine.
 //! (Both live in tests/common/netns.rs.)
