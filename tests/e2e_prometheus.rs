@@ -9,9 +9,10 @@
 //! listening on the namespace's end, the `ksit-monitor` Endpoints naming that address.
 //! Prometheus reaches it over the veth, so the page's relabelling stays exactly as shipped; the
 //! scrape config gains only what points it at the test API server (`api_server`, `tls_config`,
-//! and `namespaces`, because other tests share the control plane). Inside the namespace, loopback is the namespace's own, so a relay (a
-//! process with one foot in each namespace) carries the exporter's connections to the API
-//! server and to the manager on this machine's 127.0.0.1. No packet leaves the machine.
+//! and `namespaces`, because other tests share the control plane). Inside the namespace,
+//! loopback is the namespace's own, so a relay (a process with one foot in each namespace)
+//! carries the exporter's connections to the API server and to the manager on this machine's
+//! 127.0.0.1. No packet leaves the machine.
 //! (Both live in tests/common/netns.rs.)
 //!
 //! Needs root (CAP_NET_ADMIN) for `ip netns`; without it the test is skipped, except under
