@@ -51,7 +51,12 @@ impl NetNs {
             .args(["-o", "-4", "addr", "show"])
             .output()
             .map_err(|e| format!("running ip: {e}"))?;
-        if String::from_utf8_lossy(&addrs.stdout).contains(&format!("inet {net}.")) {
+        // Lines are `N: ifname inet a.b.c.d/len ...`; the test's own veths are named `ke...`.
+        let taken = String::from_utf8_lossy(&addrs.stdout).lines().any(|l| {
+            let ifname = l.split_whitespace().nth(1).unwrap_or_default();
+            !ifname.starts_with("ke") && l.contains(&format!("inet {net}."))
+        });
+        if taken {
             return Err(format!(
                 "this machine has an address in {net}.0/24; the test needs a network of its own"
             ));
