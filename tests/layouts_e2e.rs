@@ -859,10 +859,17 @@ async fn run(layout: Layout, way: Way, slot: u32) {
         let discovered = &found["discoveredLabels"];
         assert_eq!(discovered["__meta_kubernetes_service_name"], "ksit-monitor");
         assert_eq!(discovered["__meta_kubernetes_pod_name"], json!(pod_name));
-        let up = query(&prom, &format!(r#"up{{job="{job}"}}"#))
-            .await
-            .expect("a query");
-        assert_eq!(up.len(), 1, "exactly one {job} target: {up:?}");
+        // An active target's first `up` sample lands a moment after it is listed.
+        let promql = format!(r#"up{{job="{job}"}}"#);
+        eventually(WAIT, "exactly one up sample of the job", || async {
+            let up = query(&prom, &promql).await?;
+            if up.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{job}: {up:?}"))
+            }
+        })
+        .await;
     }
 
     let series = eventually(WAIT, "ksit_cluster_status in PromQL", || async {
