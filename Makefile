@@ -47,7 +47,7 @@ faults: release ## issue 12's attacks on the release binary (~5 min; FAULTS_SETT
 	python3 scripts/faults.py --figures docs/figures.md target/faults.json
 
 bench-compare: release ## ksit-exporter beside kube-state-metrics and node_exporter at 100 to 10,000 IntegrationTargets (~12 min); writes BENCHMARKS.md
-	@command -v prometheus-node-exporter >/dev/null || { echo "make bench-compare needs Debian's node_exporter: apt-get install prometheus-node-exporter"; exit 2; }
+	@for p in prometheus-node-exporter wrk; do command -v $$p >/dev/null || { echo "make bench-compare needs Debian's $$p: apt-get install $$p"; exit 2; }; done
 	scripts/controlplane.sh build-bench
 	@trap 'scripts/controlplane.sh down' EXIT; scripts/controlplane.sh up && python3 scripts/bench_compare.py
 
