@@ -33,9 +33,10 @@ test: ## bring the test control plane up, run every suite, take it down (pass or
 test-unit: ## the tests that need no control plane
 	$(CARGO) test --lib
 
-lint: ## rustfmt and clippy, as CI runs them
+lint: ## rustfmt and clippy, as CI runs them (also the sidecar image's build, without the admission feature)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --no-default-features -- -D warnings
 
 bench: release ## footprint and speed of the release binary; writes target/bench*.txt and docs/figures.md
 	set -o pipefail; python3 scripts/bench.py target/release/ksit-exporter | tee target/bench.txt
@@ -46,8 +47,9 @@ faults: release ## issue 12's attacks on the release binary (~5 min; FAULTS_SETT
 	python3 scripts/faults.py target/release/ksit-exporter target/faults.json
 	python3 scripts/faults.py --figures docs/figures.md target/faults.json
 
-bench-compare: release ## ksit-exporter beside kube-state-metrics and node_exporter at 100 to 10,000 IntegrationTargets (~12 min); writes BENCHMARKS.md
+bench-compare: release ## ksit-exporter beside kube-state-metrics and node_exporter at 100 to 10,000 IntegrationTargets (~20 min); writes BENCHMARKS.md
 	@for p in prometheus-node-exporter wrk; do command -v $$p >/dev/null || { echo "make bench-compare needs Debian's $$p: apt-get install $$p"; exit 2; }; done
+	cargo build --locked --profile image --target x86_64-unknown-linux-musl --no-default-features
 	scripts/controlplane.sh build-bench
 	@trap 'scripts/controlplane.sh down' EXIT; scripts/controlplane.sh up && python3 scripts/bench_compare.py
 

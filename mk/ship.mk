@@ -4,10 +4,10 @@
 
 SHIP_SCRIPTS := scripts/image.sh scripts/demo.sh scripts/demo-local.sh
 
-image: ## build the image (static binary FROM scratch) with Docker if its engine runs, else Podman or buildah
+image: ## build the sidecar and webhook images (static binaries FROM scratch) with Docker if its engine runs, else Podman or buildah
 	scripts/image.sh build
 
-image-check: ## run the image's binary with buildah: --version, and /metrics on loopback as uid 65532
+image-check: ## run the images' binaries with buildah: --version, the sidecar's /metrics on loopback as uid 65532, the webhook's commands
 	scripts/image.sh check
 
 demo: ## kind cluster ksit-demo: image, prometheus-operator, webhook, injected KSIT manager (DEMO_DRY_RUN=1 prints the steps)

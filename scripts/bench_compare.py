@@ -45,6 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CP = os.path.join(ROOT, "target", "controlplane")
 EXPORTER = os.path.join(ROOT, "target", "release", "ksit-exporter")
+# The sidecar image's binary (scripts/image.sh builds it): its idle RSS is the one users pay.
+SIDECAR = os.path.join(ROOT, "target", "x86_64-unknown-linux-musl", "image", "ksit-exporter")
 KSM = os.path.join(CP, "bin", "kube-state-metrics")
 KSM_CONFIG = os.path.join(ROOT, "tests", "controlplane", "kube-state-metrics", "customresourcestate.yaml")
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
@@ -364,7 +366,7 @@ class Tool:
         self.logf.close()
 
 
-def exporter_tool(api):
+def exporter_tool(api, binary=EXPORTER):
     port = free_port()
     env = {
         "PATH": "/usr/bin:/bin",
@@ -376,7 +378,7 @@ def exporter_tool(api):
         "KSIT_LISTEN_ADDR": f"127.0.0.1:{port}",
         "RUST_LOG": "warn",
     }
-    return Tool("ksit-exporter", [EXPORTER], env, port)
+    return Tool("ksit-exporter", [binary], env, port)
 
 
 def ksm_tool(api):
@@ -681,6 +683,7 @@ def loadavg():
 def measure():
     for path, what in [
         (EXPORTER, "make release"),
+        (SIDECAR, "cargo build --profile image --target x86_64-unknown-linux-musl --no-default-features"),
         (KSM, "scripts/controlplane.sh build-bench"),
         (NODE_EXPORTER, "apt-get install prometheus-node-exporter"),
         ("/usr/bin/wrk", "apt-get install wrk"),
@@ -706,6 +709,16 @@ def measure():
         raise SystemExit(f"namespace {NAMESPACE} exists: start from a fresh control plane (scripts/controlplane.sh down)")
     api.must("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     t_start = time.perf_counter()
+    starts = []
+    for k in range(STARTS):
+        tool = exporter_tool(api, SIDECAR)
+        log(f"the sidecar image's binary, no objects, start {k + 1} of {STARTS}")
+        try:
+            starts.append(start_once(api, tool, 0))
+        finally:
+            tool.stop()
+    res["sidecar_idle"] = {"starts": starts, "binary_bytes": os.path.getsize(SIDECAR),
+                           "rss_ready": statistics.median(x["rss_ready"] for x in starts)}
     have = 0
     for n in [0, *SIZES]:
         if n > have:
@@ -822,6 +835,7 @@ def targets_section(res):
     k = {n: runs[n]["kube-state-metrics"] for n in runs if n != "0"}
     e0 = runs["0"]["ksit-exporter"]
     ne = runs[lo]["node_exporter"]
+    si = res["sidecar_idle"]
 
     def mark(ok):
         return "met" if ok else "**missed**"
@@ -881,11 +895,16 @@ def targets_section(res):
             ne_x >= 100,
         ),
         (
-            "idle RSS under 6 MiB (no objects, every watch running; release build, median of the starts)",
-            f"{mib(e0['rss_ready'])} (starts: {', '.join(mib(x['rss_ready']) for x in e0.get('starts', []))})",
-            e0["rss_ready"] < 6 * 2**20,
+            "idle RSS under 6 MiB (no objects, every watch running; the sidecar image's binary, median of the starts)",
+            f"{mib(si['rss_ready'])} (starts: {', '.join(mib(x['rss_ready']) for x in si['starts'])}); "
+            f"the release build with every command: {mib(e0['rss_ready'])}",
+            si["rss_ready"] < 6 * 2**20,
         ),
-        ("image under 10 MB", "measured by `make bench` (docs/figures.md): scripts/image.sh builds a static binary, too long for this run", None),
+        (
+            "image under 10 MB",
+            f"the sidecar image's binary is {si['binary_bytes'] / 1e6:.1f} MB (the image is that file and its labels)",
+            si["binary_bytes"] < 10e6,
+        ),
     ]
     lines = ["| target (issue 13) | measured | |", "|---|---|---|"]
     for what, figure, ok in rows:
@@ -938,7 +957,8 @@ def write_markdown(res, out=MD_OUT):
         "`tests/controlplane/kube-state-metrics/customresourcestate.yaml`, which exports the same "
         "IntegrationTarget and Integration families with the same labels, but for generation lag and "
         "cluster_connected; `--enable-gzip-encoding`, `--use-apiserver-cache`) on the same "
-        f"objects, one at a time. Each tool is started {STARTS} times at each N (exec to visible, LISTs and RSS "
+        "objects, one at a time (the idle RSS target is read from the sidecar image's static musl binary, "
+        "`--no-default-features`, `image` profile, started the same way with no objects). Each tool is started {STARTS} times at each N (exec to visible, LISTs and RSS "
         "are the median of the starts; each start's figures are listed), and the last start is measured "
         f"further. Load is wrk with {CONNECTIONS} kept-alive connections asking for gzip for {SCRAPE_SECONDS} s "
         "(one wrk thread, on the same 2 cores as the tool); CPU is the process's utime+stime from /proc/PID/stat (10 ms ticks); "

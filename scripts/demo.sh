@@ -23,6 +23,7 @@ CONTEXT=kind-$CLUSTER
 WORK=$ROOT/target/demo
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 IMAGE=ghcr.io/kubestellar/ksit-exporter:$VERSION
+WEBHOOK_IMAGE=ghcr.io/kubestellar/ksit-exporter-webhook:$VERSION
 MANAGER_IMAGE=localhost/ksit-manager:demo
 # The webhook as manifests/webhook deploys it: its namespace, Service, TLS Secret and
 # MutatingWebhookConfiguration. Its certificate is made here (a demo CA, openssl).
@@ -199,10 +200,12 @@ cmd_up() {
 		run kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --wait 120s
 	fi
 
-	step "images: $IMAGE and the stand-in manager, built with $engine and loaded into the nodes"
-	run env IMAGE="$IMAGE" IMAGE_BUILDER="$engine" scripts/image.sh build
-	run env IMAGE="$IMAGE" IMAGE_BUILDER="$engine" scripts/image.sh save "$WORK/ksit-exporter.tar"
+	step "images: $IMAGE, $WEBHOOK_IMAGE and the stand-in manager, built with $engine and loaded into the nodes"
+	run env IMAGE="$IMAGE" WEBHOOK_IMAGE="$WEBHOOK_IMAGE" IMAGE_BUILDER="$engine" scripts/image.sh build
+	run env IMAGE="$IMAGE" WEBHOOK_IMAGE="$WEBHOOK_IMAGE" IMAGE_BUILDER="$engine" scripts/image.sh save \
+		"$WORK/ksit-exporter.tar" "$WORK/ksit-exporter-webhook.tar"
 	run kind load image-archive "$WORK/ksit-exporter.tar" --name "$CLUSTER"
+	run kind load image-archive "$WORK/ksit-exporter-webhook.tar" --name "$CLUSTER"
 	run mkdir -p "$WORK/manager"
 	run env -C tests/ksit-manager CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags=-s -o "$WORK/manager/manager" .
 	run "$engine" build -f docker/ksit-manager.Dockerfile -t "$MANAGER_IMAGE" "$WORK/manager"
