@@ -502,6 +502,8 @@ tests:
         values: '1 0x10'
       - series: 'ksit_cluster_status{namespace="ksit-system",target="cluster1",cluster_name="cluster1",source="integrationtarget"}'
         values: '1x10'
+      - series: 'ksit_cluster_status{target="hub-lost",cluster_name="hub-lost",source="managedcluster"}'
+        values: '1 0x10'
       - series: 'ksit_component_health_up{namespace="ksit-system",pod="mgr-0",probe="readyz"}'
         values: '1 0x10'
       - series: 'ksit_exporter_kube_up{namespace="ksit-system",pod="mgr-0"}'
@@ -523,9 +525,16 @@ tests:
             exp_annotations:
               summary: Managed cluster cluster2 is not ready
               description: >-
-                IntegrationTarget ksit-system/cluster2 has reported cluster cluster2 not ready
-                for 5 minutes. `kubectl -n ksit-system get integrationtarget cluster2 -o yaml`
-                shows the Ready condition's reason.
+                integrationtarget ksit-system/cluster2 has reported cluster cluster2 not ready
+                for 5 minutes. `kubectl get integrationtarget cluster2 -n ksit-system -o yaml`
+                shows its conditions and their reasons.
+          - exp_labels: { severity: warning, target: hub-lost, cluster_name: hub-lost, source: managedcluster }
+            exp_annotations:
+              summary: Managed cluster hub-lost is not ready
+              description: >-
+                managedcluster hub-lost has reported cluster hub-lost not ready for 5 minutes.
+                `kubectl get managedcluster hub-lost -o yaml` shows its conditions and their
+                reasons.
       - { eval_time: 2m, alertname: KsitComponentHealthProbeDown }
       - eval_time: 3m
         alertname: KsitComponentHealthProbeDown
