@@ -127,14 +127,14 @@ fn rules_with_short_for(cp: &ControlPlane) -> Value {
     spec
 }
 
-/// The alerting rules of a rule file: name, labels, annotations.
-fn alerting_rules(rules: &Value) -> Vec<&Value> {
+/// The rules of a rule file that have `key`: `alert` or `record`.
+fn rules_with<'a>(rules: &'a Value, key: &str) -> Vec<&'a Value> {
     rules["groups"]
         .as_array()
         .expect("rule groups")
         .iter()
         .flat_map(|g| g["rules"].as_array().expect("rules"))
-        .filter(|r| r.get("alert").is_some())
+        .filter(|r| r.get(key).is_some())
         .collect()
 }
 
@@ -459,22 +459,31 @@ fn finite(v: &Value) -> bool {
         .is_some_and(f64::is_finite)
 }
 
-/// What is wrong with the answer to a panel's query: no series, none with a value, or a
-/// legend label missing.
-fn check_result(result: &[Value], values: &str, legend: &[String]) -> Option<String> {
-    if result.is_empty() {
-        return Some("no series".to_string());
-    }
-    let has_value = |s: &Value| match values {
-        "value" => finite(&s["value"][1]),
-        _ => s["values"]
+/// How a panel's query was run, which decides where its series hold their samples.
+#[derive(Clone, Copy, Debug)]
+enum Run {
+    Instant,
+    Range,
+}
+
+/// What is wrong with the answer to a panel's query: an error, no series, none with a value,
+/// or a legend label missing.
+fn check_answer(answer: Result<Vec<Value>, String>, run: Run, legend: &[String]) -> Option<String> {
+    let result = match answer {
+        Ok(result) if result.is_empty() => return Some("no series".to_string()),
+        Ok(result) => result,
+        Err(e) => return Some(e),
+    };
+    let has_value = |s: &Value| match run {
+        Run::Instant => finite(&s["value"][1]),
+        Run::Range => s["values"]
             .as_array()
             .is_some_and(|points| points.iter().any(|p| finite(&p[1]))),
     };
     if !result.iter().any(has_value) {
         return Some(format!("no series with a finite value: {result:?}"));
     }
-    for s in result {
+    for s in &result {
         for label in legend {
             if s["metric"][label].as_str().is_none_or(str::is_empty) {
                 return Some(format!("legend label `{label}` missing on {}", s["metric"]));
@@ -695,7 +704,7 @@ subsets:
     );
 
     // Every shipped alert has an expectation, and the other way round.
-    let shipped = alerting_rules(&rules);
+    let shipped = rules_with(&rules, "alert");
     let expect = expectations(&ns.name, &lost);
     let names: Vec<&str> = shipped
         .iter()
@@ -857,6 +866,17 @@ subsets:
         }
     }
 
+    // A recording rule (none is shipped today) records series.
+    for rule in rules_with(&rules, "record") {
+        let record = rule["record"].as_str().expect("record name");
+        match query(prom, record).await {
+            Ok(r) if !r.is_empty() => {}
+            other => failures.push(format!(
+                "recording rule {record} recorded nothing: {other:?}"
+            )),
+        }
+    }
+
     // Every panel's every query, as Grafana would run it over the time since Prometheus began.
     let items = cp.render("manifests/monitoring/common");
     let cm = items
@@ -913,24 +933,15 @@ subsets:
                 }
             };
             let legend = legend_labels(t["legendFormat"].as_str().unwrap_or_default());
-            let instant = query(prom, &promql).await;
-            if let Some(why) = instant
-                .as_deref()
-                .map_err(Clone::clone)
-                .map(|r| check_result(r, "value", &legend))
-                .unwrap_or_else(Some)
-            {
-                failures.push(format!("panel {title:?} `{promql}` (instant): {why}"));
-            }
+            let mut answers = vec![(Run::Instant, query(prom, &promql).await)];
+            // Grafana runs a range query unless the target is instant only.
             if t["instant"] != true {
                 let range = query_range(prom, &promql, grafana.start, grafana.end, step).await;
-                if let Some(why) = range
-                    .as_deref()
-                    .map_err(Clone::clone)
-                    .map(|r| check_result(r, "values", &legend))
-                    .unwrap_or_else(Some)
-                {
-                    failures.push(format!("panel {title:?} `{promql}` (range): {why}"));
+                answers.push((Run::Range, range));
+            }
+            for (run, answer) in answers {
+                if let Some(why) = check_answer(answer, run, &legend) {
+                    failures.push(format!("panel {title:?} `{promql}` ({run:?}): {why}"));
                 }
             }
             checked += 1;
