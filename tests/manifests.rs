@@ -296,13 +296,25 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     )
     .unwrap();
     let mut page: Value = serde_saphyr::from_str(PAGE_SCRAPE_CONFIG).unwrap();
-    // The additions: docs/metrics.md "Labels that cannot clash", and only the Service's port
-    // (role endpoints also targets every other port of the pods; tests/layouts_e2e.rs).
+    // The additions: docs/metrics.md "Labels that cannot clash", only the Service's port
+    // (role endpoints also targets every other port of the pods; tests/layouts_e2e.rs), and the
+    // target labels prometheus-operator gives a ServiceMonitor's targets, which the alerts and
+    // the dashboard print (tests/dashboard_e2e.rs).
     page["scrape_configs"][0]["honor_labels"] = json!(true);
-    page["scrape_configs"][0]["relabel_configs"]
+    let relabel = page["scrape_configs"][0]["relabel_configs"]
         .as_array_mut()
-        .unwrap()
-        .push(json!({"source_labels": ["__meta_kubernetes_endpoint_port_name"], "action": "keep", "regex": "metrics"}));
+        .unwrap();
+    relabel.push(json!({"source_labels": ["__meta_kubernetes_endpoint_port_name"], "action": "keep", "regex": "metrics"}));
+    for (meta, label) in [
+        ("namespace", "namespace"),
+        ("service_name", "service"),
+        ("pod_name", "pod"),
+        ("pod_container_name", "container"),
+    ] {
+        relabel.push(
+            json!({"source_labels": [format!("__meta_kubernetes_{meta}")], "target_label": label}),
+        );
+    }
     assert_eq!(shipped, page);
 
     let items = cp.render("manifests/monitoring");
