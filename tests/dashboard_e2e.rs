@@ -694,7 +694,20 @@ subsets:
     })
     .await;
 
-    // The manager container starts crash-looping.
+    // Its restarts counted at 0 first: a counter first seen at 3 has not increased.
+    eventually(
+        WAIT,
+        "the manager's restarts at 0 in Prometheus",
+        || async {
+            let promql = r#"ksit_component_container_restarts_total{container="manager"} == 0"#;
+            match query(prom, promql).await?.len() {
+                1 => Ok(()),
+                n => Err(format!("{n} series{}", logs())),
+            }
+        },
+    )
+    .await;
+    // Then the manager container starts crash-looping.
     patch_status(
         &cp,
         Some(&ns.name),
