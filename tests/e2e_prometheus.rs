@@ -27,8 +27,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{
-    ControlPlane, check, control_plane, eventually, free_port, http, netns, prometheus,
-    test_namespace,
+    check, control_plane, eventually, free_port, http, netns, prometheus, test_namespace,
 };
 use prometheus::port_of;
 use serde_json::{Value, json};
@@ -64,31 +63,6 @@ fn spawn_logged(cmd: &mut Command, log: PathBuf) -> Proc {
 
 fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
-}
-
-/// The shipped scrape config, pointed at the test API server: returns the Prometheus config.
-fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("manifests/monitoring/common/prometheus-scrape-config.yaml"),
-    )
-    .unwrap();
-    let mut config: Value = serde_saphyr::from_str(&shipped).expect("scrape config is YAML");
-    let pki = cp.kubeconfig.parent().unwrap().join("pki");
-    let job = &mut config["scrape_configs"][0];
-    assert_eq!(job["job_name"], "ksit");
-    let sd = &mut job["kubernetes_sd_configs"][0];
-    assert_eq!(sd["role"], "endpoints");
-    sd["api_server"] = json!(cp.server_url);
-    sd["tls_config"] = json!({
-        "ca_file": pki.join("ca.crt"),
-        "cert_file": pki.join("admin.crt"),
-        "key_file": pki.join("admin.key"),
-    });
-    sd["namespaces"] = json!({ "names": [namespace] });
-    // Fast scrapes keep the test short; the shipped job sets no interval of its own.
-    config["global"] = json!({ "scrape_interval": "1s", "scrape_timeout": "1s" });
-    config
 }
 
 /// `data.result` of an instant query that must answer.
@@ -232,7 +206,7 @@ subsets:
 
     let data = tempfile::tempdir().unwrap();
     let config_path = data.path().join("prometheus.yml");
-    let config = prometheus_config(&cp, &ns.name);
+    let config = prometheus::scrape_config(&cp, &ns.name);
     // JSON is YAML: Prometheus reads it as its config file.
     std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     check(

@@ -396,35 +396,17 @@ fn sidecar_env(pod: &Pod) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The shipped scrape config pointed at the test API server and limited to `namespace`.
+/// The shipped scrape config pointed at the test API server and limited to `namespace`, plus the
+/// job the ServiceMonitor makes.
 fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
-    let shipped = std::fs::read_to_string(common::repo_path(
-        "manifests/monitoring/common/prometheus-scrape-config.yaml",
-    ))
-    .expect("the shipped scrape config");
-    let mut config: Value = serde_saphyr::from_str(&shipped).expect("scrape config is YAML");
-    let pki = cp
-        .kubeconfig
-        .parent()
-        .expect("control plane dir")
-        .join("pki");
-    let sd = &mut config["scrape_configs"][0]["kubernetes_sd_configs"][0];
-    assert_eq!(sd["role"], "endpoints");
-    sd["api_server"] = json!(cp.server_url);
-    sd["tls_config"] = json!({
-        "ca_file": pki.join("ca.crt"),
-        "cert_file": pki.join("admin.crt"),
-        "key_file": pki.join("admin.key"),
-    });
-    sd["namespaces"] = json!({ "names": [namespace] });
-    let sd = sd.clone();
+    let mut config = common::prometheus::scrape_config(cp, namespace);
+    let sd = config["scrape_configs"][0]["kubernetes_sd_configs"][0].clone();
     let servicemonitor = servicemonitor_job(cp, sd);
     config["scrape_configs"]
         .as_array_mut()
         .expect("scrape_configs")
         .push(servicemonitor);
-    // Fast scrapes keep the test short; neither job sets an interval Prometheus would honour.
-    config["global"] = json!({ "scrape_interval": "1s", "scrape_timeout": "1s" });
+    // Neither job sets an interval Prometheus would honour: the global 1 s applies to both.
     config
 }
 

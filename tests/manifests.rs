@@ -296,13 +296,25 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     )
     .unwrap();
     let mut page: Value = serde_saphyr::from_str(PAGE_SCRAPE_CONFIG).unwrap();
-    // The additions: docs/metrics.md "Labels that cannot clash", and only the Service's port
-    // (role endpoints also targets every other port of the pods; tests/layouts_e2e.rs).
+    // The additions: docs/metrics.md "Labels that cannot clash", only the Service's port
+    // (role endpoints also targets every other port of the pods; tests/layouts_e2e.rs), and the
+    // target labels prometheus-operator gives a ServiceMonitor's targets, which the alerts and
+    // the dashboard print (tests/dashboard_e2e.rs).
     page["scrape_configs"][0]["honor_labels"] = json!(true);
-    page["scrape_configs"][0]["relabel_configs"]
+    let relabel = page["scrape_configs"][0]["relabel_configs"]
         .as_array_mut()
-        .unwrap()
-        .push(json!({"source_labels": ["__meta_kubernetes_endpoint_port_name"], "action": "keep", "regex": "metrics"}));
+        .unwrap();
+    relabel.push(json!({"source_labels": ["__meta_kubernetes_endpoint_port_name"], "action": "keep", "regex": "metrics"}));
+    for (meta, label) in [
+        ("namespace", "namespace"),
+        ("service_name", "service"),
+        ("pod_name", "pod"),
+        ("pod_container_name", "container"),
+    ] {
+        relabel.push(
+            json!({"source_labels": [format!("__meta_kubernetes_{meta}")], "target_label": label}),
+        );
+    }
     assert_eq!(shipped, page);
 
     let items = cp.render("manifests/monitoring");
@@ -502,6 +514,8 @@ tests:
         values: '1 0x10'
       - series: 'ksit_cluster_status{namespace="ksit-system",target="cluster1",cluster_name="cluster1",source="integrationtarget"}'
         values: '1x10'
+      - series: 'ksit_cluster_status{target="hub-lost",cluster_name="hub-lost",source="managedcluster"}'
+        values: '1 0x10'
       - series: 'ksit_component_health_up{namespace="ksit-system",pod="mgr-0",probe="readyz"}'
         values: '1 0x10'
       - series: 'ksit_exporter_kube_up{namespace="ksit-system",pod="mgr-0"}'
@@ -523,9 +537,16 @@ tests:
             exp_annotations:
               summary: Managed cluster cluster2 is not ready
               description: >-
-                IntegrationTarget ksit-system/cluster2 has reported cluster cluster2 not ready
-                for 5 minutes. `kubectl -n ksit-system get integrationtarget cluster2 -o yaml`
-                shows the Ready condition's reason.
+                integrationtarget ksit-system/cluster2 has reported cluster cluster2 not ready
+                for 5 minutes. `kubectl get integrationtarget cluster2 -n ksit-system -o yaml`
+                shows its conditions and their reasons.
+          - exp_labels: { severity: warning, target: hub-lost, cluster_name: hub-lost, source: managedcluster }
+            exp_annotations:
+              summary: Managed cluster hub-lost is not ready
+              description: >-
+                managedcluster hub-lost has reported cluster hub-lost not ready for 5 minutes.
+                `kubectl get managedcluster hub-lost -o yaml` shows its conditions and their
+                reasons.
       - { eval_time: 2m, alertname: KsitComponentHealthProbeDown }
       - eval_time: 3m
         alertname: KsitComponentHealthProbeDown

@@ -9,6 +9,7 @@ pub mod exporter;
 pub mod http;
 pub mod netns;
 pub mod poll;
+pub mod proc;
 pub mod prometheus;
 pub mod scrape;
 

@@ -1,22 +1,82 @@
-//! Asking a test's Prometheus server: an instant query over its HTTP API.
+//! A test's Prometheus server: the shipped scrape config pointed at the test API server, and
+//! queries over its HTTP API.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::http;
+use super::{ControlPlane, http, repo_path};
 
-/// `data.result` of an instant query, or what went wrong (Prometheus not up yet, a bad query).
-pub async fn query(prom: &str, promql: &str) -> Result<Vec<Value>, String> {
-    let path = format!("/api/v1/query?query={}", urlencode(promql));
-    let reply = http::try_request(prom, "GET", &path, &[]).await?;
+/// The shipped scrape config (manifests/monitoring/common/prometheus-scrape-config.yaml) as a
+/// Prometheus config, pointed at the test API server and limited to `namespace`, because other
+/// tests share the control plane: only `api_server`, `tls_config` and `namespaces` are added
+/// to its kubernetes_sd entry, and a global 1 s scrape interval, to keep the tests short (the
+/// shipped job sets no interval of its own).
+pub fn scrape_config(cp: &ControlPlane, namespace: &str) -> Value {
+    let shipped = std::fs::read_to_string(repo_path(
+        "manifests/monitoring/common/prometheus-scrape-config.yaml",
+    ))
+    .expect("the shipped scrape config");
+    let mut config: Value = serde_saphyr::from_str(&shipped).expect("scrape config is YAML");
+    let pki = cp
+        .kubeconfig
+        .parent()
+        .expect("control plane dir")
+        .join("pki");
+    let job = &mut config["scrape_configs"][0];
+    assert_eq!(job["job_name"], "ksit");
+    let sd = &mut job["kubernetes_sd_configs"][0];
+    assert_eq!(sd["role"], "endpoints");
+    sd["api_server"] = json!(cp.server_url);
+    sd["tls_config"] = json!({
+        "ca_file": pki.join("ca.crt"),
+        "cert_file": pki.join("admin.crt"),
+        "key_file": pki.join("admin.key"),
+    });
+    sd["namespaces"] = json!({ "names": [namespace] });
+    config["global"] = json!({ "scrape_interval": "1s", "scrape_timeout": "1s" });
+    config
+}
+
+/// `data` of a GET of Prometheus's HTTP API (`path` from `/api/v1/`), or what went wrong
+/// (Prometheus not up yet, a bad query).
+pub async fn api(prom: &str, path: &str) -> Result<Value, String> {
+    let reply = http::try_request(prom, "GET", path, &[]).await?;
     if reply.status != 200 {
-        return Err(format!("{promql}: {} {}", reply.status, reply.text()));
+        return Err(format!("GET {path}: {} {}", reply.status, reply.text()));
     }
     let v: Value =
         serde_json::from_slice(&reply.body).map_err(|e| format!("{e}: {}", reply.text()))?;
-    v["data"]["result"]
+    if v["status"] != "success" {
+        return Err(format!("GET {path}: {v}"));
+    }
+    Ok(v["data"].clone())
+}
+
+/// `data.result` of an instant query, or what went wrong (Prometheus not up yet, a bad query).
+pub async fn query(prom: &str, promql: &str) -> Result<Vec<Value>, String> {
+    let data = api(prom, &format!("/api/v1/query?query={}", urlencode(promql))).await?;
+    data["result"]
         .as_array()
         .cloned()
-        .ok_or_else(|| format!("{promql}: {v}"))
+        .ok_or_else(|| format!("{promql}: {data}"))
+}
+
+/// `data.result` of a range query from `start` to `end` (Unix seconds) every `step` seconds.
+pub async fn query_range(
+    prom: &str,
+    promql: &str,
+    start: f64,
+    end: f64,
+    step: u64,
+) -> Result<Vec<Value>, String> {
+    let path = format!(
+        "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+        urlencode(promql)
+    );
+    let data = api(prom, &path).await?;
+    data["result"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("{promql}: {data}"))
 }
 
 /// The port of a `host:port` address.
@@ -27,7 +87,7 @@ pub fn port_of(addr: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in {addr}"))
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

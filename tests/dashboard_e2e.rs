@@ -1,0 +1,1028 @@
+//! The shipped Grafana dashboard and alert rules (manifests/monitoring/common), proven against
+//! live data: the test control plane, the stand-in KSIT manager, the exporter beside it with a
+//! mix of ready and failing clusters (IntegrationTarget cluster1 ready and cluster2 not, as
+//! manifests/samples ships them; Integration argocd-integration Running and flux-integration
+//! Failed; one ManagedCluster available and one lost; the manager's container restarting), and
+//! a real Prometheus that finds the exporter with the page's scrape config (as
+//! tests/e2e_prometheus.rs does, through a network namespace) and evaluates the shipped rules.
+//!
+//! Then, read from the files so that a panel or rule added later is checked too:
+//! - every query of every panel, with Grafana's variables substituted as Grafana would, answers
+//!   at least one series with a value, as an instant query and, unless the target is instant
+//!   only, as a range query; every `{{label}}` of its legend is on each series;
+//! - every alert either fires, with the labels this mix gives it, every label its annotations
+//!   print present, or stays quiet: never fired during the test, and its expression, made a
+//!   `bool` comparison, answers 0 for series that exist (so "quiet" is not "no data").
+//!
+//! Needs the control plane and root (for the network namespace); under `CI=true` a missing one
+//! is a failure.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::proc::Proc;
+use common::prometheus::{api, port_of, query, query_range, scrape_config, urlencode};
+use common::{
+    Cleanup, ControlPlane, check, control_plane, eventually, free_port, netns, repo_path,
+    test_namespace,
+};
+use serde_json::{Value, json};
+
+/// Every wait of this test; the control plane and the other suites share two cores.
+const WAIT: Duration = Duration::from_secs(90);
+/// This test's /30s: 198.18.0.0/24, in the benchmarking range (198.18.0.0/15) no other test uses.
+const NET: &str = "198.18.0";
+/// The scrape and rule-evaluation interval of the test's Prometheus, in seconds, and the scrape
+/// interval the Grafana datasource is told (Grafana derives `$__rate_interval` from it).
+const SCRAPE_SECONDS: u64 = 1;
+/// The `for` of every alert in the test's copy of the rules: the shipped minutes would make the
+/// test that long. Only `for` is rewritten; expressions, labels and annotations are as shipped.
+const FOR: &str = "3s";
+/// The pod the sidecar runs in, as the Endpoints name it.
+const POD: &str = "ksit-controller-manager-0";
+/// Restarts of the manager container once it starts crash-looping: over the alert's 2.
+const RESTARTS: u32 = 3;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs_f64()
+}
+
+/// ManagedClusters are cluster-scoped: removed (best effort) on drop.
+struct ManagedClusters {
+    names: Vec<String>,
+    cleanup: Cleanup,
+}
+
+impl Drop for ManagedClusters {
+    fn drop(&mut self) {
+        for name in &self.names {
+            self.cleanup.kubectl(&[
+                "delete",
+                "managedcluster",
+                name,
+                "--wait=false",
+                "--ignore-not-found",
+            ]);
+        }
+    }
+}
+
+fn patch_status(cp: &ControlPlane, namespace: Option<&str>, kind: &str, name: &str, status: Value) {
+    let mut args = vec![];
+    if let Some(ns) = namespace {
+        args.extend(["-n", ns]);
+    }
+    let patch = json!({ "status": status }).to_string();
+    args.extend([
+        "patch",
+        kind,
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    check(
+        cp.kubectl(&args),
+        &format!("writing the status of {kind} {name}"),
+    );
+}
+
+/// The pod's status as a kubelet would write it, the manager container restarted `restarts` times.
+fn pod_status(ip: &str, restarts: u32) -> Value {
+    let container = |name: &str, restarts: u32| {
+        json!({"name": name, "ready": true, "restartCount": restarts, "image": format!("{name}:test"),
+               "imageID": "", "state": {"running": {"startedAt": "2026-11-27T10:00:00Z"}}})
+    };
+    json!({
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [container("manager", restarts), container("ksit-exporter", 0)],
+    })
+}
+
+/// The shipped PrometheusRule's groups, each alert's `for` set to [`FOR`].
+fn rules_with_short_for(cp: &ControlPlane) -> Value {
+    let rule = cp
+        .render("manifests/monitoring/common")
+        .into_iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .expect("manifests/monitoring/common has a PrometheusRule");
+    let mut spec = rule["spec"].clone();
+    for group in spec["groups"].as_array_mut().expect("rule groups") {
+        for rule in group["rules"].as_array_mut().expect("rules") {
+            if rule.get("for").is_some() {
+                rule["for"] = json!(FOR);
+            }
+        }
+    }
+    spec
+}
+
+/// The rules of a rule file that have `key`: `alert` or `record`.
+fn rules_with<'a>(rules: &'a Value, key: &str) -> Vec<&'a Value> {
+    rules["groups"]
+        .as_array()
+        .expect("rule groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .filter(|r| r.get(key).is_some())
+        .collect()
+}
+
+/// What an alert should do with this mix of clusters.
+enum Expect {
+    /// Fire once for each label set (a subset of the alert's labels), and for nothing else of
+    /// this test's.
+    Fire(Vec<BTreeMap<&'static str, String>>),
+    /// Never fire.
+    Quiet,
+}
+
+/// Labels from pairs.
+fn labels(pairs: &[(&'static str, &str)]) -> BTreeMap<&'static str, String> {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// What every shipped alert should do with this test's objects; an alert the file ships that
+/// is not here fails the test, as does one here the file does not ship.
+fn expectations(ns: &str, lost: &str) -> BTreeMap<&'static str, Expect> {
+    BTreeMap::from([
+        (
+            "KsitClusterNotReady",
+            Expect::Fire(vec![
+                labels(&[
+                    ("source", "integrationtarget"),
+                    ("namespace", ns),
+                    ("target", "cluster2"),
+                    ("cluster_name", "cluster2"),
+                ]),
+                labels(&[
+                    ("source", "managedcluster"),
+                    ("target", lost),
+                    ("cluster_name", lost),
+                ]),
+            ]),
+        ),
+        (
+            "KsitComponentRestarting",
+            Expect::Fire(vec![labels(&[
+                ("namespace", ns),
+                ("pod", POD),
+                ("container", "manager"),
+            ])]),
+        ),
+        // The manager answers its probes, reconciles in milliseconds, and the exporter reaches
+        // the API server.
+        ("KsitComponentHealthProbeDown", Expect::Quiet),
+        ("KsitReconcileLatencyHigh", Expect::Quiet),
+        ("KsitExporterKubeUnreachable", Expect::Quiet),
+    ])
+}
+
+/// The names of `{{ $labels.NAME }}` printed as they are in a template (not inside `with` or
+/// `if`, which handle a missing label).
+fn printed_labels(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            break;
+        };
+        let action = rest[start + 2..start + end].trim();
+        if let Some(name) = action.strip_prefix("$labels.")
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !out.iter().any(|n| n == name)
+        {
+            out.push(name.to_string());
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out
+}
+
+/// `expr` with `bool` after its last top-level comparison operator (outside brackets and
+/// strings), or `None` when it has none.
+fn with_bool(expr: &str) -> Option<String> {
+    let bytes = expr.as_bytes();
+    let (mut depth, mut quote, mut at) = (0i32, None, None);
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match (quote, c) {
+            (Some(q), b'\\') if q != b'`' => i += 1,
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'' | b'`') => quote = Some(c),
+            (None, b'(' | b'[' | b'{') => depth += 1,
+            (None, b')' | b']' | b'}') => depth -= 1,
+            (None, b'=' | b'!' | b'>' | b'<') if depth == 0 => {
+                let two = bytes.get(i + 1) == Some(&b'=');
+                if c == b'>' || c == b'<' || two {
+                    let len = if two { 2 } else { 1 };
+                    at = Some(i + len);
+                    i += len;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    at.map(|at| format!("{} bool{}", &expr[..at], &expr[at..]))
+}
+
+/// Prometheus's syntax tree of `expr`.
+async fn parse(prom: &str, expr: &str) -> Value {
+    api(
+        prom,
+        &format!("/api/v1/parse_query?query={}", urlencode(expr)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("parsing {expr}: {e}"))
+}
+
+/// Grafana's view of the data: its time range, and the variables it substitutes.
+struct Grafana {
+    start: f64,
+    end: f64,
+    /// The dashboard's template variables, resolved.
+    variables: Vec<(String, String)>,
+}
+
+/// Points Grafana asks for in a panel (its width in pixels, about).
+const MAX_DATA_POINTS: f64 = 1000.0;
+
+impl Grafana {
+    /// `$__interval` in seconds: the range over the points, at least the scrape interval.
+    fn interval(&self) -> u64 {
+        (((self.end - self.start) / MAX_DATA_POINTS).ceil() as u64).max(SCRAPE_SECONDS)
+    }
+
+    /// `expr` with Grafana's variables substituted, or an error naming what is left.
+    fn substitute(&self, expr: &str) -> Result<String, String> {
+        let interval = self.interval();
+        // Grafana's definition: at least four scrapes, and one scrape more than the step.
+        let rate_interval = (interval + SCRAPE_SECONDS).max(4 * SCRAPE_SECONDS);
+        let range = (self.end - self.start).round() as u64;
+        // Longer names first: `$__interval_ms` is not `$__interval` followed by `_ms`.
+        let builtins = [
+            ("__rate_interval", format!("{rate_interval}s")),
+            ("__interval_ms", (interval * 1000).to_string()),
+            ("__interval", format!("{interval}s")),
+            ("__range_ms", (range * 1000).to_string()),
+            ("__range_s", range.to_string()),
+            ("__range", format!("{range}s")),
+        ];
+        let mut out = expr.to_string();
+        for (name, value) in &builtins {
+            out = substitute_one(&out, name, value);
+        }
+        // A variable's own name never starts with `__`, so the built-ins go first.
+        for (name, value) in &self.variables {
+            out = substitute_one(&out, name, value);
+        }
+        match out.find(['$']).filter(|&i| {
+            out[i + 1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c == '{' || c == '_' || c.is_ascii_alphabetic())
+        }) {
+            Some(i) => Err(format!(
+                "a variable the test cannot resolve at `{}`",
+                &out[i..]
+            )),
+            None if out.contains("[[") => Err(format!("a `[[variable]]` left in {out}")),
+            None => Ok(out),
+        }
+    }
+}
+
+/// `text` with Grafana's three forms of the variable `name` (`$name`, `${name}` or
+/// `${name:format}`, `[[name]]`) replaced by `value`. `$name` must end at a non-word character,
+/// so `$ns` is not the start of `$nsx`.
+fn substitute_one(text: &str, name: &str, value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['$', '[']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let braced = format!("${{{name}");
+        let bare = format!("${name}");
+        let bracketed = format!("[[{name}]]");
+        let skip = if let Some(after) = tail.strip_prefix(&braced) {
+            match after.chars().next() {
+                Some('}') => Some(braced.len() + 1),
+                Some(':') => after.find('}').map(|end| braced.len() + end + 1),
+                _ => None,
+            }
+        } else if tail.starts_with(&bracketed) {
+            Some(bracketed.len())
+        } else if let Some(after) = tail.strip_prefix(&bare) {
+            (!after
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then_some(bare.len())
+        } else {
+            None
+        };
+        match skip {
+            Some(n) => {
+                out.push_str(value);
+                rest = &tail[n..];
+            }
+            None => {
+                out.push_str(&tail[..1]);
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value Grafana gives a template variable when the dashboard opens with none chosen: the
+/// first its query yields. Supported: `datasource` (this Prometheus), `query` variables
+/// `label_values(label)` and `label_values(selector, label)` without a regex, and `custom` and
+/// `constant` ones; another kind fails, naming it.
+async fn resolve_variable(prom: &str, variable: &Value, known: &Grafana) -> String {
+    let name = variable["name"].as_str().unwrap_or_default();
+    let definition = match &variable["query"] {
+        Value::String(s) => s.clone(),
+        q => q["query"].as_str().unwrap_or_default().to_string(),
+    };
+    let definition = known
+        .substitute(&definition)
+        .unwrap_or_else(|e| panic!("variable {name}: {e}"));
+    assert!(
+        variable["regex"].as_str().is_none_or(str::is_empty),
+        "variable {name}: the test does not apply a variable's regex; teach resolve_variable"
+    );
+    let first = |values: Vec<String>| {
+        values
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("variable {name} ({definition}) has no value"))
+    };
+    match variable["type"].as_str() {
+        Some("datasource") => "prometheus".to_string(),
+        Some("custom") => first(
+            definition
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .collect(),
+        ),
+        Some("constant") => definition,
+        Some("query") => {
+            let call = |f: &str| {
+                definition
+                    .trim()
+                    .strip_prefix(f)
+                    .and_then(|a| a.strip_prefix('('))
+                    .and_then(|a| a.strip_suffix(')'))
+                    .map(str::to_string)
+            };
+            if let Some(args) = call("label_values") {
+                let (selector, label) = match args.rsplit_once(',') {
+                    Some((selector, label)) => (Some(selector.trim()), label.trim()),
+                    None => (None, args.trim()),
+                };
+                let path = match selector {
+                    Some(s) => format!("/api/v1/label/{label}/values?match[]={}", urlencode(s)),
+                    None => format!("/api/v1/label/{label}/values"),
+                };
+                let values = api(prom, &path)
+                    .await
+                    .unwrap_or_else(|e| panic!("variable {name}: {e}"));
+                first(
+                    values
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                )
+            } else {
+                panic!(
+                    "variable {name}: the test does not know Grafana's `{definition}`; teach resolve_variable"
+                )
+            }
+        }
+        other => panic!(
+            "variable {name}: the test does not resolve {other:?} variables; teach resolve_variable"
+        ),
+    }
+}
+
+/// Every panel, rows' collapsed panels included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"]
+        .as_array()
+        .expect("the dashboard's panels")
+    {
+        out.push(p);
+        out.extend(p["panels"].as_array().into_iter().flatten());
+    }
+    out
+}
+
+/// The `{{name}}` labels a legend format prints.
+fn legend_labels(format: &str) -> Vec<String> {
+    format
+        .split("{{")
+        .skip(1)
+        .filter_map(|s| s.split_once("}}"))
+        .map(|(name, _)| name.trim().to_string())
+        .collect()
+}
+
+/// Whether a sample value is a number Grafana can draw.
+fn finite(v: &Value) -> bool {
+    v.as_str()
+        .and_then(|s| s.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
+}
+
+/// How a panel's query was run, which decides where its series hold their samples.
+#[derive(Clone, Copy, Debug)]
+enum Run {
+    Instant,
+    Range,
+}
+
+/// What is wrong with the answer to a panel's query: an error, no series, none with a value,
+/// or a legend label missing.
+fn check_answer(answer: Result<Vec<Value>, String>, run: Run, legend: &[String]) -> Option<String> {
+    let result = match answer {
+        Ok(result) if result.is_empty() => return Some("no series".to_string()),
+        Ok(result) => result,
+        Err(e) => return Some(e),
+    };
+    let has_value = |s: &Value| match run {
+        Run::Instant => finite(&s["value"][1]),
+        Run::Range => s["values"]
+            .as_array()
+            .is_some_and(|points| points.iter().any(|p| finite(&p[1]))),
+    };
+    if !result.iter().any(has_value) {
+        return Some(format!("no series with a finite value: {result:?}"));
+    }
+    for s in &result {
+        for label in legend {
+            if s["metric"][label].as_str().is_none_or(str::is_empty) {
+                return Some(format!("legend label `{label}` missing on {}", s["metric"]));
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn every_panel_and_alert_against_a_live_exporter() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let Some(netns) = netns::create_or_skip(NET, 0) else {
+        return;
+    };
+    let ns = test_namespace(&cp, "dashboard", &[]).await;
+    let target = repo_path("target");
+    let tag = std::process::id();
+
+    // IntegrationTargets cluster1 (ready) and cluster2 (not), Integrations argocd (Running),
+    // flux (Failed: it names cluster2) and prometheus (Failed: disabled).
+    cp.apply_path(&ns.name, "manifests/samples");
+    // Short requeues, so reconciles keep coming within a rate window of seconds.
+    let manager = common::start_manager_with(
+        &cp,
+        &[&ns.name],
+        &[
+            "--integration-requeue=2s",
+            "--target-ready-requeue=2s",
+            "--target-failing-requeue=2s",
+        ],
+    )
+    .await;
+
+    // ManagedClusters are cluster-scoped: named after the namespace, apart from other runs'.
+    let available = format!("{}-available", ns.name);
+    let lost = format!("{}-lost", ns.name);
+    let _clusters = ManagedClusters {
+        names: vec![available.clone(), lost.clone()],
+        cleanup: cp.cleanup(),
+    };
+    for (name, status, reason) in [
+        (&available, "True", "ManagedClusterAvailable"),
+        (&lost, "Unknown", "ManagedClusterLeaseUpdateStopped"),
+    ] {
+        cp.apply_yaml(
+            &ns.name,
+            &format!(
+                "apiVersion: cluster.open-cluster-management.io/v1\nkind: ManagedCluster\n\
+                 metadata: {{name: {name}}}\nspec: {{hubAcceptsClient: true}}\n"
+            ),
+        );
+        patch_status(
+            &cp,
+            None,
+            "managedcluster",
+            name,
+            json!({"conditions": [{"type": "ManagedClusterConditionAvailable", "status": status,
+                   "reason": reason, "message": "set by the test",
+                   "lastTransitionTime": "2026-11-27T10:00:00Z"}]}),
+        );
+    }
+
+    // The pod the sidecar runs in (the test plays kubelet), and the Service the page's config
+    // keeps with its Endpoints pointing at the pod, as the endpoints controller would.
+    cp.apply_yaml(
+        &ns.name,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {POD}
+  labels: {{ app: ksit }}
+spec:
+  containers:
+    - {{ name: manager, image: "manager:test" }}
+    - name: ksit-exporter
+      image: "ksit-exporter:test"
+      ports: [{{ name: metrics, containerPort: 8080, protocol: TCP }}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: ksit-monitor
+  labels: {{ app: ksit }}
+spec:
+  ports: [{{ name: metrics, port: 8080, targetPort: 8080, protocol: TCP }}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: ksit-monitor
+  labels: {{ app: ksit }}
+subsets:
+  - addresses: [{{ ip: "{ip}", targetRef: {{ kind: Pod, name: {POD}, namespace: {ns} }} }}]
+    ports: [{{ name: metrics, port: 8080, protocol: TCP }}]
+"#,
+            ip = netns.ns_ip,
+            ns = ns.name,
+        ),
+    );
+    patch_status(&cp, Some(&ns.name), "pod", POD, pod_status(&netns.ns_ip, 0));
+
+    let _relay = netns::start_relay(
+        &netns,
+        &[
+            port_of(&cp.server_url),
+            port_of(&manager.metrics_addr),
+            port_of(&manager.health_addr),
+        ]
+        .map(|port| (port, port)),
+    )
+    .await;
+    let listen = format!("{}:8080", netns.ns_ip);
+    let exporter = Proc::spawn(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns.name,
+                env!("CARGO_BIN_EXE_ksit-exporter"),
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("KSIT_KUBERNETES", "true")
+            .env("KSIT_WATCH_NAMESPACES", &ns.name)
+            .env("KSIT_LISTEN_ADDR", &listen)
+            .env("KSIT_PROBE_INTERVAL", "1s")
+            .env("KSIT_PROBE_TIMEOUT", "1s")
+            .env("POD_NAME", POD)
+            .env("POD_NAMESPACE", &ns.name)
+            .env("KSIT_OCM_CLUSTERS", "true")
+            // The stand-in manager, not this pod, holds the Lease: export the objects anyway.
+            .env("KSIT_CR_METRICS", "always")
+            .env(
+                "KSIT_HEALTH_URLS",
+                format!("http://{0}/healthz,http://{0}/readyz", manager.health_addr),
+            )
+            .env("KSIT_UPSTREAM_METRICS_URL", &manager.metrics_url),
+        target.join(format!("dashboard-e2e-exporter-{tag}.log")),
+    );
+
+    // Prometheus with the page's scrape config and the shipped rules.
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let rules = rules_with_short_for(&cp);
+    let rules_path = data.path().join("rules.yml");
+    // JSON is YAML: Prometheus reads both files as written.
+    std::fs::write(&rules_path, rules.to_string()).expect("writing rules.yml");
+    let mut config = scrape_config(&cp, &ns.name);
+    config["global"]["evaluation_interval"] = json!(format!("{SCRAPE_SECONDS}s"));
+    config["rule_files"] = json!([rules_path]);
+    let config_path = data.path().join("prometheus.yml");
+    std::fs::write(&config_path, config.to_string()).expect("writing prometheus.yml");
+    check(
+        Command::new(cp.bin_dir.join("promtool"))
+            .args(["check", "config"])
+            .arg(&config_path)
+            .output()
+            .expect("running promtool"),
+        "promtool check config",
+    );
+    let prom = format!("127.0.0.1:{}", free_port());
+    let started = now();
+    let prometheus = Proc::spawn(
+        Command::new(cp.bin_dir.join("prometheus"))
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom}")),
+        target.join(format!("dashboard-e2e-prometheus-{tag}.log")),
+    );
+    let logs = || {
+        format!(
+            "\n--- exporter log (tail):\n{}\n--- prometheus log (tail):\n{}",
+            exporter.log_tail(30),
+            prometheus.log_tail(20)
+        )
+    };
+    let prom = prom.as_str();
+
+    // The data the panels and alerts read: every cluster of this test, and reconciles.
+    let mine = format!(
+        r#"ksit_cluster_status{{namespace="{0}"}} or ksit_cluster_status{{cluster_name=~"{0}-.*"}}"#,
+        ns.name
+    );
+    eventually(WAIT, "the test's four clusters in Prometheus", || async {
+        let result = query(prom, &mine).await?;
+        if result.len() == 4 {
+            Ok(())
+        } else {
+            Err(format!("{result:?}{}", logs()))
+        }
+    })
+    .await;
+    eventually(WAIT, "reconciles counted", || async {
+        let result = query(prom, "sum(rate(ksit_reconcile_total[5s])) > 0").await?;
+        if result.is_empty() {
+            Err(format!("none yet{}", logs()))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+
+    // Its restarts counted at 0 first: a counter first seen at 3 has not increased.
+    eventually(
+        WAIT,
+        "the manager's restarts at 0 in Prometheus",
+        || async {
+            let promql = r#"ksit_component_container_restarts_total{container="manager"} == 0"#;
+            match query(prom, promql).await?.len() {
+                1 => Ok(()),
+                n => Err(format!("{n} series{}", logs())),
+            }
+        },
+    )
+    .await;
+    // Then the manager container starts crash-looping.
+    patch_status(
+        &cp,
+        Some(&ns.name),
+        "pod",
+        POD,
+        pod_status(&netns.ns_ip, RESTARTS),
+    );
+
+    // Every shipped alert has an expectation, and the other way round.
+    let shipped = rules_with(&rules, "alert");
+    let expect = expectations(&ns.name, &lost);
+    let names: Vec<&str> = shipped
+        .iter()
+        .map(|r| r["alert"].as_str().expect("alert name"))
+        .collect();
+    for name in &names {
+        assert!(
+            expect.contains_key(name),
+            "alert {name} is shipped but this test has no expectation for it: add one to expectations()"
+        );
+    }
+    for name in expect.keys() {
+        assert!(
+            names.contains(name),
+            "this test expects alert {name}, which manifests/monitoring no longer ships"
+        );
+    }
+
+    // The alerts that should fire do, with their labels, and nothing else of this test's.
+    // (A ManagedCluster of another suite's may be not ready too: it is not this test's.)
+    let ours = |alert: &Value| {
+        let l = &alert["labels"];
+        l["namespace"] == json!(ns.name)
+            || l["cluster_name"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&format!("{}-", ns.name)))
+    };
+    let firing = eventually(WAIT, "the expected alerts firing", || async {
+        let data = api(prom, "/api/v1/alerts").await?;
+        let alerts: Vec<Value> = data["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "firing" && ours(a))
+            .cloned()
+            .collect();
+        let mut missing = Vec::new();
+        for rule in &shipped {
+            let name = rule["alert"].as_str().expect("alert name");
+            let Some(Expect::Fire(sets)) = expect.get(name) else {
+                continue;
+            };
+            for set in sets {
+                let found = alerts.iter().any(|a| {
+                    a["labels"]["alertname"] == name
+                        && set.iter().all(|(k, v)| a["labels"][k] == json!(v))
+                });
+                if !found {
+                    missing.push(format!("{name} {set:?}"));
+                }
+            }
+        }
+        if missing.is_empty() {
+            Ok(alerts)
+        } else {
+            let labels: Vec<String> = alerts.iter().map(|a| a["labels"].to_string()).collect();
+            Err(format!(
+                "not firing: {missing:?}\nfiring: {}{}",
+                labels.join("\n"),
+                logs()
+            ))
+        }
+    })
+    .await;
+    let mut failures = Vec::new();
+    for alert in &firing {
+        let name = alert["labels"]["alertname"].as_str().unwrap_or_default();
+        let rule = shipped
+            .iter()
+            .find(|r| r["alert"] == name)
+            .expect("a firing alert is a shipped rule");
+        match expect.get(name) {
+            Some(Expect::Fire(sets)) => {
+                let matches = sets
+                    .iter()
+                    .filter(|set| set.iter().all(|(k, v)| alert["labels"][k] == json!(v)))
+                    .count();
+                if matches != 1 {
+                    failures.push(format!(
+                        "{name} fired for what this test does not expect: {}",
+                        alert["labels"]
+                    ));
+                }
+            }
+            _ => failures.push(format!(
+                "{name} should stay quiet but fired: {}",
+                alert["labels"]
+            )),
+        }
+        // The rule's own labels, and every label its annotations print.
+        for (k, v) in rule["labels"].as_object().into_iter().flatten() {
+            if alert["labels"][k] != *v {
+                failures.push(format!("{name}: label {k} is not {v}: {}", alert["labels"]));
+            }
+        }
+        for (key, template) in rule["annotations"].as_object().into_iter().flatten() {
+            for label in printed_labels(template.as_str().unwrap_or_default()) {
+                if alert["labels"][&label].as_str().is_none_or(str::is_empty) {
+                    failures.push(format!(
+                        "{name}: annotation {key} prints $labels.{label}, which the alert lacks: {}",
+                        alert["annotations"][key]
+                    ));
+                }
+            }
+        }
+    }
+
+    // Every rule was evaluated without error.
+    let groups = api(prom, "/api/v1/rules?type=alert")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for name in &names {
+        let rule = groups["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .find(|r| r["name"] == *name);
+        match rule {
+            Some(r) if r["health"] == "ok" => {}
+            other => failures.push(format!("rule {name} not evaluated cleanly: {other:?}")),
+        }
+    }
+
+    // The quiet ones never fired, and their expressions answer for series that exist.
+    let end = now();
+    for rule in &shipped {
+        let name = rule["alert"].as_str().expect("alert name");
+        if !matches!(expect.get(name), Some(Expect::Quiet)) {
+            continue;
+        }
+        let history = format!(
+            r#"ALERTS{{alertname="{name}",alertstate="firing"}}[{}s]"#,
+            (end - started).ceil() as u64 + 1
+        );
+        match query(prom, &format!("count_over_time({history})")).await {
+            Ok(r) if r.is_empty() => {}
+            other => failures.push(format!("{name} should stay quiet but fired: {other:?}")),
+        }
+        let expr = rule["expr"].as_str().expect("alert expr").trim();
+        let Some(compared) = with_bool(expr) else {
+            failures.push(format!(
+                "{name}: `{expr}` has no comparison to make `bool`, so the test cannot tell quiet from no data; teach the test"
+            ));
+            continue;
+        };
+        let mut tree = parse(prom, expr).await;
+        tree["bool"] = json!(true);
+        assert_eq!(
+            parse(prom, &compared).await,
+            tree,
+            "{name}: `{compared}` is not `{expr}` with its comparison made bool"
+        );
+        match query(prom, &compared).await {
+            Ok(r) if !r.is_empty() && r.iter().all(|s| s["value"][1] == "0") => {}
+            other => failures.push(format!(
+                "{name}: `{compared}` should answer 0 for existing series: {other:?}"
+            )),
+        }
+    }
+
+    // A recording rule (none is shipped today) records series.
+    for rule in rules_with(&rules, "record") {
+        let record = rule["record"].as_str().expect("record name");
+        match query(prom, record).await {
+            Ok(r) if !r.is_empty() => {}
+            other => failures.push(format!(
+                "recording rule {record} recorded nothing: {other:?}"
+            )),
+        }
+    }
+
+    // Every panel's every query, as Grafana would run it over the time since Prometheus began.
+    let items = cp.render("manifests/monitoring/common");
+    let cm = items
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "ksit-dashboard")
+        .expect("the ksit-dashboard ConfigMap");
+    let dashboard: Value = serde_json::from_str(
+        cm["data"]["ksit-dashboard.json"]
+            .as_str()
+            .expect("the dashboard JSON"),
+    )
+    .expect("the dashboard is JSON");
+    let mut grafana = Grafana {
+        start: started,
+        end,
+        variables: Vec::new(),
+    };
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let value = resolve_variable(prom, variable, &grafana).await;
+        let name = variable["name"]
+            .as_str()
+            .expect("variable name")
+            .to_string();
+        grafana.variables.push((name, value));
+    }
+    // The resolver itself, on the query variables a dashboard would gain (none is shipped).
+    for (definition, value) in [
+        ("label_values(probe)", "healthz"),
+        (
+            r#"label_values(ksit_integration_info{type="flux"}, integration)"#,
+            "flux-integration",
+        ),
+    ] {
+        let variable = json!({"name": "v", "type": "query", "query": {"query": definition}});
+        assert_eq!(
+            resolve_variable(prom, &variable, &grafana).await,
+            value,
+            "{definition}"
+        );
+    }
+    let step = grafana.interval();
+    let mut checked = 0;
+    for panel in panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or("(untitled)");
+        if panel["type"] == "row" {
+            continue;
+        }
+        let targets = panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if targets.is_empty() {
+            failures.push(format!("panel {title:?} has no query"));
+        }
+        for t in targets {
+            let Some(raw) = t["expr"].as_str() else {
+                failures.push(format!("panel {title:?} target {}: no expr", t["refId"]));
+                continue;
+            };
+            let promql = match grafana.substitute(raw) {
+                Ok(q) => q,
+                Err(e) => {
+                    failures.push(format!("panel {title:?} `{raw}`: {e}"));
+                    continue;
+                }
+            };
+            let legend = legend_labels(t["legendFormat"].as_str().unwrap_or_default());
+            let mut answers = vec![(Run::Instant, query(prom, &promql).await)];
+            // Grafana runs a range query unless the target is instant only.
+            if t["instant"] != true {
+                let range = query_range(prom, &promql, grafana.start, grafana.end, step).await;
+                answers.push((Run::Range, range));
+            }
+            for (run, answer) in answers {
+                if let Some(why) = check_answer(answer, run, &legend) {
+                    failures.push(format!("panel {title:?} `{promql}` ({run:?}): {why}"));
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}{}",
+        failures.len(),
+        failures.join("\n"),
+        logs()
+    );
+    eprintln!(
+        "dashboard_e2e: {checked} panel queries answered; {} alerts fired as expected, {} stayed quiet",
+        firing.len(),
+        names.len()
+            - expect
+                .values()
+                .filter(|e| matches!(e, Expect::Fire(_)))
+                .count()
+    );
+}
+
+#[test]
+fn grafana_variables_are_substituted_as_grafana_does() {
+    let grafana = Grafana {
+        start: 1000.0,
+        end: 1120.0,
+        variables: vec![("ns".to_string(), "ksit-system".to_string())],
+    };
+    assert_eq!(
+        grafana
+            .substitute(r#"rate(x{namespace="$ns",a="${ns}",b="${ns:raw}",c="[[ns]]"}[$__rate_interval]) / $__range_s"#)
+            .as_deref(),
+        Ok(r#"rate(x{namespace="ksit-system",a="ksit-system",b="ksit-system",c="ksit-system"}[4s]) / 120"#)
+    );
+    assert_eq!(
+        grafana
+            .substitute("x[$__interval] offset $__range")
+            .as_deref(),
+        Ok("x[1s] offset 120s")
+    );
+    // A name that only starts like a known variable is left, and reported.
+    assert!(grafana.substitute(r#"x{a="$nsx"}"#).is_err());
+    assert!(grafana.substitute(r#"x{a=~"end$"}"#).is_ok());
+}
+
+#[test]
+fn comparisons_become_bool_and_printed_labels_are_found() {
+    assert_eq!(with_bool("x == 0").as_deref(), Some("x == bool 0"));
+    assert_eq!(
+        with_bool(r#"histogram_quantile(0.99, sum by (le) (rate(x{a!="b"}[5m]))) > 5"#).as_deref(),
+        Some(r#"histogram_quantile(0.99, sum by (le) (rate(x{a!="b"}[5m]))) > bool 5"#)
+    );
+    assert_eq!(with_bool(r#"absent(x{a=">"})"#), None);
+    assert_eq!(
+        printed_labels(
+            "{{ $labels.pod }} in {{ with $labels.namespace }}{{ . }}{{ end }} {{ $value }} {{ $labels.pod }}"
+        ),
+        vec!["pod".to_string()]
+    );
+}
