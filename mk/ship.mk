@@ -22,7 +22,7 @@ demo-local: ## the demo as local processes, no container engine: control plane, 
 e2e: ## the end-to-end test (real Prometheus) and the manifest checks, with the control plane up then down
 	@trap 'scripts/controlplane.sh down' EXIT; \
 	scripts/controlplane.sh up && \
-	$(CARGO) test --test e2e_prometheus --test manifests
+	$(CARGO) test --test e2e_prometheus --test dashboard_e2e --test manifests
 
 ship-check: ## what CI runs for shipping: shellcheck, image build and run with buildah, the demo's dry run
 	shellcheck $(SHIP_SCRIPTS)

@@ -809,8 +809,9 @@ impl Drop for ReinstallOcmCrdOnFailure {
 
 /// ManagedClusters (KSIT_OCM_CLUSTERS=true) give `ksit_cluster_*` series with
 /// `source="managedcluster"`; with their CRD gone only that collector goes down, the rest and
-/// /healthz carry on, and it recovers by itself when the CRD returns. No other test reads
-/// ManagedClusters, so removing their CRD from the shared control plane disturbs nothing.
+/// /healthz carry on, and it recovers by itself when the CRD returns. No other test in this
+/// binary reads ManagedClusters; tests/dashboard_e2e.rs does, in its own test binary, which
+/// cargo runs before or after this one, never beside it.
 #[tokio::test]
 async fn managed_clusters_and_a_missing_crd() {
     let Some(cp) = control_plane().await else {
