@@ -157,3 +157,38 @@ impl Collect for Health {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status page shows each probe's URL as the logs do, its password masked, and what it
+    /// last answered.
+    #[tokio::test]
+    async fn the_page_shows_probes_with_credentials_masked() {
+        let registry = Registry::new();
+        let target = HealthTarget {
+            name: "live".into(),
+            // Nothing listens on port 9 of loopback (discard): the probe fails at once.
+            url: "http://user:s3cret@127.0.0.1:9/healthz"
+                .parse()
+                .expect("a URL"),
+        };
+        let mut health = Health::new(
+            vec![target],
+            Duration::from_secs(2),
+            Families::register(&registry),
+        );
+        let probe = &registry.board().notes().probes[0];
+        assert_eq!(probe.url, "http://***@127.0.0.1:9/healthz");
+        assert_eq!(probe.last, None, "not probed yet");
+        health
+            .collect()
+            .await
+            .expect("the collector itself succeeds");
+        let probe = &registry.board().notes().probes[0];
+        let (up, answer) = probe.last.clone().expect("probed");
+        assert!(!up, "{answer}");
+        assert!(!answer.contains("s3cret"), "{answer}");
+    }
+}
