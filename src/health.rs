@@ -167,10 +167,14 @@ mod tests {
     #[tokio::test]
     async fn the_page_shows_probes_with_credentials_masked() {
         let registry = Registry::new();
+        // A port just freed: nothing listens there, so the probe fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let target = HealthTarget {
             name: "live".into(),
-            // Nothing listens on port 9 of loopback (discard): the probe fails at once.
-            url: "http://user:s3cret@127.0.0.1:9/healthz"
+            url: format!("http://user:s3cret@127.0.0.1:{port}/healthz")
                 .parse()
                 .expect("a URL"),
         };
@@ -180,7 +184,7 @@ mod tests {
             Families::register(&registry),
         );
         let probe = &registry.board().notes().probes[0];
-        assert_eq!(probe.url, "http://***@127.0.0.1:9/healthz");
+        assert_eq!(probe.url, format!("http://***@127.0.0.1:{port}/healthz"));
         assert_eq!(probe.last, None, "not probed yet");
         health
             .collect()
