@@ -53,6 +53,7 @@ impl Exporter {
         self.registry
             .board()
             .set_pod(config.pod_name.as_deref(), config.pod_namespace.as_deref());
+        self.registry.board().set_kubernetes(kube.is_some());
         let (clusters, integrations) = self.kube.status_groups();
         let page = Page::new(self.registry.clone(), clusters, integrations);
         let interval = config.probe_interval;

@@ -21,6 +21,8 @@ pub struct Notes {
     /// The pod beside which this sidecar runs, from `POD_NAME` and `POD_NAMESPACE`.
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    /// Whether the Kubernetes collectors run (`KSIT_KUBERNETES`, and a client found).
+    pub kubernetes: bool,
     /// As `ksit_component_info` says, once the pod was read.
     pub component: Option<Component>,
     /// `None` until the Lease was read (never, outside a pod).
@@ -89,6 +91,10 @@ impl Board {
             n.pod = pod.map(String::from);
             n.namespace = namespace.map(String::from);
         });
+    }
+
+    pub fn set_kubernetes(&self, on: bool) {
+        self.update(|n| n.kubernetes = on);
     }
 
     pub fn set_component(&self, component: Option<Component>) {

@@ -161,7 +161,7 @@ pub fn render(notes: &Notes, clusters: &Group, integrations: &Group) -> String {
         "<table id=\"clusters\"><thead><tr><th>state</th><th>kind</th><th>namespace</th><th>name</th>\
          <th>cluster</th><th>reason</th><th>message</th><th>last sync</th></tr></thead><tbody>",
     );
-    rows_of(&mut out, clusters, "clusters");
+    rows_of(&mut out, clusters, "clusters", notes.kubernetes);
 
     out.push_str("<h2>Integrations</h2>");
     not_exported(&mut out, integrations);
@@ -169,7 +169,7 @@ pub fn render(notes: &Notes, clusters: &Group, integrations: &Group) -> String {
         "<table id=\"integrations\"><thead><tr><th>namespace</th><th>name</th><th>type</th><th>phase</th>\
          <th>conditions</th><th>message</th><th>last reconcile</th></tr></thead><tbody>",
     );
-    rows_of(&mut out, integrations, "integrations");
+    rows_of(&mut out, integrations, "integrations", notes.kubernetes);
 
     collectors(&mut out, notes);
     probes(&mut out, notes);
@@ -235,13 +235,18 @@ fn not_exported(out: &mut String, group: &Group) {
     }
 }
 
-fn rows_of(out: &mut String, group: &Group, what: &str) {
+fn rows_of(out: &mut String, group: &Group, what: &str, kubernetes: bool) {
     for row in &group.rows {
         out.push_str(row);
     }
     out.push_str("</tbody></table>");
     let total = group.total();
-    if total == 0 {
+    if total == 0 && !kubernetes {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">No {what}: the Kubernetes collectors are off (KSIT_KUBERNETES, KUBECONFIG).</p>"
+        );
+    } else if total == 0 {
         let _ = write!(out, "<p class=\"muted\">No {what} seen.</p>");
     } else if total > group.rows.len() {
         let _ = write!(
@@ -438,6 +443,9 @@ mod tests {
         ] {
             assert!(page.contains(fragment), "no {fragment:?} in\n{page}");
         }
+        assert!(page.contains("No clusters: the Kubernetes collectors are off"));
+        board.set_kubernetes(true);
+        assert!(f.text().contains("No clusters seen."));
         board.collected("upstream", Ok(()));
         assert!(
             f.text().contains(
