@@ -748,3 +748,45 @@ async fn failed_handshakes_are_counted() {
         200
     );
 }
+
+/// The page at `/` on the HTTPS port: the certificate's expiry and the admissions answered,
+/// which a review changes. The metrics port keeps `/` a 404.
+#[tokio::test]
+async fn the_status_page_counts_admissions() {
+    let certs = tempfile::tempdir().unwrap();
+    issue_certs(certs.path());
+    let webhook = Webhook::start(certs.path()).await;
+    let page = || async {
+        let (_, response) = tls_exchange(
+            webhook.addr,
+            certs.path(),
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(
+            response.contains("content-type: text/html; charset=utf-8"),
+            "{response}"
+        );
+        response
+    };
+    let before = page().await;
+    for fragment in [
+        "<title>ksit-exporter webhook</title>",
+        "<p id=\"summary\">0 admissions answered</p>",
+        "<tr><th>certificate expires</th><td>20",
+    ] {
+        assert!(before.contains(fragment), "no {fragment:?} in {before}");
+    }
+    assert!(
+        post_review(webhook.addr, certs.path(), "{not json")
+            .await
+            .contains("400")
+    );
+    let after = page().await;
+    assert!(
+        after.contains("<p id=\"summary\">1 admissions answered: 1 error</p>"),
+        "{after}"
+    );
+    assert_eq!(http::get(&webhook.metrics_addr, "/").await.status, 404);
+}
