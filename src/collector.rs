@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use crate::labels;
 use crate::metrics::{Family, Gauges, Registry};
 use crate::server::FirstPass;
+use crate::status::Board;
 
 labels! {
     /// The collector a series is about: `health`, `process`, `upstream`, `pod`, ...
@@ -28,11 +29,13 @@ pub const COLLECT_DURATION: Family = Family {
     help: "Wall time of the last run of each collector.",
 };
 
-/// The families every collector, local or Kubernetes, reports its own state in.
+/// The families every collector, local or Kubernetes, reports its own state in, and the
+/// status page's note of it.
 #[derive(Clone)]
 pub struct Families {
     pub up: Gauges<Collector>,
     pub duration: Gauges<Collector>,
+    board: Board,
 }
 
 impl Families {
@@ -40,7 +43,14 @@ impl Families {
         Self {
             up: registry.gauges(COLLECTOR_UP),
             duration: registry.gauges(COLLECT_DURATION),
+            board: registry.board().clone(),
         }
+    }
+
+    /// Sets `ksit_exporter_collector_up` of `name`, and the page's note with the error.
+    pub fn report(&self, name: &Collector, result: Result<(), &str>) {
+        self.up.set(name, f64::from(u8::from(result.is_ok())));
+        self.board.collected(&name.collector, result);
     }
 }
 
@@ -71,7 +81,7 @@ pub async fn run_every<C: Collect>(
         families
             .duration
             .set(&name, started.elapsed().as_secs_f64());
-        families.up.set(&name, f64::from(u8::from(result.is_ok())));
+        families.report(&name, result.as_ref().map(|_| ()).map_err(String::as_str));
         match result {
             Err(e) if was_up => {
                 tracing::warn!(collector = %name.collector, error = %e, "collector failed; will retry every interval");

@@ -9,6 +9,7 @@ use crate::collector::Collect;
 use crate::config::Config;
 use crate::metrics::Registry;
 use crate::server::{self, Readiness};
+use crate::status::Page;
 use crate::{collector, health, kube, process, upstream};
 
 pub struct Exporter {
@@ -49,6 +50,11 @@ impl Exporter {
     /// returns what the server serves. Must run inside the Tokio runtime.
     pub fn start(self, config: &Config, kube: Option<::kube::Client>) -> server::State {
         let readiness = Readiness::default();
+        self.registry
+            .board()
+            .set_pod(config.pod_name.as_deref(), config.pod_namespace.as_deref());
+        let (clusters, integrations) = self.kube.status_groups();
+        let page = Page::new(self.registry.clone(), clusters, integrations);
         let interval = config.probe_interval;
         let every = Every {
             interval,
@@ -85,6 +91,7 @@ impl Exporter {
             registry: self.registry,
             scrapes: Some(self.scrapes),
             readiness,
+            page: Some(std::sync::Arc::new(page)),
         }
     }
 }

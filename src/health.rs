@@ -6,6 +6,7 @@ use crate::collector::Collect;
 use crate::config::HealthTarget;
 use crate::fetch::{self, redact};
 use crate::metrics::{Family, Gauges, Registry};
+use crate::status::Board;
 use crate::{labels, telemetry};
 
 /// Health answers are short; a body past this is read no further.
@@ -36,6 +37,8 @@ pub struct Families {
     up: Gauges<Probe>,
     duration: Gauges<Probe>,
     last_success: Gauges<Probe>,
+    /// The status page's probe table: the URL, and what the probe last answered.
+    board: Board,
 }
 
 impl Families {
@@ -44,6 +47,7 @@ impl Families {
             up: registry.gauges(UP),
             duration: registry.gauges(DURATION),
             last_success: registry.gauges(LAST_SUCCESS),
+            board: registry.board().clone(),
         }
     }
 }
@@ -55,21 +59,33 @@ pub struct Health {
     families: Families,
     /// Last known state of each probe, so a failure is logged once, not every interval.
     up: Vec<bool>,
+    /// Each probe's place on the status page's board.
+    notes: Vec<usize>,
 }
 
 impl Health {
     pub fn new(targets: Vec<HealthTarget>, timeout: Duration, families: Families) -> Self {
         let up = vec![true; targets.len()];
+        let notes = targets
+            .iter()
+            .map(|t| {
+                families
+                    .board
+                    .add_probe(&t.name, &redact(&t.url).to_string())
+            })
+            .collect();
         Self {
             targets,
             timeout,
             client: fetch::Client::default(),
             families,
             up,
+            notes,
         }
     }
 
-    async fn probe(&self, target: &HealthTarget) -> (Duration, Result<(), String>) {
+    /// The probe's duration, and what it answered: `Ok` with the status when up.
+    async fn probe(&self, target: &HealthTarget) -> (Duration, Result<String, String>) {
         let started = Instant::now();
         let result = match self
             .client
@@ -77,13 +93,17 @@ impl Health {
             .await
         {
             // As the kubelet counts an HTTP probe: 200 to 399 is healthy.
-            Ok((status, _)) if (200..400).contains(&status.as_u16()) => Ok(()),
+            Ok((status, _)) if (200..400).contains(&status.as_u16()) => {
+                Ok(format!("answered {status}"))
+            }
             Ok((status, body)) => Err(format!(
                 "answered {status}: {}",
                 telemetry::excerpt(body.trim_ascii(), BODY_EXCERPT)
             )),
             // A body over the cap still came with a status; the probe is about the status.
-            Err(fetch::FetchError::TooLarge(_)) => Ok(()),
+            Err(fetch::FetchError::TooLarge(max)) => {
+                Ok(format!("answered with a body over {max} bytes"))
+            }
             Err(e) => Err(e.to_string()),
         };
         (started.elapsed(), result)
@@ -103,8 +123,12 @@ impl Collect for Health {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
-        for ((target, (elapsed, result)), was_up) in
-            self.targets.iter().zip(results).zip(&mut self.up)
+        for (((target, (elapsed, result)), was_up), note) in self
+            .targets
+            .iter()
+            .zip(results)
+            .zip(&mut self.up)
+            .zip(&self.notes)
         {
             let probe = Probe {
                 probe: target.name.clone(),
@@ -112,8 +136,10 @@ impl Collect for Health {
             let f = &self.families;
             f.duration.set(&probe, elapsed.as_secs_f64());
             f.up.set(&probe, f64::from(u8::from(result.is_ok())));
+            f.board
+                .probed(*note, result.as_deref().map_err(String::as_str), now as i64);
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     f.last_success.set(&probe, now);
                     if !*was_up {
                         tracing::info!(probe = %target.name, url = %redact(&target.url), "health probe recovered");

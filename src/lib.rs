@@ -21,6 +21,7 @@ pub mod kube;
 pub mod metrics;
 pub mod process;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod upstream;
 pub mod webhook;

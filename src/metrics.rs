@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use bytes::Bytes;
 use prometheus::core::{Collector, Desc};
 
-pub use objects::{ObjectGauges, Objects, Part, Render};
+use crate::status::Board;
+
+pub use objects::{Note, ObjectGauges, Objects, Part, Render};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, TextEncoder,
@@ -60,16 +62,17 @@ macro_rules! labels {
     (@name $field:ident) => { stringify!($field) };
 }
 
-/// The count of changes to what the registry serves; the cache is keyed by it.
+/// The count of changes to what the registry serves (and to what the status page shows); the
+/// caches of both are keyed by it.
 #[derive(Clone, Default)]
-struct Changes(Arc<AtomicU64>);
+pub(crate) struct Changes(Arc<AtomicU64>);
 
 impl Changes {
-    fn bump(&self) {
+    pub(crate) fn bump(&self) {
         self.0.fetch_add(1, Ordering::Release);
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
 }
@@ -199,6 +202,17 @@ impl<L: Labels> Counters<L> {
 
     pub fn get(&self, labels: &L) -> u64 {
         self.vec.with_label_values(&labels.values()).get()
+    }
+
+    /// The counts summed per value of the label `name` (over the family's other labels).
+    pub fn sum_by(&self, name: &str) -> BTreeMap<String, u64> {
+        let mut sums = BTreeMap::new();
+        for m in self.vec.collect().iter().flat_map(|f| f.get_metric()) {
+            let value = m.get_label().iter().find(|l| l.name() == name);
+            let key = value.map(|l| l.value().to_string()).unwrap_or_default();
+            *sums.entry(key).or_default() += m.get_counter().get_value() as u64;
+        }
+        sums
     }
 }
 
@@ -375,11 +389,23 @@ pub struct Registry {
     groups: Mutex<Vec<Objects>>,
     /// Upstream families passed through as text, already stripped of names registered here.
     passthrough: RwLock<Option<Part>>,
+    /// What the status page shows that no series carries; its writes count as changes too.
+    board: OnceLock<Board>,
 }
 
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts changes to what is served or shown: equal counts, same /metrics, same status page.
+    pub fn version(&self) -> u64 {
+        self.changes.get()
+    }
+
+    /// The status page's notes, whose writes invalidate the same caches as a series' do.
+    pub fn board(&self) -> &Board {
+        self.board.get_or_init(|| Board::new(self.changes.clone()))
     }
 
     fn register(&self, collector: Box<dyn Collector>) {

@@ -85,6 +85,8 @@ pub struct State {
     /// Counts /metrics requests without invalidating the cached body (see [`SCRAPES`]).
     pub scrapes: Option<prometheus::IntCounter>,
     pub readiness: Readiness,
+    /// The status page at `/`; without one, `/` is a 404 like any unknown path.
+    pub page: Option<Arc<crate::status::Page>>,
 }
 
 impl State {
@@ -456,7 +458,8 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<Io> {
 
 fn route(state: &State, req: &Request<Incoming>) -> Response<Chunks> {
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    let page = state.page.as_ref().filter(|_| path == "/");
+    if page.is_none() && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return plain(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz or /readyz\n",
@@ -466,6 +469,14 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Chunks> {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if let Some(page) = page {
+        let mut r = Response::new(Chunks::from(page.body()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::status::HTML),
+        );
         return r;
     }
     match path {

@@ -238,6 +238,11 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
     let handler = Arc::new(Handler {
         injector: config.injector,
         metrics: metrics.clone(),
+        page: crate::webhook::status::Page::new(
+            registry.clone(),
+            metrics.clone(),
+            metrics_listener.local_addr()?,
+        ),
     });
     // Readiness needs nothing more than this point: the certificate is loaded and both ports
     // are bound.
@@ -245,6 +250,7 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
         registry,
         scrapes: None,
         readiness: server::Readiness::default(),
+        page: None,
     };
     tokio::join!(
         serve_tls(listener, acceptor, handler, stopped(stop_rx.clone())),

@@ -13,6 +13,7 @@ use super::series::Series;
 use super::watch::{self as watches, by_name};
 use crate::labels;
 use crate::metrics::{Family, Gauges, Mirror, Registry, label};
+use crate::status::{self, Board};
 
 labels! {
     pub struct Info { component, node, workload_kind, workload }
@@ -68,6 +69,7 @@ pub struct Families {
     container_restarts: Mirror,
     container_last_terminated: Gauges<Terminated>,
     replicas: Gauges<ReplicaState>,
+    board: Board,
 }
 
 impl Families {
@@ -79,6 +81,7 @@ impl Families {
             container_restarts: registry.mirror(&[(CONTAINER_RESTARTS, &["container"])]),
             container_last_terminated: registry.gauges(CONTAINER_LAST_TERMINATED),
             replicas: registry.gauges(REPLICAS),
+            board: registry.board().clone(),
         }
     }
 
@@ -251,6 +254,14 @@ fn write_pod(
             workload: workload.to_string(),
         };
         series.set(&f.info, &info, 1.0);
+        f.board.set_component(Some(status::Component {
+            workload: match workload {
+                "" => String::new(),
+                name => format!("{workload_kind}/{name}"),
+            },
+            name: info.component.clone(),
+            node: info.node.clone(),
+        }));
         let status = pod.status.clone().unwrap_or_default();
         let phase = status.phase.as_deref().unwrap_or("Unknown");
         series.one_hot(&f.pod_phase, PHASES, phase, |phase| PodPhase {
@@ -280,6 +291,9 @@ fn write_pod(
                 series.set(&f.container_last_terminated, &terminated, 1.0);
             }
         }
+    }
+    if pod.is_none() {
+        f.board.set_component(None);
     }
     f.set_container_restarts(&restarts);
     series.finish();

@@ -13,6 +13,7 @@ use super::{Condition, first_of_each_type, ksit_resource, unix_seconds};
 use crate::labels;
 use crate::metrics::Render;
 use crate::metrics::{Family, ObjectGauges, Objects, Registry};
+use crate::status::rows;
 
 const NAME: &str = "integrations";
 const PHASES: &[&str] = &["Initializing", "Running", "Failed", "Succeeded"];
@@ -136,6 +137,8 @@ struct Status {
     cluster_statuses: Vec<ClusterStatus>,
     last_reconcile_time: Option<Time>,
     observed_generation: Option<i64>,
+    #[serde(default)]
+    message: String,
 }
 
 /// An Integration as the collector reads it.
@@ -216,6 +219,20 @@ fn write(out: &mut Render, f: &Families, obj: &IntegrationObject) {
     let generation = obj.metadata.generation.unwrap_or(0);
     let lag = generation - status.observed_generation.unwrap_or(0);
     out.set(&f.generation_lag, &it, lag.max(0) as f64);
+    let note = rows::Integration {
+        namespace: &it.namespace,
+        name: &it.integration,
+        type_: &spec.type_,
+        enabled: spec.enabled,
+        phase: status.phase.as_deref(),
+        conditions: first_of_each_type(&status.conditions)
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect(),
+        message: &status.message,
+        last_reconcile: status.last_reconcile_time.as_ref().map(|t| t.0.to_string()),
+    }
+    .note();
+    out.note(note);
 }
 
 #[cfg(test)]

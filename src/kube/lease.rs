@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::watch::{self as watches, by_name};
 use crate::metrics::{Family, Gauges, Registry};
+use crate::status::Board;
 
 pub const LEADER: Family = Family {
     name: "ksit_component_leader",
@@ -25,6 +26,7 @@ pub const LEADER: Family = Family {
 #[derive(Clone)]
 pub struct Families {
     leader: Gauges<()>,
+    board: Board,
 }
 
 impl Families {
@@ -32,7 +34,10 @@ impl Families {
         let leader = registry.gauges(LEADER);
         // Unknown until the Lease is read (never, outside a pod): absent rather than 0.
         leader.remove(&());
-        Self { leader }
+        Self {
+            leader,
+            board: registry.board().clone(),
+        }
     }
 }
 
@@ -66,6 +71,7 @@ pub async fn run(
         let is_leader;
         (is_leader, expires_in) = leadership(lease.as_deref(), &pod, Timestamp::now());
         families.leader.set(&(), f64::from(u8::from(is_leader)));
+        families.board.set_leader(Some(is_leader));
         leader.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader);
     }
 }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use crate::collector;
 use crate::config::{Config, CrMetrics, KubeMode, Namespaces};
-use crate::metrics::Registry;
+use crate::metrics::{Objects, Registry};
 
 /// What the Kubernetes collectors need from the configuration.
 #[derive(Debug, Clone)]
@@ -96,6 +96,16 @@ impl Families {
             clusters: cluster::Families::register(registry),
             integrations: integrations::Families::register(registry),
         }
+    }
+}
+
+impl Families {
+    /// The groups whose objects the status page lists: the clusters, and the Integrations.
+    pub fn status_groups(&self) -> (Objects, Objects) {
+        (
+            self.clusters.objects.clone(),
+            watch::ObjectFamilies::objects(&self.integrations).clone(),
+        )
     }
 }
 
@@ -175,12 +185,17 @@ pub struct Condition {
     pub type_: String,
     #[serde(default)]
     pub status: String,
+    /// For the status page; not in any series.
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// The conditions as Kubernetes reads them: the first of each type wins, as with
 /// `meta.FindStatusCondition` and `kubectl wait` (a status may list a type twice: KSIT's CRDs do
 /// not forbid it).
-fn first_of_each_type(conditions: &[Condition]) -> impl Iterator<Item = &Condition> {
+pub(crate) fn first_of_each_type(conditions: &[Condition]) -> impl Iterator<Item = &Condition> {
     let mut seen = std::collections::HashSet::new();
     conditions
         .iter()

@@ -10,6 +10,7 @@ use super::object::Object;
 use super::watch::{self, Gate, watch_all};
 use super::{Condition, first_of_each_type};
 use crate::metrics::Render;
+use crate::status::rows::{self, State};
 
 const NAME: &str = "managedclusters";
 
@@ -57,10 +58,30 @@ fn write(out: &mut Render, f: &cluster::Families, obj: &ManagedCluster) {
         target: obj.name_any(),
         cluster_name: obj.name_any(),
     };
-    let available =
-        first_of_each_type(&status.conditions).any(|c| c.type_ == AVAILABLE && c.status == "True");
-    out.set(&f.status, &cluster, f64::from(u8::from(available)));
+    let condition = first_of_each_type(&status.conditions).find(|c| c.type_ == AVAILABLE);
+    let state = match condition.map(|c| c.status.as_str()) {
+        Some("True") => State::Ready,
+        Some("False") => State::Failing,
+        _ => State::Unknown,
+    };
+    out.set(
+        &f.status,
+        &cluster,
+        f64::from(u8::from(state == State::Ready)),
+    );
     f.write_conditions(out, &cluster, &status.conditions);
+    let note = rows::Cluster {
+        kind: "ManagedCluster",
+        namespace: "",
+        name: &cluster.target,
+        cluster_name: &cluster.cluster_name,
+        state,
+        reason: condition.map_or("", |c| c.reason.as_str()),
+        message: condition.map_or("", |c| c.message.as_str()),
+        last_sync: None,
+    }
+    .note();
+    out.note(note);
 }
 
 #[cfg(test)]

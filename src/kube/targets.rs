@@ -8,8 +8,9 @@ use serde::Deserialize;
 use super::cluster::{self, Cluster};
 use super::object::Object;
 use super::watch::{self, Gate, watch_all};
-use super::{Condition, ksit_resource, unix_seconds};
+use super::{Condition, first_of_each_type, ksit_resource, unix_seconds};
 use crate::metrics::Render;
+use crate::status::rows::{self, State};
 
 const NAME: &str = "integrationtargets";
 
@@ -28,6 +29,8 @@ struct Status {
     #[serde(default)]
     conditions: Vec<Condition>,
     last_sync_time: Option<Time>,
+    #[serde(default)]
+    message: String,
 }
 
 /// An IntegrationTarget as the collector reads it.
@@ -71,6 +74,38 @@ fn write(out: &mut Render, f: &cluster::Families, obj: &IntegrationTarget) {
         out.set(&f.last_sync, &cluster, unix_seconds(t));
     }
     f.write_conditions(out, &cluster, &status.conditions);
+    out.note(row(&cluster, obj).note());
+}
+
+/// The status page's row: ready as `status.ready` says; unknown while the controller has
+/// written nothing or its Ready condition says Unknown; else failing.
+fn row<'a>(cluster: &'a Cluster, obj: &'a IntegrationTarget) -> rows::Cluster<'a> {
+    let status = &obj.status;
+    let ready = first_of_each_type(&status.conditions).find(|c| c.type_ == "Ready");
+    let unwritten = status.conditions.is_empty()
+        && status.last_sync_time.is_none()
+        && status.message.is_empty();
+    let state = if status.ready {
+        State::Ready
+    } else if unwritten || ready.is_some_and(|c| c.status == "Unknown") {
+        State::Unknown
+    } else {
+        State::Failing
+    };
+    let message = match (&*status.message, ready) {
+        ("", Some(c)) => c.message.as_str(),
+        (m, _) => m,
+    };
+    rows::Cluster {
+        kind: "IntegrationTarget",
+        namespace: &cluster.namespace,
+        name: &cluster.target,
+        cluster_name: &cluster.cluster_name,
+        state,
+        reason: ready.map_or("", |c| c.reason.as_str()),
+        message,
+        last_sync: status.last_sync_time.as_ref().map(|t| t.0.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +182,40 @@ mod tests {
             ),
         ];
         table::check_objects(&cases, cluster::Families::register, write);
+    }
+
+    /// The page's state: ready, failing, or unknown while nothing says which.
+    #[test]
+    fn page_state_and_message() {
+        let cases = [
+            (json!({"ready": true, "message": "ok"}), State::Ready, "ok"),
+            (
+                json!({"ready": false, "conditions": [{"type": "Ready", "status": "False", "reason": "SecretNotFound", "message": "no secret"}]}),
+                State::Failing,
+                "no secret",
+            ),
+            (
+                json!({"ready": false, "message": "registration failed"}),
+                State::Failing,
+                "registration failed",
+            ),
+            (json!({}), State::Unknown, ""),
+            (
+                json!({"conditions": [{"type": "Ready", "status": "Unknown"}]}),
+                State::Unknown,
+                "",
+            ),
+        ];
+        for (status, state, message) in cases {
+            let obj: IntegrationTarget = serde_json::from_value(json!({
+                "metadata": {"name": "t", "namespace": "ns"},
+                "spec": {"clusterName": "c"},
+                "status": status,
+            }))
+            .expect("an object");
+            let cluster = Cluster::default();
+            let row = row(&cluster, &obj);
+            assert_eq!((row.state, row.message), (state, message), "{status}");
+        }
     }
 }

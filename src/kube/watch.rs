@@ -308,7 +308,7 @@ impl Tracker {
             tracing::info!(collector = %self.name.collector, "watch recovered");
         }
         self.up = Some(true);
-        self.families.collectors.up.set(&self.name, 1.0);
+        self.families.collectors.report(&self.name, Ok(()));
         self.families.kube_up.set(&(), 1.0);
     }
 
@@ -322,7 +322,13 @@ impl Tracker {
             tracing::warn!(collector = %self.name.collector, error = %e, hint = hint(e), "watch failed; retrying with backoff");
         }
         self.up = Some(false);
-        self.families.collectors.up.set(&self.name, 0.0);
+        let hint = hint(e);
+        let error = if hint.is_empty() {
+            e.to_string()
+        } else {
+            format!("{e} ({hint})")
+        };
+        self.families.collectors.report(&self.name, Err(&error));
         self.families
             .kube_up
             .set(&(), f64::from(u8::from(api_answered(e))));

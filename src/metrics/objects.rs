@@ -94,13 +94,28 @@ impl<L> Clone for ObjectGauges<L> {
     }
 }
 
-/// One object's lines while they are written, per family.
+/// What the status page shows of one object: its table row, rendered with the series (the
+/// object is not kept, so this is the page's only copy), and its rank: the page lists low ranks
+/// first and counts each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub rank: u8,
+    pub row: Box<str>,
+}
+
+/// One object's lines while they are written, per family, and its note.
 #[derive(Default)]
 pub struct Render {
     families: Vec<Vec<u8>>,
+    note: Option<Note>,
 }
 
 impl Render {
+    /// Sets what the status page shows of this object.
+    pub fn note(&mut self, note: Note) {
+        self.note = Some(note);
+    }
+
     pub fn set<L: Labels>(&mut self, family: &ObjectGauges<L>, labels: &L, value: f64) {
         if self.families.len() <= family.index {
             self.families.resize_with(family.index + 1, Vec::new);
@@ -151,6 +166,7 @@ impl Render {
         Rendered {
             text: text.into(),
             ends: ends.into(),
+            note: self.note,
         }
     }
 }
@@ -183,9 +199,14 @@ fn write_value(out: &mut Vec<u8>, value: f64) {
 struct Rendered {
     text: Box<[u8]>,
     ends: Box<[u32]>,
+    note: Option<Note>,
 }
 
 impl Rendered {
+    fn same_series(&self, other: &Self) -> bool {
+        self.text == other.text && self.ends == other.ends
+    }
+
     fn family(&self, index: usize) -> &[u8] {
         let end = self
             .ends
@@ -291,7 +312,14 @@ impl Objects {
         let rendered = render.finish();
         let mut group = self.lock();
         let bucket = &mut group.buckets[bucket_of(key)];
-        if bucket.objects.get(key) == Some(&rendered) {
+        if let Some(old) = bucket.objects.get_mut(key)
+            && old.same_series(&rendered)
+        {
+            // Only the page's note may differ: the blocks stay as they are.
+            if old.note != rendered.note {
+                old.note = rendered.note;
+                self.changes.bump();
+            }
             return;
         }
         let new = bucket.objects.insert(key.into(), rendered).is_none();
@@ -320,6 +348,22 @@ impl Objects {
             group.exported = exported;
             self.changes.bump();
         }
+    }
+
+    /// Whether the group's series are served.
+    pub fn exported(&self) -> bool {
+        self.lock().exported
+    }
+
+    /// Calls `f` with the notes of all objects, in no particular order.
+    pub fn with_notes<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Note>) -> R) -> R {
+        let group = self.lock();
+        let mut notes = group
+            .buckets
+            .iter()
+            .flat_map(|b| b.objects.values())
+            .filter_map(|r| r.note.as_ref());
+        f(&mut notes)
     }
 
     /// Appends the group's parts, family after family, to an exposition being assembled. A

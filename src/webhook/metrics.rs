@@ -43,6 +43,15 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// The figures the status page shows, read from the families.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub certificate_expiry: Option<f64>,
+    pub admissions: std::collections::BTreeMap<String, u64>,
+    pub certificate_reloads: u64,
+    pub tls_handshake_failures: u64,
+}
+
 #[derive(Clone)]
 pub struct WebhookMetrics {
     admissions: Counters<Admission>,
@@ -81,6 +90,17 @@ impl WebhookMetrics {
 
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.inc(&());
+    }
+
+    /// What the status page shows: the certificate's notAfter (Unix seconds, once loaded),
+    /// admissions per decision, certificate reloads and failed handshakes.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            certificate_expiry: self.certificate_expiry.get(&()).filter(|t| *t > 0.0),
+            admissions: self.admissions.sum_by("decision"),
+            certificate_reloads: self.certificate_reloads.get(&()),
+            tls_handshake_failures: self.tls_handshake_failures.get(&()),
+        }
     }
 
     /// The serving certificate in use: its notAfter, and whether it replaced another.

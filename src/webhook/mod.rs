@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod certs;
 pub mod metrics;
+pub mod status;
 pub mod tls;
 
 use std::future::Future;
@@ -61,6 +62,8 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Handler {
     pub injector: InjectorConfig,
     pub metrics: WebhookMetrics,
+    /// The page at `/`.
+    pub page: status::Page,
 }
 
 /// The HTTPS server: [`server::serve_with`] with a TLS handshake first, bounded by the header
@@ -104,6 +107,14 @@ pub async fn serve_tls(
 
 async fn handle(handler: &Handler, budget: &Semaphore, req: Request<Incoming>) -> Response<Chunks> {
     let start = Instant::now();
+    if req.uri().path() == "/" && matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = Response::new(Chunks::from(handler.page.body()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::status::HTML),
+        );
+        return r;
+    }
     let entry = match req.uri().path() {
         POD_PATH => Entry::Pod,
         NAMESPACE_PATH => Entry::Namespace,
