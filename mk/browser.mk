@@ -15,6 +15,7 @@ $(BROWSER_NODE)/.installed: tests/browser/package.json tests/browser/package-loc
 
 test-browser: $(BROWSER_NODE)/.installed ## headless chromium checks the status page and Prometheus's graph page; screenshots in target/browser/
 	@command -v $${CHROMIUM:-chromium} >/dev/null || { echo "make test-browser needs chromium: apt-get install chromium"; exit 2; }
+	@command -v node >/dev/null || { echo "make test-browser needs node: apt-get install nodejs"; exit 2; }
 	scripts/controlplane.sh build-ui
 	$(CARGO) build
 	@trap 'scripts/controlplane.sh down' EXIT; \
