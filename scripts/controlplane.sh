@@ -177,8 +177,8 @@ cmd_build_ui() {
 # build_ui_in WORK SRC MODDIR: the steps of cmd_build_ui, in WORK; the binary lands in WORK/out.
 build_ui_in() {
 	local work=$1 src=$2 moddir=$3 ui
-	cp -a "$src" "$work/src"
-	chmod -R u+w "$work/src"
+	# set -e does not hold here (the caller tests the status): every step checks its own.
+	cp -a "$src" "$work/src" && chmod -R u+w "$work/src" || return 1
 	ui=$work/src/web/ui
 	# The workspace without react-app (the old UI, outside the workspace): the lezer and
 	# codemirror modules the mantine UI imports, then the UI itself.
@@ -188,8 +188,7 @@ build_ui_in() {
 		(cd "$ui" && nice -n 10 npm run --silent build -w "$m") >"$work/npm-build.log" 2>&1 ||
 			{ tail -n 30 "$work/npm-build.log" >&2; return 1; }
 	done
-	mkdir -p "$ui/static"
-	mv "$ui/mantine-ui/dist" "$ui/static/mantine-ui"
+	mkdir -p "$ui/static" && mv "$ui/mantine-ui/dist" "$ui/static/mantine-ui" || return 1
 	# As scripts/compress_assets.sh: only the gzipped copies are embedded; prometheus/common's
 	# assets package serves them decompressed to clients that do not accept gzip.
 	(cd "$ui" && find static -type f ! -name '*.gz' -exec gzip -fkn {} + &&
@@ -198,8 +197,7 @@ build_ui_in() {
 		  echo 'var EmbedFS embed.FS'; } >embed.go) || return 1
 	du -sm "$ui/node_modules" "$ui/static" | sed 's/^/[controlplane] prometheus-ui: MB /' >&2
 	# tests/controlplane/prometheus's go.mod and go.sum with the module replaced by the copy.
-	mkdir -p "$work/mod" "$work/out"
-	cp "$moddir/go.mod" "$moddir/go.sum" "$work/mod/"
+	mkdir -p "$work/mod" "$work/out" && cp "$moddir/go.mod" "$moddir/go.sum" "$work/mod/" || return 1
 	(cd "$work/mod" && "$GO" mod edit -replace "github.com/prometheus/prometheus=$work/src") || return 1
 	(cd "$work/mod" && nice -n 10 "$GO" build -trimpath -tags builtinassets -ldflags "$(prometheus_ldflags)" \
 		-o "$work/out/prometheus-ui" github.com/prometheus/prometheus/cmd/prometheus) || return 1
