@@ -12,6 +12,7 @@ BENCH_RESULTS := target/bench.txt
 # Image, demos and end-to-end targets; the webhook's benchmark.
 -include mk/ship.mk
 -include mk/webhook.mk
+-include mk/browser.mk
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'

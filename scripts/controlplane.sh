@@ -8,6 +8,8 @@
 #   scripts/controlplane.sh down     stop everything it (and the tests) started, by PID; remove data
 #   scripts/controlplane.sh status   exit 0 if the API server is ready
 #   scripts/controlplane.sh build-bench   also kube-state-metrics, for `make bench-compare` only
+#   scripts/controlplane.sh build-ui      also prometheus-ui, a Prometheus with its web UI, for
+#                                         `make demo-local` and `make test-browser` (needs npm)
 #
 # Needs bash, go, openssl, curl, coreutils. kubectl is built here too (same module as
 # kube-apiserver), so its version always matches the server's.
@@ -95,19 +97,25 @@ extract_crds() {
 	install -m 0644 "$ocm/cluster/v1/0000_00_clusters.open-cluster-management.io_managedclusters.crd.yaml" "$out/"
 }
 
+# The link flags of both Prometheus builds: module v0.3MM.P is Prometheus v3.MM.P.
+prometheus_ldflags() {
+	local prom
+	prom=$(pinned "$ROOT/tests/controlplane/prometheus" github.com/prometheus/prometheus |
+		sed -E 's/^v0\.3([0-9][0-9])\.([0-9]+)$/\1 \2/' | awk '{ printf "3.%d.%s", $1, $2 }')
+	echo "-s -w -X github.com/prometheus/common/version.Version=$prom"
+}
+
 cmd_build() {
 	command -v "$GO" >/dev/null || die "go not found (need Go >= 1.26 for etcd v3.6)"
 	local start=$SECONDS cp=$ROOT/tests/controlplane
-	local k8s prom v=k8s.io/component-base/version
+	local k8s v=k8s.io/component-base/version
 	k8s=$(pinned "$cp/kubernetes" k8s.io/kubernetes)
-	# Module v0.3MM.P is Prometheus v3.MM.P.
-	prom=$(pinned "$cp/prometheus" github.com/prometheus/prometheus | sed -E 's/^v0\.3([0-9][0-9])\.([0-9]+)$/\1 \2/' | awk '{ printf "3.%d.%s", $1, $2 }')
 	# Without these, kube-apiserver reports version v0.0.0-master and kubectl warns about skew.
 	build_component kubernetes "$cp/kubernetes" \
 		"-s -w -X $v.gitVersion=$k8s -X $v.gitMajor=1 -X $v.gitMinor=$(cut -d. -f2 <<<"$k8s") -X $v.gitTreeState=clean" \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 	build_component etcd "$cp/etcd" "-s -w" go.etcd.io/etcd/server/v3
-	build_component prometheus "$cp/prometheus" "-s -w -X github.com/prometheus/common/version.Version=$prom" \
+	build_component prometheus "$cp/prometheus" "$(prometheus_ldflags)" \
 		github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 	build_component ksit-manager "$ROOT/tests/ksit-manager" "-s -w" .
 	extract_crds
@@ -122,6 +130,77 @@ cmd_build_bench() {
 	ksm=$(pinned "$moddir" k8s.io/kube-state-metrics/v2)
 	build_component kube-state-metrics "$moddir" "-s -w -X github.com/prometheus/common/version.Version=$ksm" \
 		k8s.io/kube-state-metrics/v2
+}
+
+# prometheus-ui: the same Prometheus with its web UI embedded. The module ships the UI's
+# sources (web/ui, an npm workspace pinned by its package-lock.json), not the built assets, so
+# the plain build above serves the API only. This one copies the module to a writable directory
+# in the cache (the Go module cache is read-only), installs the workspace with `npm ci` from the
+# registry, builds the mantine UI (the only one Prometheus 3 serves unless --enable-feature=old-ui),
+# gzips it into web/ui/static and writes embed.go as the module's scripts/compress_assets.sh does,
+# then builds with the `builtinassets` tag. It is built against tests/controlplane/prometheus's
+# go.mod (the module replaced by the copy), so its dependencies are the API-only build's.
+# Not in cmd_build: it costs minutes and hundreds of MB that most tests do not need.
+UI_RECIPE=1 # bump when the steps below change, to miss the cache
+cmd_build_ui() {
+	cmd_build
+	command -v npm >/dev/null || die "npm not found: the Prometheus web UI is built with npm (apt-get install npm)"
+	local moddir=$ROOT/tests/controlplane/prometheus src key
+	src=$(module_dir "$moddir" github.com/prometheus/prometheus)
+	[[ -d $src/web/ui/mantine-ui ]] || die "no web/ui/mantine-ui in $src"
+	key=$({
+		"$GO" env GOVERSION
+		node --version
+		npm --version
+		echo "$UI_RECIPE" "$(prometheus_ldflags)"
+		cd "$moddir" && sha256sum go.mod go.sum
+	} | sha256sum | cut -c1-16)
+	local dest=$CACHE_DIR/prometheus-ui-$key
+	if [[ -f $dest/.complete ]]; then
+		log "prometheus-ui: cached ($dest)"
+	else
+		log "prometheus-ui: npm ci, UI build and go build (several minutes) ..."
+		local start=$SECONDS tmp
+		mkdir -p "$CACHE_DIR"
+		tmp=$(mktemp -d "$CACHE_DIR/.prometheus-ui.XXXXXX")
+		build_ui_in "$tmp" "$src" "$moddir" || { rm -rf "$tmp"; die "prometheus-ui: build failed (work dir removed)"; }
+		touch "$tmp/out/.complete"
+		rm -rf "$dest"
+		mv "$tmp/out" "$dest"
+		rm -rf "$tmp"
+		log "prometheus-ui: built in $((SECONDS - start))s"
+	fi
+	mkdir -p "$BIN_DIR"
+	ln -sfn "$dest/prometheus-ui" "$BIN_DIR/prometheus-ui"
+}
+
+# build_ui_in WORK SRC MODDIR: the steps of cmd_build_ui, in WORK; the binary lands in WORK/out.
+build_ui_in() {
+	local work=$1 src=$2 moddir=$3 ui
+	# set -e does not hold here (the caller tests the status): every step checks its own.
+	cp -a "$src" "$work/src" && chmod -R u+w "$work/src" || return 1
+	ui=$work/src/web/ui
+	# The workspace without react-app (the old UI, outside the workspace): the lezer and
+	# codemirror modules the mantine UI imports, then the UI itself.
+	(cd "$ui" && nice -n 10 npm ci --no-audit --no-fund --loglevel=error) || return 1
+	local m
+	for m in @prometheus-io/lezer-promql @prometheus-io/codemirror-promql @prometheus-io/mantine-ui; do
+		(cd "$ui" && nice -n 10 npm run --silent build -w "$m") >"$work/npm-build.log" 2>&1 ||
+			{ tail -n 30 "$work/npm-build.log" >&2; return 1; }
+	done
+	mkdir -p "$ui/static" && mv "$ui/mantine-ui/dist" "$ui/static/mantine-ui" || return 1
+	# As scripts/compress_assets.sh: only the gzipped copies are embedded; prometheus/common's
+	# assets package serves them decompressed to clients that do not accept gzip.
+	(cd "$ui" && find static -type f ! -name '*.gz' -exec gzip -fkn {} + &&
+		{ cat embed.go.tmpl
+		  find static -type f -name '*.gz' -print0 | sort -z | xargs -0 echo //go:embed
+		  echo 'var EmbedFS embed.FS'; } >embed.go) || return 1
+	du -sm "$ui/node_modules" "$ui/static" | sed 's/^/[controlplane] prometheus-ui: MB /' >&2
+	# tests/controlplane/prometheus's go.mod and go.sum with the module replaced by the copy.
+	mkdir -p "$work/mod" "$work/out" && cp "$moddir/go.mod" "$moddir/go.sum" "$work/mod/" || return 1
+	(cd "$work/mod" && "$GO" mod edit -replace "github.com/prometheus/prometheus=$work/src") || return 1
+	(cd "$work/mod" && nice -n 10 "$GO" build -trimpath -tags builtinassets -ldflags "$(prometheus_ldflags)" \
+		-o "$work/out/prometheus-ui" github.com/prometheus/prometheus/cmd/prometheus) || return 1
 }
 
 # --- status -------------------------------------------------------------------------------
@@ -422,11 +501,12 @@ cmd_down() {
 case ${1:-} in
 build) cmd_build ;;
 build-bench) cmd_build_bench ;;
+build-ui) cmd_build_ui ;;
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 *)
-	echo "usage: $0 build|build-bench|up|down|status" >&2
+	echo "usage: $0 build|build-bench|build-ui|up|down|status" >&2
 	exit 2
 	;;
 esac

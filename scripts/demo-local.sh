@@ -5,12 +5,14 @@
 # flips every few seconds. Prints the URLs and stays up until Ctrl-C; then stops everything it
 # started (the control plane too, unless it was already running).
 #
-# Needs what `make test` needs (cargo, go, curl, openssl, python3). Variables:
+# Needs what `make test` needs (cargo, go, curl, openssl, python3), and npm: the Prometheus it
+# starts is built with its web UI (scripts/controlplane.sh build-ui, a few minutes the first
+# time, cached after). Variables:
 #   KSIT_DEMO_EXPORTER_PORT (8080), KSIT_DEMO_PROMETHEUS_PORT (9090): preferred ports; a free
 #     one is used when taken.
 #   KSIT_DEMO_FLAP (10s): how often the manager toggles every target between ready and not.
-#   PROMETHEUS: a Prometheus binary to use instead of the control plane's, e.g. a release build
-#     whose web UI is included (the one built from the Go module serves the API only).
+#   PROMETHEUS: a Prometheus binary to use instead of the one built with its web UI (then npm is
+#     not needed), e.g. a release build.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,6 +82,9 @@ start() {
 	last_pid=$!
 }
 
+if [[ -z ${PROMETHEUS:-} ]]; then
+	scripts/controlplane.sh build-ui
+fi
 if ! scripts/controlplane.sh status 2>/dev/null; then
 	started_controlplane=true
 	scripts/controlplane.sh up
@@ -87,7 +92,7 @@ fi
 # shellcheck source=/dev/null
 source "$CP/env"
 export PATH=$KSIT_CONTROLPLANE_BIN:$PATH
-prometheus_bin=${PROMETHEUS:-$KSIT_CONTROLPLANE_BIN/prometheus}
+prometheus_bin=${PROMETHEUS:-$KSIT_CONTROLPLANE_BIN/prometheus-ui}
 
 log "building the exporter"
 cargo build --quiet
@@ -163,14 +168,14 @@ wait_http prometheus "http://127.0.0.1:$prometheus_port/-/ready" "$last_pid"
 prom=http://127.0.0.1:$prometheus_port
 cat <<EOF
 
+  ksit-exporter status     http://127.0.0.1:$exporter_port/
   ksit-exporter /metrics   http://127.0.0.1:$exporter_port/metrics
-  Prometheus graph         $prom/graph?g0.expr=ksit_cluster_status&g0.tab=0
+  Prometheus graph         $prom/query?g0.expr=ksit_cluster_status&g0.tab=graph&g0.range_input=5m
   Prometheus API           $prom/api/v1/query?query=ksit_cluster_status
   kubectl                  KUBECONFIG=$KUBECONFIG kubectl -n $NAMESPACE get integrationtargets,integrations
   logs                     $DEMO/*.log
 
   The manager flips every IntegrationTarget between ready and not every ${KSIT_DEMO_FLAP:-10s}.
-  (The graph page needs a Prometheus with its web UI: PROMETHEUS=/path/to/prometheus.)
   Ctrl-C stops everything.
 
 EOF
