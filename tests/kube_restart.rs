@@ -53,34 +53,7 @@ async fn recovers_after_the_api_server_restarts() {
     e.scrape_until("the first target", |s| s.has_label("target", "before"))
         .await;
 
-    let run =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/run/kube-apiserver.pid");
-    let pid = std::fs::read_to_string(&run)
-        .expect("kube-apiserver.pid")
-        .trim()
-        .to_string();
-    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .expect("the API server's command line")
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    // It stops listening at once, but its graceful shutdown takes about 30 s more.
-    eventually(Duration::from_secs(90), "the API server to exit", || {
-        std::future::ready(match process_state(&pid) {
-            // A zombie has exited: it is the test's init process, not the test, that reaps it.
-            None | Some('Z') => Ok(()),
-            Some(state) => Err(format!("process {pid} in state {state}")),
-        })
-    })
-    .await;
+    let argv = stop("kube-apiserver").await;
 
     // Down: the watch fails, the API is unreachable, the last series stay, the process lives.
     let s = e
@@ -103,23 +76,8 @@ async fn recovers_after_the_api_server_restarts() {
     );
     assert_eq!(e.get("/readyz").await.status, 200);
 
-    // Back on the same port, certificates and etcd, recorded where `controlplane.sh down` looks.
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane/kube-apiserver.log"))
-        .expect("API server log");
-    // It outlives this test, in a process group of its own as the script starts it;
-    // `controlplane.sh down` stops it by the PID written below.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("the API server restarts");
-    std::fs::write(&run, child.id().to_string()).expect("pid file");
+    // Back on the same port, certificates and etcd.
+    spawn("kube-apiserver", &argv);
     eventually(Duration::from_secs(90), "the API server back", || async {
         cp.client
             .apiserver_version()
@@ -143,4 +101,81 @@ async fn recovers_after_the_api_server_restarts() {
         1.0,
     );
     assert!(s.has_label("target", "before"), "{s}");
+
+    // The shared control plane is left as the next suites need it. kube-controller-manager's
+    // informers lag far behind an API server restart (its EndpointSlice informer stayed "out of
+    // date" for over 90 s, and layouts_e2e timed out waiting for slices), so it restarts too.
+    let argv = stop("kube-controller-manager").await;
+    spawn("kube-controller-manager", &argv);
+    let port = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--secure-port="))
+        .expect("controlplane.sh gives it --secure-port");
+    let addr = format!("127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(60),
+        "kube-controller-manager listening again",
+        || async {
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
+fn pid_file(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/controlplane/run/{name}.pid"))
+}
+
+/// Stops the control plane's process NAME (SIGTERM, then waits for it to exit) and returns its
+/// command line.
+async fn stop(name: &str) -> Vec<String> {
+    let pid = std::fs::read_to_string(pid_file(name))
+        .unwrap_or_else(|e| panic!("{name}.pid: {e}"))
+        .trim()
+        .to_string();
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_else(|e| panic!("{name}'s command line: {e}"))
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    // The API server stops listening at once, but its graceful shutdown takes about 30 s more.
+    eventually(Duration::from_secs(90), &format!("{name} to exit"), || {
+        std::future::ready(match process_state(&pid) {
+            // A zombie has exited: it is the test's init process, not the test, that reaps it.
+            None | Some('Z') => Ok(()),
+            Some(state) => Err(format!("process {pid} in state {state}")),
+        })
+    })
+    .await;
+    argv
+}
+
+/// Starts ARGV again as the control plane's NAME, logging where `controlplane.sh up` logs it and
+/// recorded where `controlplane.sh down` looks for its PID.
+fn spawn(name: &str, argv: &[String]) {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/controlplane/{name}.log")))
+        .unwrap_or_else(|e| panic!("{name}'s log: {e}"));
+    // It outlives this test, in a process group of its own as the script starts it.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} restarts: {e}"));
+    std::fs::write(pid_file(name), child.id().to_string()).expect("pid file");
 }
