@@ -42,7 +42,7 @@ pub struct Page {
     registry: Arc<Registry>,
     clusters: Objects,
     integrations: Objects,
-    cache: Mutex<Option<(u64, Bytes)>>,
+    cache: Cache,
 }
 
 impl Page {
@@ -51,25 +51,39 @@ impl Page {
             registry,
             clusters,
             integrations,
-            cache: Mutex::new(None),
+            cache: Cache::default(),
         }
     }
 
     /// The page of the current state, rendered at most once per change.
     pub fn body(&self) -> Bytes {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        self.cache.get(&self.registry, || {
+            render(
+                &self.registry.board().notes(),
+                &Group::of(&self.clusters, rows::CLUSTER_RANKS),
+                &Group::of(&self.integrations, rows::INTEGRATION_RANKS),
+            )
+        })
+    }
+}
+
+/// A page's last rendering, keyed by the registry's change counter: the exporter's and the
+/// webhook's pages render at most once per change of state.
+#[derive(Default)]
+pub struct Cache(Mutex<Option<(u64, Bytes)>>);
+
+impl Cache {
+    /// The page for the registry's current state: the cached one, or `render`'s.
+    pub fn get(&self, registry: &Registry, render: impl FnOnce() -> String) -> Bytes {
+        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         // Read before rendering: a change during the render makes the next request render again.
-        let version = self.registry.version();
+        let version = registry.version();
         if let Some((seen, body)) = cache.as_ref()
             && *seen == version
         {
             return body.clone();
         }
-        let body = Bytes::from(render(
-            &self.registry.board().notes(),
-            &Group::of(&self.clusters, rows::CLUSTER_RANKS),
-            &Group::of(&self.integrations, rows::INTEGRATION_RANKS),
-        ));
+        let body = Bytes::from(render());
         *cache = Some((version, body.clone()));
         body
     }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -16,7 +16,7 @@ pub struct Page {
     registry: Arc<Registry>,
     metrics: WebhookMetrics,
     metrics_addr: SocketAddr,
-    cache: Mutex<Option<(u64, Bytes)>>,
+    cache: status::Cache,
 }
 
 impl Page {
@@ -25,22 +25,15 @@ impl Page {
             registry,
             metrics,
             metrics_addr,
-            cache: Mutex::new(None),
+            cache: status::Cache::default(),
         }
     }
 
     /// The page of the current state, rendered at most once per change.
     pub fn body(&self) -> Bytes {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let version = self.registry.version();
-        if let Some((seen, body)) = cache.as_ref()
-            && *seen == version
-        {
-            return body.clone();
-        }
-        let body = Bytes::from(render(&self.metrics.summary(), self.metrics_addr));
-        *cache = Some((version, body.clone()));
-        body
+        self.cache.get(&self.registry, || {
+            render(&self.metrics.summary(), self.metrics_addr)
+        })
     }
 }
 
