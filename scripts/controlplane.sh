@@ -118,6 +118,10 @@ cmd_build() {
 	build_component prometheus "$cp/prometheus" "$(prometheus_ldflags)" \
 		github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 	build_component ksit-manager "$ROOT/tests/ksit-manager" "-s -w" .
+	# Thanos receive, query and rule: the central store of tests/fleet_e2e.rs.
+	build_component thanos "$cp/thanos" \
+		"-s -w -X github.com/prometheus/common/version.Version=$(pinned "$cp/thanos" github.com/thanos-io/thanos | tr -d v)" \
+		github.com/thanos-io/thanos/cmd/thanos
 	extract_crds
 	log "build: done in $((SECONDS - start))s; binaries in $BIN_DIR"
 }
