@@ -1,6 +1,7 @@
 // Builds thanos (receive, query, rule) for tests/fleet_e2e.rs: the central store the hosting
 // clusters' Prometheus agents remote-write into. The replace block is Thanos's own (a
 // dependency's replaces do not apply to the main module), copied from its go.mod at this version.
+// v0.42.4, not the newest (v0.42.5 needs Go 1.26.10 and changes nothing else in go.mod).
 module github.com/kubestellar/ksit-exporter/tests/controlplane/thanos
 
 go 1.26.0
