@@ -132,7 +132,7 @@ def measure(api, exporter_bin, n, sink_port):
             time.sleep(0.5)
         scraper.close()
         config = {
-            "global": {"scrape_interval": f"{SCRAPE}s", "scrape_timeout": "10s", "external_labels": {"cluster": "hosting-1"}},
+            "global": {"scrape_interval": f"{SCRAPE}s", "scrape_timeout": f"{min(SCRAPE, 10)}s", "external_labels": {"cluster": "hosting-1"}},
             "scrape_configs": [{
                 "job_name": "ksit", "honor_labels": True,
                 "static_configs": [{"targets": [f"127.0.0.1:{listen}"], "labels": {
@@ -148,7 +148,22 @@ def measure(api, exporter_bin, n, sink_port):
             os.path.join(BIN, "prometheus"), "--agent", f"--config.file={path}",
             f"--storage.agent.path={os.path.join(LOG_DIR, f'wal-{n}')}", f"--web.listen-address=127.0.0.1:{agent}",
         ]))
-        log(f"N={n}: sidecar complete; warming up for {2 * SCRAPE}s")
+        t0 = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{agent}/-/ready", timeout=5)
+                break
+            except OSError:
+                if procs[-1].poll() is not None or time.time() - t0 > 60:
+                    raise SystemExit(f"the agent did not get ready; see {LOG_DIR}/agent.log")
+                time.sleep(0.5)
+        # The queue starts sending once it has replayed the WAL (seconds): warm up from then.
+        t0 = time.time()
+        while counters(agent).get("prometheus_remote_storage_bytes_total", 0) == 0:
+            if time.time() - t0 > 120 + 2 * SCRAPE:
+                raise SystemExit(f"the agent sent nothing in {time.time() - t0:.0f}s; see {LOG_DIR}/agent.log")
+            time.sleep(1)
+        log(f"N={n}: sidecar complete, agent sending; warming up for {2 * SCRAPE}s")
         time.sleep(2 * SCRAPE)
         before, sink_before, t_before = counters(agent), Sink.received, time.time()
         time.sleep(WINDOW * SCRAPE)
