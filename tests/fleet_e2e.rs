@@ -15,8 +15,8 @@
 //!   for both hosting clusters, each series naming one), and KsitClusterNotReady fires in
 //!   Thanos Rule once per hosting cluster for cluster2, naming both `cluster` and `cluster_name`;
 //! - every dashboard panel's query, with `$cluster` set to each hosting cluster in turn, answers
-//!   with data, every series that carries `cluster` naming that one; set to a cluster no one
-//!   has, it answers nothing but zeros.
+//!   with data (and its legend's labels), every series naming that hosting cluster; set to a
+//!   cluster no one has, it answers nothing but zeros.
 //!
 //! Needs the control plane and root (network namespaces); under `CI=true` a missing one is a
 //! failure.
@@ -31,7 +31,7 @@ use common::grafana::{
     Grafana, Run, check_answer, dashboard, finite, legend_labels, panels, resolve_variable,
     rules_with, rules_with_short_for, with_bool,
 };
-use common::prometheus::{api, query, query_range};
+use common::prometheus::{api, query, query_range, urlencode};
 use common::{check, control_plane, eventually, repo_path, test_namespace};
 use serde_json::Value;
 
@@ -270,6 +270,32 @@ async fn two_hosting_clusters_into_thanos() {
         variables.iter().any(|v| v["name"] == "cluster"),
         "the dashboard has no `cluster` template variable (issue 15, item 3)"
     );
+    // The variable offers both hosting clusters: its `label_values(selector, cluster)` over Query.
+    let definition = variables
+        .iter()
+        .find(|v| v["name"] == "cluster")
+        .and_then(|v| v["query"]["query"].as_str().or(v["query"].as_str()))
+        .unwrap_or_default();
+    let selector = definition
+        .strip_prefix("label_values(")
+        .and_then(|a| a.strip_suffix(", cluster)"))
+        .unwrap_or_else(|| {
+            panic!("the cluster variable's `{definition}` is not label_values(selector, cluster)")
+        });
+    let offered = api(
+        q,
+        &format!(
+            "/api/v1/label/cluster/values?match[]={}",
+            urlencode(selector)
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the cluster variable's values: {e}"));
+    assert_eq!(
+        offered,
+        serde_json::json!([EAST, WEST]),
+        "the cluster variable's `{definition}` over Thanos Query"
+    );
     let end = now();
     let mut checked = 0;
     for cluster in [EAST, WEST, NOWHERE] {
@@ -342,7 +368,8 @@ async fn two_hosting_clusters_into_thanos() {
 }
 
 /// What is wrong with a panel's answer for `cluster`: what [`check_answer`] finds, or a series
-/// that names another hosting cluster.
+/// that does not name that hosting cluster (another one's, or one whose aggregation dropped
+/// `cluster`, which in a fleet adds up every hosting cluster).
 fn from_cluster_only(
     answer: Result<Vec<Value>, String>,
     run: Run,
@@ -350,12 +377,10 @@ fn from_cluster_only(
     cluster: &str,
 ) -> Option<String> {
     if let Ok(result) = &answer
-        && let Some(s) = result
-            .iter()
-            .find(|s| s["metric"].get("cluster").is_some() && label(s, "cluster") != cluster)
+        && let Some(s) = result.iter().find(|s| label(s, "cluster") != cluster)
     {
         return Some(format!(
-            "a series of another hosting cluster: {}",
+            "a series not of hosting cluster {cluster}: {}",
             s["metric"]
         ));
     }
