@@ -65,9 +65,11 @@ impl Part {
                     Vec::with_capacity(text.len() / 4 + 32),
                     self.0.2,
                 );
+                // Shrunk to its length: the part may live for hours, and the guess above is
+                // often 4x what deflate needs.
                 enc.write_all(text)
                     .and_then(|()| enc.finish())
-                    .map(Bytes::from)
+                    .map(|gz| Bytes::from(gz.into_boxed_slice()))
                     .expect("gzip into a Vec cannot fail")
             })
             .clone()
@@ -236,12 +238,14 @@ impl Bucket {
         self.blocks.get_or_insert_with(|| {
             (0..families)
                 .map(|i| {
-                    let text: Vec<u8> = objects
+                    // Sized exactly: a block lives until one of its objects changes, and a
+                    // grown Vec's spare capacity would live with it.
+                    let len = objects.values().map(|r| r.family(i).len()).sum();
+                    let mut text = Vec::with_capacity(len);
+                    objects
                         .values()
-                        .flat_map(|r| r.family(i))
-                        .copied()
-                        .collect();
-                    (!text.is_empty()).then(|| Part::block(Bytes::from(text)))
+                        .for_each(|r| text.extend_from_slice(r.family(i)));
+                    (len > 0).then(|| Part::block(Bytes::from(text)))
                 })
                 .collect()
         })
@@ -399,7 +403,8 @@ impl Objects {
             let part = match cached {
                 Some((_, part)) => part.clone(),
                 None => {
-                    let mut text = header.text().to_vec();
+                    let mut text = Vec::with_capacity(header.text().len() + len);
+                    text.extend_from_slice(header.text());
                     family.iter().for_each(|p| text.extend_from_slice(p.text()));
                     let part = Part::block(Bytes::from(text));
                     whole[i] = Some((*version, part.clone()));
