@@ -215,8 +215,10 @@ async fn two_hosting_clusters_into_thanos() {
         "KsitClusterNotReady firing for both hosting clusters",
         || async {
             let data = api(&rule, "/api/v1/alerts").await?;
-            let alerts: Vec<Value> = data["alerts"]
+            // Thanos Rule's /api/v1/alerts names the list `Alerts` (Prometheus: `alerts`).
+            let alerts: Vec<Value> = data["Alerts"]
                 .as_array()
+                .or(data["alerts"].as_array())
                 .into_iter()
                 .flatten()
                 .filter(|a| a["state"] == "firing" && a["labels"]["namespace"] == ns.name.as_str())
@@ -235,8 +237,7 @@ async fn two_hosting_clusters_into_thanos() {
             if seen == BTreeSet::from([(EAST, "cluster2"), (WEST, "cluster2")]) {
                 Ok(alerts)
             } else {
-                let labels: Vec<String> = alerts.iter().map(|a| a["labels"].to_string()).collect();
-                Err(format!("firing: {}{}", labels.join("\n"), logs()))
+                Err(format!("Thanos Rule's alerts: {data}{}", logs()))
             }
         },
     )
