@@ -204,12 +204,22 @@ pub fn substitute_one(text: &str, name: &str, value: &str) -> String {
     out
 }
 
-/// The value Grafana gives a template variable when the dashboard opens with none chosen: the
-/// first its query yields. Supported: `datasource` (this Prometheus), `query` variables
-/// `label_values(label)` and `label_values(selector, label)` without a regex, and `custom` and
-/// `constant` ones; another kind fails, naming it.
+/// The value Grafana gives a template variable when the dashboard opens with none chosen: its
+/// `allValue` when it is saved with "All" chosen, else the first its query yields. Supported:
+/// `datasource` (this Prometheus), `query` variables `label_values(label)` and
+/// `label_values(selector, label)` without a regex, and `custom` and `constant` ones; another
+/// kind fails, naming it.
 pub async fn resolve_variable(prom: &str, variable: &Value, known: &Grafana) -> String {
     let name = variable["name"].as_str().unwrap_or_default();
+    if variable["includeAll"] == true && variable["current"]["value"] == "$__all" {
+        // Without allValue Grafana joins every value into a regex; the test does not.
+        return variable["allValue"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!("variable {name}: All without allValue; teach resolve_variable")
+            })
+            .to_string();
+    }
     let definition = match &variable["query"] {
         Value::String(s) => s.clone(),
         q => q["query"].as_str().unwrap_or_default().to_string(),
