@@ -208,7 +208,8 @@ pub struct HostingCluster {
 impl HostingCluster {
     /// Starts it all in `cp`'s `namespace` (which must exist), the sidecar in a network namespace
     /// in `net` (a /24 prefix) at `slot`, the agent scraping every `scrape` and writing to
-    /// `remote_write_url`; logs and data under `target`.
+    /// `remote_write_url`, its config and WAL under `data`/`name`; logs in target/. `None` (a
+    /// loud SKIPPED) without the right to make a network namespace, a failure under `CI=true`.
     pub async fn start(
         cp: &ControlPlane,
         name: &str,
