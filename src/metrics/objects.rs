@@ -173,13 +173,16 @@ impl Render {
     }
 }
 
-/// Label values escaped as the text format wants them.
+/// Label values escaped as the text format wants them. The format has no escape for NUL, and
+/// Prometheus's lexer takes one for the end of the body, so an object's field holding one would
+/// cut every scrape short: it becomes U+FFFD.
 fn escape_into(out: &mut Vec<u8>, value: &str) {
     for b in value.bytes() {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'"' => out.extend_from_slice(b"\\\""),
             b'\n' => out.extend_from_slice(b"\\n"),
+            0 => out.extend_from_slice("\u{fffd}".as_bytes()),
             _ => out.push(b),
         }
     }
@@ -594,6 +597,16 @@ mod tests {
             .read_to_string(&mut plain)
             .expect("valid gzip");
         assert_eq!(plain.as_bytes(), &snap.text()[..]);
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_never_hold_a_nul() {
+        let mut out = Vec::new();
+        escape_into(&mut out, "a\\b\"c\nd\0e");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "a\\\\b\\\"c\\nd\u{fffd}e"
+        );
     }
 
     #[test]
