@@ -3,7 +3,7 @@
 //! each with the stand-in KSIT manager, its sidecar and a Prometheus in agent mode with the page's
 //! scrape config, `external_labels: {cluster: <name>}` and `remote_write` into one Thanos Receive
 //! (tests/common/fleet.rs). Thanos Query reads the central store; Thanos Rule evaluates the
-//! shipped rules (their `for` shortened) through it. Thanos v0.40.1 is built from its Go module
+//! shipped rules (their `for` shortened) through it. Thanos v0.42.4 is built from its Go module
 //! by `scripts/controlplane.sh build` (tests/controlplane/thanos).
 //!
 //! Both hosting clusters hold the same namespace, pod and managed clusters (manifests/samples:
