@@ -11,12 +11,15 @@
 #   scripts/controlplane.sh build-ui      also prometheus-ui, a Prometheus with its web UI, for
 #                                         `make demo-local` and `make test-browser` (needs npm)
 #
+# KSIT_CONTROLPLANE_DIR=DIR runs up, down and status on another control plane, its state in DIR
+# (default target/controlplane); tests/fleet_e2e.rs starts its second hosting cluster this way.
+#
 # Needs bash, go, openssl, curl, coreutils. kubectl is built here too (same module as
 # kube-apiserver), so its version always matches the server's.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CP_DIR=$ROOT/target/controlplane
+CP_DIR=${KSIT_CONTROLPLANE_DIR:-$ROOT/target/controlplane}
 BIN_DIR=$CP_DIR/bin
 PKI_DIR=$CP_DIR/pki
 RUN_DIR=$CP_DIR/run        # PID files; the Rust tests add one per ksit-manager they start
@@ -118,6 +121,12 @@ cmd_build() {
 	build_component prometheus "$cp/prometheus" "$(prometheus_ldflags)" \
 		github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 	build_component ksit-manager "$ROOT/tests/ksit-manager" "-s -w" .
+	# Thanos receive, query and rule: the central store of tests/fleet_e2e.rs. With its release
+	# build's tags: Thanos converts Prometheus's labels in place, assuming the slice layout;
+	# without slicelabels, Receive panics on the first remote write.
+	build_component thanos "$cp/thanos" \
+		"-s -w -X github.com/prometheus/common/version.Version=$(pinned "$cp/thanos" github.com/thanos-io/thanos | tr -d v)" \
+		-tags=netgo,slicelabels github.com/thanos-io/thanos/cmd/thanos
 	extract_crds
 	log "build: done in $((SECONDS - start))s; binaries in $BIN_DIR"
 }

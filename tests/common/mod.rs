@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod exporter;
+pub mod fleet;
+pub mod grafana;
 pub mod http;
 pub mod netns;
 pub mod poll;
@@ -43,6 +45,9 @@ pub struct ControlPlane {
     pub server_url: String,
     /// etcd's client URL (plain HTTP on loopback), which also serves etcd's /metrics.
     pub etcd_url: String,
+    /// Its state directory (`target/controlplane` unless `KSIT_CONTROLPLANE_DIR` named another):
+    /// the managers the tests start keep their logs and PID files there.
+    pub dir: PathBuf,
 }
 
 /// A path in the repository.
@@ -80,12 +85,31 @@ pub async fn control_plane() -> Option<ControlPlane> {
 }
 
 async fn connect() -> Result<ControlPlane, String> {
-    let env = read_env_file(&repo_path("target/controlplane/env")).unwrap_or_default();
-    let lookup = |key: &str| {
+    let dir = repo_path("target/controlplane");
+    let env = read_env_file(&dir.join("env")).unwrap_or_default();
+    connect_with(dir, |key: &str| {
         std::env::var(key)
             .ok()
             .or_else(|| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
-    };
+    })
+    .await
+}
+
+/// The control plane `scripts/controlplane.sh up` started with `KSIT_CONTROLPLANE_DIR=dir`,
+/// read from its env file alone: the process's variables name the default one.
+pub async fn control_plane_at(dir: &Path) -> Result<ControlPlane, String> {
+    let env = read_env_file(&dir.join("env"))
+        .ok_or_else(|| format!("no {}/env: is it up?", dir.display()))?;
+    connect_with(dir.to_path_buf(), |key: &str| {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    })
+    .await
+}
+
+async fn connect_with(
+    dir: PathBuf,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<ControlPlane, String> {
     let kubeconfig = repo_path(
         lookup("KSIT_TEST_KUBECONFIG")
             .ok_or("no target/controlplane/env and KSIT_TEST_KUBECONFIG unset")?,
@@ -117,6 +141,7 @@ async fn connect() -> Result<ControlPlane, String> {
         bin_dir,
         server_url,
         etcd_url,
+        dir,
     })
 }
 
@@ -388,12 +413,13 @@ pub async fn start_manager_with(
 ) -> ManagerProcess {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let health_addr = format!("127.0.0.1:{}", free_port());
-    let run_dir = repo_path("target/controlplane/run");
-    std::fs::create_dir_all(&run_dir).expect("creating target/controlplane/run");
-    let log = repo_path(format!(
-        "target/controlplane/ksit-manager-{}.log",
-        namespaces.join("_")
-    ));
+    // The control plane's own directory: its `down` stops what a killed test left.
+    let run_dir = cp.dir.join("run");
+    std::fs::create_dir_all(&run_dir)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", run_dir.display()));
+    let log = cp
+        .dir
+        .join(format!("ksit-manager-{}.log", namespaces.join("_")));
     let log_file =
         std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
     let child = Command::new(cp.bin_dir.join("ksit-manager"))
@@ -465,4 +491,50 @@ impl Drop for ManagerProcess {
         }
         let _ = std::fs::remove_file(&self.pid_file);
     }
+}
+
+/// Writes `status` into an object's status subresource (the tests play the controllers and the
+/// kubelet that would), `namespace` `None` for a cluster-scoped kind.
+pub fn patch_status(
+    cp: &ControlPlane,
+    namespace: Option<&str>,
+    kind: &str,
+    name: &str,
+    status: serde_json::Value,
+) {
+    let mut args = vec![];
+    if let Some(ns) = namespace {
+        args.extend(["-n", ns]);
+    }
+    let patch = serde_json::json!({ "status": status }).to_string();
+    args.extend([
+        "patch",
+        kind,
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    check(
+        cp.kubectl(&args),
+        &format!("writing the status of {kind} {name}"),
+    );
+}
+
+/// A KSIT pod's status as a kubelet would write it: running at `ip`, the manager container
+/// restarted `restarts` times, the sidecar never.
+pub fn pod_status(ip: &str, restarts: u32) -> serde_json::Value {
+    let container = |name: &str, restarts: u32| {
+        serde_json::json!({"name": name, "ready": true, "restartCount": restarts,
+            "image": format!("{name}:test"), "imageID": "",
+            "state": {"running": {"startedAt": "2026-11-27T10:00:00Z"}}})
+    };
+    serde_json::json!({
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [container("manager", restarts), container("ksit-exporter", 0)],
+    })
 }
