@@ -1,0 +1,533 @@
+//! The Helm chart (charts/ksit-exporter): `helm lint` of every values file; `helm template`
+//! compared object by object with `kubectl kustomize` of the bases each values file stands for;
+//! the chart's copies of the monitoring files equal to manifests/; and install, upgrade and
+//! uninstall against the test control plane for a small matrix of values.
+//!
+//! helm and kubectl come from the control plane's bin dir (`scripts/controlplane.sh build`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::{check, repo_path};
+use serde_json::{Value, json};
+
+const CHART: &str = "charts/ksit-exporter";
+
+/// The files the chart reads with `.Files.Get`, as copies of what manifests/ ships: a chart is
+/// packaged from its own directory, so it cannot read manifests/ (and symlinks would not survive
+/// every way a chart is published).
+const COPIES: &[(&str, &str)] = &[
+    (
+        "manifests/monitoring/common/prometheusrule.yaml",
+        "charts/ksit-exporter/files/prometheusrule.yaml",
+    ),
+    (
+        "manifests/monitoring/common/ksit-dashboard.json",
+        "charts/ksit-exporter/files/ksit-dashboard.json",
+    ),
+    (
+        "manifests/monitoring/common/prometheus-scrape-config.yaml",
+        "charts/ksit-exporter/files/prometheus-scrape-config.yaml",
+    ),
+];
+
+/// The labels Helm's convention adds to every object of the chart (never to a selector or a pod
+/// template), which the bases do not have.
+const HELM_LABELS: &[&str] = &[
+    "helm.sh/chart",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+];
+
+/// Everything else that may differ between `helm template` and the bases, in one place: each
+/// path (JSON object keys, `*` for every array item) is taken out of the chart's object of that
+/// kind before the comparison, and checked on its own by the test.
+const IGNORED: &[(&str, &[&str], &str)] = &[
+    (
+        "MutatingWebhookConfiguration",
+        &["webhooks", "*", "clientConfig", "caBundle"],
+        "the generated CA: checked equal to the Secret's ca.crt",
+    ),
+    (
+        "Deployment",
+        &["spec", "template", "spec", "containers", "*", "env"],
+        "the chart sets the injected sidecar's KSIT_SIDECAR_* (the base leaves the binary's \
+         defaults): checked against the injector's defaults or the case's values, then the rest \
+         compared",
+    ),
+];
+
+/// Objects only the chart has: the generated serving pair (without cert-manager).
+const CHART_ONLY: &[(&str, &str)] = &[("Secret", "ksit-webhook-tls")];
+/// Objects only the bases have: the webhook's Namespace, which is the release's namespace
+/// (`helm install --create-namespace`), so the chart does not own it.
+const BASES_ONLY: &[(&str, &str)] = &[("Namespace", "ksit-webhook")];
+
+/// One values file and the bases it stands for.
+struct Case {
+    name: &'static str,
+    /// `ci/<name>-values.yaml` under the chart; `None` for the defaults.
+    values: Option<&'static str>,
+    /// What the bases are built from: an overlay listing these.
+    resources: &'static [&'static str],
+    components: &'static [&'static str],
+    /// KSIT_SIDECAR_* the values file sets; the others are the injector's defaults.
+    sidecar_env: &'static [(&'static str, &'static str)],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "defaults",
+        values: None,
+        resources: &[
+            "manifests/webhook/base",
+            "manifests/rbac",
+            "manifests/rbac/cluster",
+            "manifests/service",
+        ],
+        components: &[],
+        sidecar_env: &[],
+    },
+    Case {
+        name: "cert-manager",
+        values: Some("cert-manager"),
+        resources: &[
+            "manifests/rbac",
+            "manifests/rbac/cluster",
+            "manifests/service",
+        ],
+        components: &["manifests/webhook/cert-manager"],
+        sidecar_env: &[],
+    },
+    Case {
+        name: "monitoring",
+        values: Some("monitoring"),
+        resources: &[
+            "manifests/webhook/base",
+            "manifests/rbac",
+            "manifests/rbac/cluster",
+            "manifests/service",
+            "manifests/monitoring",
+        ],
+        components: &[
+            "manifests/networkpolicy/webhook",
+            "manifests/networkpolicy/sidecar",
+        ],
+        sidecar_env: &[],
+    },
+    Case {
+        name: "podmonitor",
+        values: Some("podmonitor"),
+        resources: &[
+            "manifests/webhook/base",
+            "manifests/rbac",
+            "manifests/rbac/cluster",
+            "manifests/service",
+            "manifests/monitoring/podmonitor",
+        ],
+        components: &[],
+        sidecar_env: &[],
+    },
+    Case {
+        name: "sidecar",
+        values: Some("sidecar"),
+        resources: &[
+            "manifests/webhook/base",
+            "manifests/rbac",
+            "manifests/service",
+        ],
+        components: &[],
+        sidecar_env: &[
+            (
+                "KSIT_SIDECAR_IMAGE",
+                "registry.example:5000/ksit-exporter:0.1.0-rc1",
+            ),
+            ("KSIT_SIDECAR_MODE", "classic"),
+            ("KSIT_SIDECAR_CPU_REQUEST", "20m"),
+            ("KSIT_SIDECAR_CPU_LIMIT", "200m"),
+            ("KSIT_SIDECAR_MEMORY_LIMIT", ""),
+        ],
+    },
+];
+
+/// helm and kubectl from the control plane's bin dir, or `None` (with a loud SKIPPED line)
+/// when they are not built; under `CI=true` that is a failure.
+struct Tools {
+    helm: PathBuf,
+    kubectl: PathBuf,
+    /// HELM_*_HOME: helm keeps its caches and settings there, not in the user's home.
+    home: PathBuf,
+}
+
+fn tools() -> Option<Tools> {
+    let bin = std::env::var("KSIT_CONTROLPLANE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_path("target/controlplane/bin"));
+    let (helm, kubectl) = (bin.join("helm"), bin.join("kubectl"));
+    if !helm.exists() || !kubectl.exists() {
+        let why = format!(
+            "no helm or kubectl in {}; run `scripts/controlplane.sh build`",
+            bin.display()
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("CI=true but {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let home = repo_path("target/helm-home");
+    std::fs::create_dir_all(&home).expect("creating target/helm-home");
+    Some(Tools {
+        helm,
+        kubectl,
+        home,
+    })
+}
+
+impl Tools {
+    fn helm(&self, args: &[&str]) -> Output {
+        Command::new(&self.helm)
+            .args(args)
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_DATA_HOME", self.home.join("data"))
+            .current_dir(repo_path(""))
+            .output()
+            .expect("running helm")
+    }
+
+    /// `helm template` of the chart with a case's values file and `extra` arguments.
+    fn template(&self, case: &Case, namespace: &str, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["template", "ksit-exporter", CHART, "--namespace", namespace];
+        let values = case.values.map(values_file);
+        if let Some(v) = &values {
+            args.extend(["--values", v]);
+        }
+        args.extend(extra);
+        parse_objects(&check(
+            self.helm(&args),
+            &format!("helm {}", args.join(" ")),
+        ))
+    }
+
+    /// `kubectl kustomize` of an overlay of the case's bases.
+    fn kustomize(&self, case: &Case) -> Vec<Value> {
+        let overlay = Overlay::new(case.resources, case.components);
+        let out = check(
+            Command::new(&self.kubectl)
+                .args(["kustomize", overlay.path()])
+                .output()
+                .expect("running kubectl kustomize"),
+            &format!(
+                "kubectl kustomize of {:?} {:?}",
+                case.resources, case.components
+            ),
+        );
+        parse_objects(&out)
+    }
+}
+
+fn values_file(name: &str) -> String {
+    format!("{CHART}/ci/{name}-values.yaml")
+}
+
+/// The objects of a multi-document YAML stream; empty documents (a disabled template) dropped.
+fn parse_objects(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(yaml)
+        .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{yaml}"))
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A kustomization under target/ (kustomize refuses absolute paths) listing `resources` and
+/// `components`, both relative to the repository; removed on drop.
+struct Overlay(tempfile::TempDir);
+
+impl Overlay {
+    fn new(resources: &[&str], components: &[&str]) -> Overlay {
+        let dir = tempfile::Builder::new()
+            .prefix("helm-overlay-")
+            .tempdir_in(repo_path("target"))
+            .expect("a temporary directory under target/");
+        let list = |paths: &[&str]| {
+            paths
+                .iter()
+                .map(|p| format!("../../{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            format!(
+                "resources: [{}]\ncomponents: [{}]\n",
+                list(resources),
+                list(components)
+            ),
+        )
+        .expect("writing the overlay");
+        Overlay(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.path().to_str().expect("UTF-8 path")
+    }
+}
+
+/// kind, namespace (empty when cluster-scoped), name.
+type Key = (String, String, String);
+
+fn key(o: &Value) -> Key {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        s(&o["kind"]),
+        s(&o["metadata"]["namespace"]),
+        s(&o["metadata"]["name"]),
+    )
+}
+
+fn by_key(objects: Vec<Value>) -> BTreeMap<Key, Value> {
+    let mut map = BTreeMap::new();
+    for o in objects {
+        let k = key(&o);
+        assert!(map.insert(k.clone(), o).is_none(), "{k:?} twice");
+    }
+    map
+}
+
+/// Takes the values at `path` out of `v` (`*`: every array item) and returns them.
+fn take(v: &mut Value, path: &[&str]) -> Vec<Value> {
+    let Some((first, rest)) = path.split_first() else {
+        return vec![];
+    };
+    match (*first, v) {
+        ("*", Value::Array(items)) => items.iter_mut().flat_map(|i| take(i, rest)).collect(),
+        (k, Value::Object(map)) if rest.is_empty() => map.remove(k).into_iter().collect(),
+        (k, Value::Object(map)) => map.get_mut(k).map(|i| take(i, rest)).unwrap_or_default(),
+        _ => vec![],
+    }
+}
+
+/// The env the webhook container of the chart should set for the injected sidecar: the
+/// injector's defaults, with the case's values over them.
+fn expected_sidecar_env(case: &Case) -> Vec<Value> {
+    ksit_exporter::inject::VARIABLES
+        .iter()
+        .map(|(name, default, _help)| {
+            let value = case
+                .sidecar_env
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(*default, |(_, v)| v);
+            json!({"name": name, "value": value})
+        })
+        .collect()
+}
+
+/// The chart's object with what [`HELM_LABELS`] and [`IGNORED`] name taken out and checked.
+fn normalize_chart_object(case: &Case, mut o: Value, secret_ca: Option<&Value>) -> Value {
+    let what = format!("{}: {:?}", case.name, key(&o));
+    let labels = o["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("{what}: no labels"));
+    for label in HELM_LABELS {
+        let value = labels
+            .remove(*label)
+            .unwrap_or_else(|| panic!("{what}: no label {label}"));
+        let expected = match *label {
+            "helm.sh/chart" => json!(format!("ksit-exporter-{}", chart_meta("version"))),
+            "app.kubernetes.io/managed-by" => json!("Helm"),
+            "app.kubernetes.io/instance" => json!("ksit-exporter"),
+            _ => json!(chart_meta("appVersion")),
+        };
+        assert_eq!(value, expected, "{what}: label {label}");
+    }
+    if labels.is_empty() {
+        o["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object")
+            .remove("labels");
+    }
+    let kind = o["kind"].as_str().unwrap_or_default().to_string();
+    for (ignored_kind, path, _why) in IGNORED {
+        if *ignored_kind != kind {
+            continue;
+        }
+        let taken = take(&mut o, path);
+        match kind.as_str() {
+            "MutatingWebhookConfiguration" => {
+                let expected: Vec<Value> = secret_ca.into_iter().cloned().collect();
+                let entries = o["webhooks"].as_array().map_or(0, Vec::len);
+                assert_eq!(entries, 2, "{what}");
+                assert_eq!(
+                    taken,
+                    vec![expected; entries].concat(),
+                    "{what}: every caBundle is the Secret's ca.crt (none with cert-manager)"
+                );
+            }
+            "Deployment" => {
+                // The base's env, then the sidecar's settings: put the base's part back.
+                let [Value::Array(env)] = taken.as_slice() else {
+                    panic!("{what}: one container with env, got {taken:?}");
+                };
+                let (sidecar, own): (Vec<Value>, Vec<Value>) = env.iter().cloned().partition(|e| {
+                    e["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("KSIT_SIDECAR_"))
+                });
+                assert_eq!(sidecar, expected_sidecar_env(case), "{what}: sidecar env");
+                o["spec"]["template"]["spec"]["containers"][0]["env"] = Value::Array(own);
+            }
+            other => panic!("no check for ignored paths of {other}"),
+        }
+    }
+    o
+}
+
+/// A field of Chart.yaml.
+fn chart_meta(field: &str) -> String {
+    let chart: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_path(CHART).join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses");
+    chart[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("Chart.yaml has no {field}"))
+        .to_string()
+}
+
+#[test]
+fn the_charts_copies_of_the_monitoring_files_are_the_shipped_ones() {
+    for (shipped, copy) in COPIES {
+        let read =
+            |p: &str| std::fs::read(repo_path(p)).unwrap_or_else(|e| panic!("reading {p}: {e}"));
+        assert!(
+            read(shipped) == read(copy),
+            "{copy} differs from {shipped}; the chart serves a copy: `cp {shipped} {copy}`"
+        );
+    }
+    // Every file the chart reads is one of them.
+    let files: Vec<PathBuf> = std::fs::read_dir(repo_path(CHART).join("files"))
+        .expect("the chart's files/")
+        .map(|e| e.expect("a directory entry").path())
+        .collect();
+    for f in &files {
+        assert!(
+            COPIES.iter().any(|(_, copy)| repo_path(copy) == *f),
+            "{} is in files/ but not in COPIES",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn the_charts_version_is_the_crates() {
+    assert_eq!(chart_meta("appVersion"), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn helm_lint_passes_for_every_values_file() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut files: Vec<String> = std::fs::read_dir(repo_path(CHART).join("ci"))
+        .expect("the chart's ci/")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    files.sort();
+    let cased: Vec<String> = CASES
+        .iter()
+        .filter_map(|c| c.values.map(values_file))
+        .collect();
+    let listed: Vec<String> = files.iter().map(|f| format!("{CHART}/ci/{f}")).collect();
+    assert_eq!(
+        listed,
+        {
+            let mut c = cased.clone();
+            c.sort();
+            c
+        },
+        "every ci/ values file is a Case"
+    );
+    for values in std::iter::once(None).chain(cased.iter().map(Some)) {
+        let mut args = vec!["lint", CHART, "--strict", "--namespace", "ksit-webhook"];
+        if let Some(v) = values {
+            args.extend(["--values", v]);
+        }
+        let out = check(tools.helm(&args), &format!("helm {}", args.join(" ")));
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "helm {}:\n{out}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn helm_template_renders_the_bases_objects() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    for case in CASES {
+        let chart = by_key(tools.template(case, "ksit-webhook", &[]));
+        let mut bases = by_key(tools.kustomize(case));
+        let secret_ca = chart
+            .get(&key(&json!({"kind": "Secret", "metadata": {"namespace": "ksit-webhook", "name": "ksit-webhook-tls"}})))
+            .map(|s| {
+                for field in ["ca.crt", "tls.crt", "tls.key"] {
+                    assert!(s["data"][field].is_string(), "{}: Secret has no {field}", case.name);
+                }
+                assert_eq!(s["type"], "kubernetes.io/tls", "{}", case.name);
+                s["data"]["ca.crt"].clone()
+            });
+        assert_eq!(
+            secret_ca.is_none(),
+            case.values == Some("cert-manager"),
+            "{}: the chart makes the Secret exactly when cert-manager does not",
+            case.name
+        );
+        for (kind, name) in BASES_ONLY {
+            let k = bases
+                .keys()
+                .find(|k| k.0 == *kind && k.2 == *name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{}: the bases have no {kind} {name}", case.name));
+            bases.remove(&k);
+        }
+        let mut chart_objects = BTreeMap::new();
+        for (k, o) in chart {
+            if CHART_ONLY
+                .iter()
+                .any(|(kind, name)| k.0 == *kind && k.2 == *name)
+            {
+                continue;
+            }
+            chart_objects.insert(k, normalize_chart_object(case, o, secret_ca.as_ref()));
+        }
+        assert_eq!(
+            chart_objects.keys().collect::<Vec<_>>(),
+            bases.keys().collect::<Vec<_>>(),
+            "{}: the chart's objects (left) and the bases' (right)",
+            case.name
+        );
+        for (k, o) in &chart_objects {
+            let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON");
+            assert!(
+                o == &bases[k],
+                "{}: {k:?} differs between the chart and the bases\nchart: {}\nbases: {}",
+                case.name,
+                pretty(o),
+                pretty(&bases[k])
+            );
+        }
+    }
+}
