@@ -10,8 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::{check, repo_path};
+use common::{ControlPlane, TestNamespace, check, control_plane, repo_path, test_namespace};
 use serde_json::{Value, json};
 
 const CHART: &str = "charts/ksit-exporter";
@@ -487,6 +488,7 @@ fn helm_template_renders_the_bases_objects() {
                     assert!(s["data"][field].is_string(), "{}: Secret has no {field}", case.name);
                 }
                 assert_eq!(s["type"], "kubernetes.io/tls", "{}", case.name);
+                check_generated_pair(s, "ksit-webhook");
                 s["data"]["ca.crt"].clone()
             });
         assert_eq!(
@@ -530,4 +532,441 @@ fn helm_template_renders_the_bases_objects() {
             );
         }
     }
+}
+
+/// The generated pair: tls.crt names the webhook's Service in `namespace` and is issued by ca.crt.
+fn check_generated_pair(secret: &Value, namespace: &str) {
+    use base64::Engine;
+    let pem = |field: &str| {
+        let b64 = secret["data"][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("Secret has no {field}"));
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|e| panic!("{field} is not base64: {e}"))
+    };
+    let (ca_pem, tls_pem) = (pem("ca.crt"), pem("tls.crt"));
+    let (_, ca) = x509_parser::pem::parse_x509_pem(&ca_pem).expect("ca.crt is PEM");
+    let (_, tls) = x509_parser::pem::parse_x509_pem(&tls_pem).expect("tls.crt is PEM");
+    let ca = ca.parse_x509().expect("ca.crt is a certificate");
+    let tls = tls.parse_x509().expect("tls.crt is a certificate");
+    assert!(ca.is_ca(), "ca.crt is not a CA");
+    assert_eq!(
+        tls.issuer(),
+        ca.subject(),
+        "tls.crt is not issued by ca.crt"
+    );
+    let names: Vec<String> = tls
+        .subject_alternative_name()
+        .expect("a valid SAN extension")
+        .expect("tls.crt has SANs")
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect();
+    for dns in [
+        format!("ksit-webhook.{namespace}.svc"),
+        format!("ksit-webhook.{namespace}.svc.cluster.local"),
+    ] {
+        assert!(names.contains(&dns), "tls.crt names {names:?}, not {dns}");
+    }
+}
+
+/// A release of the chart in the test control plane, in a namespace of its own, with
+/// `fullnameOverride` set to that namespace's name so that its cluster-scoped objects do not
+/// meet another test's. Uninstalled on drop whatever happened (a MutatingWebhookConfiguration
+/// left behind would be consulted by every later pod creation that matches it).
+struct Release<'a> {
+    tools: &'a Tools,
+    cp: &'a ControlPlane,
+    namespace: TestNamespace,
+    /// `--set` for every install and upgrade: the namespaces and names of this test.
+    base_args: Vec<String>,
+    installed: bool,
+}
+
+const RELEASE: &str = "ksit-exporter";
+
+impl<'a> Release<'a> {
+    async fn new(tools: &'a Tools, cp: &'a ControlPlane, ksit_namespace: &str) -> Release<'a> {
+        let namespace = test_namespace(cp, "helm", &[]).await;
+        let base_args = vec![
+            "--set".to_string(),
+            format!("ksit.namespace={ksit_namespace}"),
+            "--set".to_string(),
+            format!("fullnameOverride={}", namespace.name),
+        ];
+        Release {
+            tools,
+            cp,
+            namespace,
+            base_args,
+            installed: false,
+        }
+    }
+
+    fn helm(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--namespace",
+            &self.namespace.name,
+            "--kubeconfig",
+            self.cp.kubeconfig.to_str().expect("UTF-8 path"),
+        ]);
+        self.tools.helm(&all)
+    }
+
+    /// `helm install` (or `upgrade`) with `args` after the test's own; returns the objects of
+    /// the release's manifest, as they are in the API server. Without --wait: the control plane
+    /// runs no pods, so the webhook never becomes ready.
+    fn deploy(&mut self, verb: &str, args: &[&str]) -> BTreeMap<Key, Value> {
+        let mut all = vec![verb, RELEASE, CHART, "--timeout", "60s"];
+        all.extend(self.base_args.iter().map(String::as_str));
+        all.extend(args);
+        self.installed = true;
+        check(self.helm(&all), &format!("helm {}", all.join(" ")));
+        let manifest = check(
+            self.helm(&["get", "manifest", RELEASE]),
+            "helm get manifest",
+        );
+        let rendered = by_key(parse_objects(&manifest));
+        let live = self.live(&manifest);
+        assert_eq!(
+            live.keys().collect::<Vec<_>>(),
+            rendered.keys().collect::<Vec<_>>(),
+            "after helm {verb}: the objects in the API server (left) and the release's (right)"
+        );
+        for (k, o) in &live {
+            assert_eq!(
+                o["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE,
+                "{k:?}"
+            );
+            assert_eq!(
+                o["metadata"]["annotations"]["meta.helm.sh/release-namespace"],
+                self.namespace.name.as_str(),
+                "{k:?}"
+            );
+        }
+        live
+    }
+
+    /// Those of the objects in `yaml` that exist in the API server.
+    fn live(&self, yaml: &str) -> BTreeMap<Key, Value> {
+        let out = check(
+            self.cp.kubectl_stdin(
+                &["get", "--ignore-not-found", "-o", "json", "-f", "-"],
+                yaml,
+            ),
+            "kubectl get -f -",
+        );
+        if out.trim().is_empty() {
+            return BTreeMap::new();
+        }
+        let v: Value = serde_json::from_str(&out).expect("kubectl prints JSON");
+        match v["kind"].as_str() {
+            Some("List") => by_key(v["items"].as_array().cloned().unwrap_or_default()),
+            _ => by_key(vec![v]),
+        }
+    }
+
+    /// `helm uninstall`, then nothing of what `objects` lists is left, nor a ReplicaSet or pod
+    /// of the webhook (the garbage collector removes them after their Deployment).
+    async fn uninstall(&mut self, objects: &BTreeMap<Key, Value>) {
+        check(
+            self.helm(&["uninstall", RELEASE, "--timeout", "60s"]),
+            "helm uninstall",
+        );
+        let yaml = objects
+            .values()
+            .map(|o| serde_json::to_string(o).expect("JSON"))
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        let left = self.live(&yaml);
+        assert!(
+            left.is_empty(),
+            "left after helm uninstall: {:?}",
+            left.keys().collect::<Vec<_>>()
+        );
+        let ns = self.namespace.name.clone();
+        common::eventually(
+            Duration::from_secs(60),
+            "the webhook's ReplicaSets and pods gone",
+            || {
+                let out = self.cp.kubectl(&[
+                    "get",
+                    "replicasets,pods",
+                    "-n",
+                    &ns,
+                    "-l",
+                    "app.kubernetes.io/name=ksit-webhook",
+                    "-o",
+                    "name",
+                ]);
+                async move {
+                    let names = check(out, "kubectl get replicasets,pods");
+                    if names.trim().is_empty() {
+                        Ok(())
+                    } else {
+                        Err(names)
+                    }
+                }
+            },
+        )
+        .await;
+        let list = check(self.helm(&["list", "--all", "-q"]), "helm list");
+        assert!(list.trim().is_empty(), "releases left: {list}");
+        // Only now: whatever failed above, Drop uninstalls again.
+        self.installed = false;
+    }
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = self.helm(&["uninstall", RELEASE, "--wait=false", "--timeout", "30s"]);
+        }
+    }
+}
+
+fn find<'a>(objects: &'a BTreeMap<Key, Value>, kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|(k, _)| k.0 == kind && k.2 == name)
+        .map(|(_, o)| o)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} {name} in {:?}",
+                objects.keys().collect::<Vec<_>>()
+            )
+        })
+}
+
+fn has(objects: &BTreeMap<Key, Value>, kind: &str) -> bool {
+    objects.keys().any(|k| k.0 == kind)
+}
+
+fn sidecar_image(objects: &BTreeMap<Key, Value>) -> Value {
+    let env = &find(objects, "Deployment", "ksit-webhook")["spec"]["template"]["spec"]["containers"]
+        [0]["env"];
+    env.as_array()
+        .expect("the webhook's env")
+        .iter()
+        .find(|e| e["name"] == "KSIT_SIDECAR_IMAGE")
+        .map(|e| e["value"].clone())
+        .expect("KSIT_SIDECAR_IMAGE set")
+}
+
+/// The caBundle of each webhook entry, each the Secret's ca.crt.
+fn check_ca_bundle(objects: &BTreeMap<Key, Value>) -> Value {
+    let ca = find(objects, "Secret", "ksit-webhook-tls")["data"]["ca.crt"].clone();
+    assert!(ca.is_string(), "no ca.crt in the Secret");
+    let mwc = objects
+        .iter()
+        .find(|(k, _)| k.0 == "MutatingWebhookConfiguration")
+        .map(|(_, o)| o)
+        .expect("a MutatingWebhookConfiguration");
+    for w in mwc["webhooks"].as_array().expect("webhooks") {
+        assert_eq!(w["clientConfig"]["caBundle"], ca, "{}", w["name"]);
+    }
+    ca
+}
+
+/// Defaults: the generated pair is in the Secret and both caBundles, and an upgrade that
+/// changes the sidecar's image and turns on the webhook's NetworkPolicy keeps that pair.
+#[tokio::test]
+async fn install_upgrade_uninstall_with_defaults() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ksit = test_namespace(&cp, "helm-ksit", &[]).await;
+    let mut release = Release::new(&tools, &cp, &ksit.name).await;
+    let installed = release.deploy("install", &[]);
+    let ca = check_ca_bundle(&installed);
+    check_generated_pair(
+        find(&installed, "Secret", "ksit-webhook-tls"),
+        &release.namespace.name,
+    );
+    assert!(has(&installed, "ClusterRole") && !has(&installed, "NetworkPolicy"));
+    assert_eq!(
+        sidecar_image(&installed),
+        format!(
+            "ghcr.io/kubestellar/ksit-exporter:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+
+    let upgraded = release.deploy(
+        "upgrade",
+        &[
+            "--set",
+            "sidecar.image.tag=0.2.0-test",
+            "--set",
+            "networkPolicy.webhook.enabled=true",
+        ],
+    );
+    assert_eq!(
+        sidecar_image(&upgraded),
+        "ghcr.io/kubestellar/ksit-exporter:0.2.0-test"
+    );
+    assert!(has(&upgraded, "NetworkPolicy"));
+    assert_eq!(check_ca_bundle(&upgraded), ca, "the upgrade kept the CA");
+    assert_eq!(
+        find(&upgraded, "Secret", "ksit-webhook-tls")["data"],
+        find(&installed, "Secret", "ksit-webhook-tls")["data"],
+        "the upgrade kept the serving pair"
+    );
+
+    let mut all = installed;
+    all.extend(upgraded);
+    release.uninstall(&all).await;
+}
+
+/// cert-manager on (its CRDs only: no cert-manager runs, so no Secret appears), then off by an
+/// upgrade: the Issuers and Certificates go, the generated pair comes.
+#[tokio::test]
+async fn install_upgrade_uninstall_with_cert_manager() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    install_cert_manager_crds(&cp).await;
+    let ksit = test_namespace(&cp, "helm-ksit", &[]).await;
+    let mut release = Release::new(&tools, &cp, &ksit.name).await;
+    let values = values_file("cert-manager");
+    let installed = release.deploy("install", &["--values", &values]);
+    let mwc = installed
+        .iter()
+        .find(|(k, _)| k.0 == "MutatingWebhookConfiguration")
+        .map(|(_, o)| o)
+        .expect("a MutatingWebhookConfiguration");
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{}/ksit-webhook", release.namespace.name)
+    );
+    for w in mwc["webhooks"].as_array().expect("webhooks") {
+        assert!(w["clientConfig"]["caBundle"].is_null(), "{w}");
+    }
+    let certificate = find(&installed, "Certificate", "ksit-webhook");
+    assert_eq!(
+        certificate["spec"]["dnsNames"][0],
+        format!("ksit-webhook.{}.svc", release.namespace.name)
+    );
+    for (kind, name) in [
+        ("Issuer", "ksit-webhook-selfsigned"),
+        ("Issuer", "ksit-webhook-ca"),
+        ("Certificate", "ksit-webhook-ca"),
+    ] {
+        find(&installed, kind, name);
+    }
+    assert!(!has(&installed, "Secret"));
+
+    let upgraded = release.deploy(
+        "upgrade",
+        &["--values", &values, "--set", "certManager.enabled=false"],
+    );
+    assert!(!has(&upgraded, "Certificate") && !has(&upgraded, "Issuer"));
+    check_ca_bundle(&upgraded);
+
+    let mut all = installed;
+    all.extend(upgraded);
+    release.uninstall(&all).await;
+}
+
+/// Monitoring and both NetworkPolicies on, then off by an upgrade that also changes the
+/// sidecar's image: the ServiceMonitor, PrometheusRule, ConfigMaps and policies go.
+#[tokio::test]
+async fn install_upgrade_uninstall_with_monitoring() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ksit = test_namespace(&cp, "helm-ksit", &[]).await;
+    let mut release = Release::new(&tools, &cp, &ksit.name).await;
+    let values = values_file("monitoring");
+    let installed = release.deploy("install", &["--values", &values]);
+    for (kind, name) in [
+        ("ServiceMonitor", "ksit-monitor"),
+        ("PrometheusRule", "ksit-exporter"),
+        ("ConfigMap", "ksit-dashboard"),
+        ("ConfigMap", "ksit-prometheus-scrape-config"),
+        ("NetworkPolicy", "ksit-webhook"),
+        ("NetworkPolicy", "ksit-exporter-metrics"),
+    ] {
+        find(&installed, kind, name);
+    }
+
+    let upgraded = release.deploy("upgrade", &["--set", "sidecar.image.tag=0.2.0-test"]);
+    for kind in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            !has(&upgraded, kind),
+            "{kind} left after the upgrade turned it off"
+        );
+    }
+    assert_eq!(
+        sidecar_image(&upgraded),
+        "ghcr.io/kubestellar/ksit-exporter:0.2.0-test"
+    );
+
+    let mut all = installed;
+    all.extend(upgraded);
+    release.uninstall(&all).await;
+}
+
+/// cert-manager's CRDs, from the release pinned in tests/controlplane/helm/cert-manager.
+async fn install_cert_manager_crds(cp: &ControlPlane) {
+    let moddir = repo_path("tests/controlplane/helm/cert-manager");
+    let gomod = std::fs::read_to_string(moddir.join("go.mod")).expect("reading its go.mod");
+    let version = gomod
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("require github.com/cert-manager/cert-manager ")
+        })
+        .expect("cert-manager pinned in tests/controlplane/helm/cert-manager/go.mod")
+        .trim();
+    let out = check(
+        Command::new("go")
+            .args([
+                "mod",
+                "download",
+                "-json",
+                &format!("github.com/cert-manager/cert-manager@{version}"),
+            ])
+            .current_dir(&moddir)
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .expect("running go"),
+        "go mod download of cert-manager",
+    );
+    let dir: Value = serde_json::from_str(&out).expect("go mod download -json prints JSON");
+    let crds = PathBuf::from(dir["Dir"].as_str().expect("Dir in go mod download -json"))
+        .join("deploy/crds");
+    check(
+        cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().expect("UTF-8 path"),
+        ]),
+        "installing cert-manager's CRDs",
+    );
+    cp.wait_established(&["issuers.cert-manager.io", "certificates.cert-manager.io"])
+        .await;
 }
