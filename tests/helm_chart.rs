@@ -425,6 +425,39 @@ fn the_charts_copies_of_the_monitoring_files_are_the_shipped_ones() {
     }
 }
 
+/// The README's table of values ("Install with Helm") gives each value's default as
+/// values.yaml has it, and names only values that exist.
+#[test]
+fn the_readmes_values_table_matches_values_yaml() {
+    let values: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_path(CHART).join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Install with Helm\n"))
+        .expect("README.md has a section \"Install with Helm\"");
+    let mut rows = 0;
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let (name, default) = (
+            cells[0].trim_start_matches("| ").trim_matches('`'),
+            cells[1].trim_matches('`'),
+        );
+        let actual = name.split('.').fold(&values, |v, k| &v[k]);
+        assert!(
+            !actual.is_null(),
+            "README names {name}, which values.yaml lacks"
+        );
+        let documented: Value = serde_saphyr::from_str(default)
+            .unwrap_or_else(|e| panic!("README's default of {name} is not YAML: {e}"));
+        assert_eq!(&documented, actual, "README's default of {name}");
+        rows += 1;
+    }
+    assert!(rows >= 10, "only {rows} rows in the README's values table");
+}
+
 #[test]
 fn the_charts_version_is_the_crates() {
     assert_eq!(chart_meta("appVersion"), env!("CARGO_PKG_VERSION"));
