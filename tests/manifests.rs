@@ -588,6 +588,55 @@ tests:
               description: >-
                 The 99th percentile of integration reconcile durations has been 9.908s
                 (above 5s) for 15 minutes.
+  # A fleet: two hosting clusters' series in one store, told apart only by the external label
+  # `cluster`, with the same managed cluster name in both. Each alert must stay per hosting
+  # cluster, and a slow one must not be averaged away by a fast one.
+  - interval: 1m
+    input_series:
+      - series: 'ksit_cluster_status{cluster="east",namespace="ksit-system",target="cluster2",cluster_name="cluster2",source="integrationtarget"}'
+        values: '1 0x10'
+      - series: 'ksit_cluster_status{cluster="west",namespace="ksit-system",target="cluster2",cluster_name="cluster2",source="integrationtarget"}'
+        values: '1 0x10'
+      - series: 'ksit_reconcile_duration_seconds_bucket{cluster="east",controller="integration",le="1"}'
+        values: '0+1x30'
+      - series: 'ksit_reconcile_duration_seconds_bucket{cluster="east",controller="integration",le="10"}'
+        values: '0+60x30'
+      - series: 'ksit_reconcile_duration_seconds_bucket{cluster="east",controller="integration",le="+Inf"}'
+        values: '0+60x30'
+      - series: 'ksit_reconcile_duration_seconds_bucket{cluster="west",controller="integration",le="1"}'
+        values: '0+6000x30'
+      - series: 'ksit_reconcile_duration_seconds_bucket{cluster="west",controller="integration",le="10"}'
+        values: '0+6000x30'
+      - series: 'ksit_reconcile_duration_seconds_bucket{cluster="west",controller="integration",le="+Inf"}'
+        values: '0+6000x30'
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: KsitClusterNotReady
+        exp_alerts:
+          - exp_labels: { severity: warning, cluster: east, namespace: ksit-system, target: cluster2, cluster_name: cluster2, source: integrationtarget }
+            exp_annotations:
+              summary: Managed cluster cluster2 is not ready (hosting cluster east)
+              description: >-
+                integrationtarget ksit-system/cluster2 has reported cluster cluster2 not ready
+                for 5 minutes. `kubectl get integrationtarget cluster2 -n ksit-system -o yaml`
+                shows its conditions and their reasons.
+          - exp_labels: { severity: warning, cluster: west, namespace: ksit-system, target: cluster2, cluster_name: cluster2, source: integrationtarget }
+            exp_annotations:
+              summary: Managed cluster cluster2 is not ready (hosting cluster west)
+              description: >-
+                integrationtarget ksit-system/cluster2 has reported cluster cluster2 not ready
+                for 5 minutes. `kubectl get integrationtarget cluster2 -n ksit-system -o yaml`
+                shows its conditions and their reasons.
+      # West's reconciles all take under 1 s; summed with east's, p99 would drop below 5 s.
+      - eval_time: 21m
+        alertname: KsitReconcileLatencyHigh
+        exp_alerts:
+          - exp_labels: { severity: warning, cluster: east, controller: integration }
+            exp_annotations:
+              summary: KSIT integration reconciles are slow in hosting cluster east
+              description: >-
+                The 99th percentile of integration reconcile durations has been 9.908s
+                (above 5s) for 15 minutes.
 "#;
 
 #[tokio::test]
