@@ -35,14 +35,15 @@ app.kubernetes.io/part-of: ksit-exporter
 {{/*
 The generated CA and serving pair: what the Secret ksit-webhook-tls already holds, so an
 upgrade keeps the pair and the caBundle the API server trusts; new ones when it is missing
-(first install, `helm template`, or after the Secret was deleted to renew). Returns a dict
-of base64 values: ca.crt, tls.crt, tls.key. Where it generates, each include makes another pair:
-include it once and share the result (mutatingwebhookconfiguration.yaml), so the Secret and the caBundle match.
+(first install, `helm template`, or after the Secret was deleted to renew). Returns a dict of
+base64 values: ca.crt, tls.crt, tls.key. Where it generates, each include makes another pair:
+include it once and share the result (mutatingwebhookconfiguration.yaml), so that the Secret
+and the caBundle match.
 */}}
 {{- define "ksit-exporter.webhook.certs" -}}
-{{- $secret := lookup "v1" "Secret" .Release.Namespace "ksit-webhook-tls" -}}
-{{- if and $secret (index ($secret.data | default dict) "ca.crt") -}}
-{{- pick $secret.data "ca.crt" "tls.crt" "tls.key" | toJson -}}
+{{- $data := (lookup "v1" "Secret" .Release.Namespace "ksit-webhook-tls").data | default dict -}}
+{{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
+{{- pick $data "ca.crt" "tls.crt" "tls.key" | toJson -}}
 {{- else -}}
 {{- $days := int .Values.webhook.certValidityDays -}}
 {{- $ca := genCA "ksit-exporter webhook CA" $days -}}
