@@ -612,7 +612,10 @@ fn check_generated_pair(secret: &Value, namespace: &str) {
 /// A release of the chart in the test control plane, in a namespace of its own, with
 /// `fullnameOverride` set to that namespace's name so that its cluster-scoped objects do not
 /// meet another test's. Uninstalled on drop whatever happened (a MutatingWebhookConfiguration
-/// left behind would be consulted by every later pod creation that matches it).
+/// left behind would be consulted by every later pod creation that matches it). While it is
+/// installed no pod matches it: the only pods made are the webhook's own, in the release's
+/// namespace, which both entries exclude; so the API server never tries to call the webhook's
+/// Service, which nothing here could answer.
 struct Release<'a> {
     tools: &'a Tools,
     cp: &'a ControlPlane,
@@ -620,6 +623,16 @@ struct Release<'a> {
     /// `--set` for every install and upgrade: the namespaces and names of this test.
     base_args: Vec<String>,
     installed: bool,
+    /// The objects of the last install or upgrade.
+    last: BTreeMap<Key, Value>,
+}
+
+/// What an install or upgrade left in the API server.
+struct Step {
+    /// The release's objects, as the API server has them.
+    live: BTreeMap<Key, Value>,
+    /// The objects of the step before that this one removed, checked gone from the API server.
+    gone: Vec<Key>,
 }
 
 const RELEASE: &str = "ksit-exporter";
@@ -639,6 +652,7 @@ impl<'a> Release<'a> {
             namespace,
             base_args,
             installed: false,
+            last: BTreeMap::new(),
         }
     }
 
@@ -653,10 +667,11 @@ impl<'a> Release<'a> {
         self.tools.helm(&all)
     }
 
-    /// `helm install` (or `upgrade`) with `args` after the test's own; returns the objects of
-    /// the release's manifest, as they are in the API server. Without --wait: the control plane
-    /// runs no pods, so the webhook never becomes ready.
-    fn deploy(&mut self, verb: &str, args: &[&str]) -> BTreeMap<Key, Value> {
+    /// `helm install` (or `upgrade`) with `args` after the test's own: every object of the
+    /// release's manifest is in the API server, and those of the step before that it no longer
+    /// has are not. Without --wait: the control plane runs no pods, so the webhook never
+    /// becomes ready.
+    fn deploy(&mut self, verb: &str, args: &[&str]) -> Step {
         let mut all = vec![verb, RELEASE, CHART, "--timeout", "60s"];
         all.extend(self.base_args.iter().map(String::as_str));
         all.extend(args);
@@ -684,11 +699,27 @@ impl<'a> Release<'a> {
                 "{k:?}"
             );
         }
-        live
+        let removed: BTreeMap<Key, Value> = std::mem::replace(&mut self.last, live.clone())
+            .into_iter()
+            .filter(|(k, _)| !live.contains_key(k))
+            .collect();
+        let left = self.live(&to_yaml(&removed));
+        assert!(
+            left.is_empty(),
+            "after helm {verb}: objects the release no longer has are left: {:?}",
+            left.keys().collect::<Vec<_>>()
+        );
+        Step {
+            live,
+            gone: removed.into_keys().collect(),
+        }
     }
 
     /// Those of the objects in `yaml` that exist in the API server.
     fn live(&self, yaml: &str) -> BTreeMap<Key, Value> {
+        if yaml.trim().is_empty() {
+            return BTreeMap::new();
+        }
         let out = check(
             self.cp.kubectl_stdin(
                 &["get", "--ignore-not-found", "-o", "json", "-f", "-"],
@@ -706,19 +737,14 @@ impl<'a> Release<'a> {
         }
     }
 
-    /// `helm uninstall`, then nothing of what `objects` lists is left, nor a ReplicaSet or pod
-    /// of the webhook (the garbage collector removes them after their Deployment).
-    async fn uninstall(&mut self, objects: &BTreeMap<Key, Value>) {
+    /// `helm uninstall`, then nothing of the last step's objects is left, nor a ReplicaSet or
+    /// pod of the webhook (the garbage collector removes them after their Deployment).
+    async fn uninstall(&mut self) {
         check(
             self.helm(&["uninstall", RELEASE, "--timeout", "60s"]),
             "helm uninstall",
         );
-        let yaml = objects
-            .values()
-            .map(|o| serde_json::to_string(o).expect("JSON"))
-            .collect::<Vec<_>>()
-            .join("\n---\n");
-        let left = self.live(&yaml);
+        let left = self.live(&to_yaml(&self.last));
         assert!(
             left.is_empty(),
             "left after helm uninstall: {:?}",
@@ -765,6 +791,15 @@ impl Drop for Release<'_> {
     }
 }
 
+/// Objects as one YAML stream (JSON documents), as `kubectl -f -` reads it.
+fn to_yaml(objects: &BTreeMap<Key, Value>) -> String {
+    objects
+        .values()
+        .map(|o| serde_json::to_string(o).expect("JSON"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
 fn find<'a>(objects: &'a BTreeMap<Key, Value>, kind: &str, name: &str) -> &'a Value {
     objects
         .iter()
@@ -808,6 +843,13 @@ fn check_ca_bundle(objects: &BTreeMap<Key, Value>) -> Value {
     ca
 }
 
+/// (kind, name) of each key, sorted.
+fn kinds_names(keys: &[Key]) -> Vec<(&str, &str)> {
+    let mut v: Vec<(&str, &str)> = keys.iter().map(|k| (k.0.as_str(), k.2.as_str())).collect();
+    v.sort();
+    v
+}
+
 /// Defaults: the generated pair is in the Secret and both caBundles, and an upgrade that
 /// changes the sidecar's image and turns on the webhook's NetworkPolicy keeps that pair.
 #[tokio::test]
@@ -820,7 +862,7 @@ async fn install_upgrade_uninstall_with_defaults() {
     };
     let ksit = test_namespace(&cp, "helm-ksit", &[]).await;
     let mut release = Release::new(&tools, &cp, &ksit.name).await;
-    let installed = release.deploy("install", &[]);
+    let installed = release.deploy("install", &[]).live;
     let ca = check_ca_bundle(&installed);
     check_generated_pair(
         find(&installed, "Secret", "ksit-webhook-tls"),
@@ -844,11 +886,13 @@ async fn install_upgrade_uninstall_with_defaults() {
             "networkPolicy.webhook.enabled=true",
         ],
     );
+    assert!(upgraded.gone.is_empty(), "{:?}", upgraded.gone);
+    let upgraded = upgraded.live;
     assert_eq!(
         sidecar_image(&upgraded),
         "ghcr.io/kubestellar/ksit-exporter:0.2.0-test"
     );
-    assert!(has(&upgraded, "NetworkPolicy"));
+    find(&upgraded, "NetworkPolicy", "ksit-webhook");
     assert_eq!(check_ca_bundle(&upgraded), ca, "the upgrade kept the CA");
     assert_eq!(
         find(&upgraded, "Secret", "ksit-webhook-tls")["data"],
@@ -856,9 +900,7 @@ async fn install_upgrade_uninstall_with_defaults() {
         "the upgrade kept the serving pair"
     );
 
-    let mut all = installed;
-    all.extend(upgraded);
-    release.uninstall(&all).await;
+    release.uninstall().await;
 }
 
 /// cert-manager on (its CRDs only: no cert-manager runs, so no Secret appears), then off by an
@@ -875,7 +917,7 @@ async fn install_upgrade_uninstall_with_cert_manager() {
     let ksit = test_namespace(&cp, "helm-ksit", &[]).await;
     let mut release = Release::new(&tools, &cp, &ksit.name).await;
     let values = values_file("cert-manager");
-    let installed = release.deploy("install", &["--values", &values]);
+    let installed = release.deploy("install", &["--values", &values]).live;
     let mwc = installed
         .iter()
         .find(|(k, _)| k.0 == "MutatingWebhookConfiguration")
@@ -893,25 +935,24 @@ async fn install_upgrade_uninstall_with_cert_manager() {
         certificate["spec"]["dnsNames"][0],
         format!("ksit-webhook.{}.svc", release.namespace.name)
     );
-    for (kind, name) in [
-        ("Issuer", "ksit-webhook-selfsigned"),
-        ("Issuer", "ksit-webhook-ca"),
-        ("Certificate", "ksit-webhook-ca"),
-    ] {
-        find(&installed, kind, name);
-    }
     assert!(!has(&installed, "Secret"));
 
     let upgraded = release.deploy(
         "upgrade",
         &["--values", &values, "--set", "certManager.enabled=false"],
     );
-    assert!(!has(&upgraded, "Certificate") && !has(&upgraded, "Issuer"));
-    check_ca_bundle(&upgraded);
+    assert_eq!(
+        kinds_names(&upgraded.gone),
+        [
+            ("Certificate", "ksit-webhook"),
+            ("Certificate", "ksit-webhook-ca"),
+            ("Issuer", "ksit-webhook-ca"),
+            ("Issuer", "ksit-webhook-selfsigned"),
+        ]
+    );
+    check_ca_bundle(&upgraded.live);
 
-    let mut all = installed;
-    all.extend(upgraded);
-    release.uninstall(&all).await;
+    release.uninstall().await;
 }
 
 /// Monitoring and both NetworkPolicies on, then off by an upgrade that also changes the
@@ -927,38 +968,26 @@ async fn install_upgrade_uninstall_with_monitoring() {
     let ksit = test_namespace(&cp, "helm-ksit", &[]).await;
     let mut release = Release::new(&tools, &cp, &ksit.name).await;
     let values = values_file("monitoring");
-    let installed = release.deploy("install", &["--values", &values]);
-    for (kind, name) in [
-        ("ServiceMonitor", "ksit-monitor"),
-        ("PrometheusRule", "ksit-exporter"),
-        ("ConfigMap", "ksit-dashboard"),
-        ("ConfigMap", "ksit-prometheus-scrape-config"),
-        ("NetworkPolicy", "ksit-webhook"),
-        ("NetworkPolicy", "ksit-exporter-metrics"),
-    ] {
-        find(&installed, kind, name);
-    }
+    release.deploy("install", &["--values", &values]);
 
     let upgraded = release.deploy("upgrade", &["--set", "sidecar.image.tag=0.2.0-test"]);
-    for kind in [
-        "ServiceMonitor",
-        "PrometheusRule",
-        "ConfigMap",
-        "NetworkPolicy",
-    ] {
-        assert!(
-            !has(&upgraded, kind),
-            "{kind} left after the upgrade turned it off"
-        );
-    }
     assert_eq!(
-        sidecar_image(&upgraded),
+        kinds_names(&upgraded.gone),
+        [
+            ("ConfigMap", "ksit-dashboard"),
+            ("ConfigMap", "ksit-prometheus-scrape-config"),
+            ("NetworkPolicy", "ksit-exporter-metrics"),
+            ("NetworkPolicy", "ksit-webhook"),
+            ("PrometheusRule", "ksit-exporter"),
+            ("ServiceMonitor", "ksit-monitor"),
+        ]
+    );
+    assert_eq!(
+        sidecar_image(&upgraded.live),
         "ghcr.io/kubestellar/ksit-exporter:0.2.0-test"
     );
 
-    let mut all = installed;
-    all.extend(upgraded);
-    release.uninstall(&all).await;
+    release.uninstall().await;
 }
 
 /// cert-manager's CRDs, from the release pinned in tests/controlplane/helm/cert-manager.
