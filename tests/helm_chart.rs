@@ -16,6 +16,9 @@ use common::{ControlPlane, TestNamespace, check, control_plane, repo_path, test_
 use serde_json::{Value, json};
 
 const CHART: &str = "charts/ksit-exporter";
+/// The release's name in every test; its namespace for `helm template` is the bases'.
+const RELEASE: &str = "ksit-exporter";
+const BASES_NAMESPACE: &str = "ksit-webhook";
 
 /// The files the chart reads with `.Files.Get`, as copies of what manifests/ ships: a chart is
 /// packaged from its own directory, so it cannot read manifests/ (and symlinks would not survive
@@ -201,14 +204,13 @@ impl Tools {
             .expect("running helm")
     }
 
-    /// `helm template` of the chart with a case's values file and `extra` arguments.
-    fn template(&self, case: &Case, namespace: &str, extra: &[&str]) -> Vec<Value> {
-        let mut args = vec!["template", "ksit-exporter", CHART, "--namespace", namespace];
+    /// `helm template` of the chart with a case's values file, in the bases' namespace.
+    fn template(&self, case: &Case) -> Vec<Value> {
+        let mut args = vec!["template", RELEASE, CHART, "--namespace", BASES_NAMESPACE];
         let values = case.values.map(values_file);
         if let Some(v) = &values {
             args.extend(["--values", v]);
         }
-        args.extend(extra);
         parse_objects(&check(
             self.helm(&args),
             &format!("helm {}", args.join(" ")),
@@ -342,7 +344,7 @@ fn normalize_chart_object(case: &Case, mut o: Value, secret_ca: Option<&Value>) 
         let expected = match *label {
             "helm.sh/chart" => json!(format!("ksit-exporter-{}", chart_meta("version"))),
             "app.kubernetes.io/managed-by" => json!("Helm"),
-            "app.kubernetes.io/instance" => json!("ksit-exporter"),
+            "app.kubernetes.io/instance" => json!(RELEASE),
             _ => json!(chart_meta("appVersion")),
         };
         assert_eq!(value, expected, "{what}: label {label}");
@@ -493,7 +495,7 @@ fn helm_lint_passes_for_every_values_file() {
         "every ci/ values file is a Case"
     );
     for values in std::iter::once(None).chain(cased.iter().map(Some)) {
-        let mut args = vec!["lint", CHART, "--strict", "--namespace", "ksit-webhook"];
+        let mut args = vec!["lint", CHART, "--strict", "--namespace", BASES_NAMESPACE];
         if let Some(v) = values {
             args.extend(["--values", v]);
         }
@@ -512,16 +514,24 @@ fn helm_template_renders_the_bases_objects() {
         return;
     };
     for case in CASES {
-        let chart = by_key(tools.template(case, "ksit-webhook", &[]));
+        let chart = by_key(tools.template(case));
         let mut bases = by_key(tools.kustomize(case));
         let secret_ca = chart
-            .get(&key(&json!({"kind": "Secret", "metadata": {"namespace": "ksit-webhook", "name": "ksit-webhook-tls"}})))
+            .get(&(
+                "Secret".to_string(),
+                BASES_NAMESPACE.to_string(),
+                "ksit-webhook-tls".to_string(),
+            ))
             .map(|s| {
                 for field in ["ca.crt", "tls.crt", "tls.key"] {
-                    assert!(s["data"][field].is_string(), "{}: Secret has no {field}", case.name);
+                    assert!(
+                        s["data"][field].is_string(),
+                        "{}: Secret has no {field}",
+                        case.name
+                    );
                 }
                 assert_eq!(s["type"], "kubernetes.io/tls", "{}", case.name);
-                check_generated_pair(s, "ksit-webhook");
+                check_generated_pair(s, BASES_NAMESPACE);
                 s["data"]["ca.crt"].clone()
             });
         assert_eq!(
@@ -634,8 +644,6 @@ struct Step {
     /// The objects of the step before that this one removed, checked gone from the API server.
     gone: Vec<Key>,
 }
-
-const RELEASE: &str = "ksit-exporter";
 
 impl<'a> Release<'a> {
     async fn new(tools: &'a Tools, cp: &'a ControlPlane, ksit_namespace: &str) -> Release<'a> {
