@@ -1,9 +1,11 @@
-//! What must hold for any AdmissionReview body and any manifest stream: the properties of the
-//! fuzz targets `admission_review` and `inject_manifests`, which `tests/fuzz_inputs.rs` also
-//! replays on stable over their corpora.
+//! What must hold for any AdmissionReview body, any manifest stream and any watched object: the
+//! properties of the fuzz targets `admission_review`, `inject_manifests` and `kube_objects`,
+//! which `tests/fuzz_inputs.rs` also replays on stable over their corpora.
 
 use ksit_exporter::inject::InjectorConfig;
 use ksit_exporter::inject::manifests::inject_manifests;
+use ksit_exporter::kube::exposition_of;
+use ksit_exporter::upstream::parse::parse;
 use ksit_exporter::webhook::admission::{Entry, review};
 
 fn config() -> InjectorConfig {
@@ -51,6 +53,27 @@ pub fn manifests_hold(bytes: &[u8]) -> Result<(), String> {
             "a second inject changed the output:\n{}\n---- became ----\n{}",
             once.yaml, twice.yaml
         ));
+    }
+    Ok(())
+}
+
+/// Any JSON, read as each kind of watched object, renders series that read back as the text
+/// format: every line well formed and no series twice, whatever the names, labels, conditions
+/// and cluster lists hold (anyone who may write the object writes them).
+pub fn objects_hold(json: &[u8]) -> Result<(), String> {
+    for (kind, text) in exposition_of(json) {
+        let Some(text) = text else {
+            continue;
+        };
+        let parsed = parse(&text, &|_| false);
+        if let Some(r) = parsed.rejected.first() {
+            return Err(format!(
+                "{kind}: the exposition does not read back ({:?}: {}):\n{}",
+                r.reason,
+                r.detail,
+                String::from_utf8_lossy(&text)
+            ));
+        }
     }
     Ok(())
 }

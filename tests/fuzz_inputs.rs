@@ -1,6 +1,7 @@
-//! The properties of the fuzz targets `admission_review` and `inject_manifests`
+//! The properties of the fuzz targets `admission_review`, `inject_manifests` and `kube_objects`
 //! (`fuzz/inputs.rs`) on stable under `cargo test`: over their corpora (the AdmissionReviews in
-//! `fuzz/corpus/admission_review`, the injector's golden inputs in `tests/testdata/inject`) and a
+//! `fuzz/corpus/admission_review`, the injector's golden inputs in `tests/testdata/inject`, the
+//! objects in `fuzz/corpus/kube_objects`) and a
 //! bounded number of seeded mutations of them, so CI needs no nightly. `make fuzz` runs them
 //! under libFuzzer for longer.
 
@@ -42,6 +43,11 @@ const TOKENS: &[&[u8]] = &[
     b"initContainers",
     b"CREATE",
     b"Pod",
+    b"\\\"",
+    b"\\n",
+    b"\\\\",
+    b"\"type\": \"Ready\"",
+    b"\"clusterStatuses\": [{\"name\": \"a\"}]",
 ];
 
 fn files(dir: &Path, suffix: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -99,4 +105,10 @@ fn any_admission_review_gets_an_answer() {
 fn any_manifest_stream_is_injected_once_or_refused() {
     let corpus = files(&root().join("tests/testdata/inject/manifests"), ".in.yaml");
     replay(corpus, 150, 0x9e37_79b9_7f4a_7c15, inputs::manifests_hold);
+}
+
+#[test]
+fn any_watched_object_renders_well_formed_series() {
+    let corpus = files(&root().join("fuzz/corpus/kube_objects"), ".json");
+    replay(corpus, 2000, 0xd1b5_4a32_d192_ed03, inputs::objects_hold);
 }

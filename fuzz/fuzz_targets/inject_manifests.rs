@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// Each target uses one of the two properties.
+// Each target uses one of the properties.
 #[allow(dead_code)]
 #[path = "../inputs.rs"]
 mod inputs;

@@ -163,6 +163,11 @@ pub async fn run(
     .await;
 }
 
+/// What one Integration, given as JSON, serves as the only object of its kind.
+pub(super) fn alone(json: &[u8]) -> Option<bytes::Bytes> {
+    super::alone(json, Families::register, write)
+}
+
 /// Writes one Integration's series.
 fn write(out: &mut Render, f: &Families, obj: &IntegrationObject) {
     let spec = &obj.spec;

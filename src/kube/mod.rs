@@ -26,7 +26,8 @@ use serde::Deserialize;
 
 use crate::collector;
 use crate::config::{Config, CrMetrics, KubeMode, Namespaces};
-use crate::metrics::{Objects, Registry};
+use crate::metrics::{Objects, Registry, Render};
+use watch::ObjectFamilies;
 
 /// What the Kubernetes collectors need from the configuration.
 #[derive(Debug, Clone)]
@@ -222,6 +223,32 @@ fn watched_namespaces(namespaces: &Namespaces) -> Option<Vec<String>> {
 
 /// Helpers for the writers' table tests, in the style of kube-state-metrics': an object in, the
 /// exact samples out.
+/// The exposition each per-object collector serves for `json` as the only object of its kind,
+/// `None` where `json` is not one. For the fuzz target `kube_objects` (`fuzz/inputs.rs`): an
+/// object's fields come from whoever may write it, and must not break the text format.
+pub fn exposition_of(json: &[u8]) -> [(&'static str, Option<bytes::Bytes>); 3] {
+    [
+        ("IntegrationTarget", targets::alone(json)),
+        ("Integration", integrations::alone(json)),
+        ("ManagedCluster", ocm::alone(json)),
+    ]
+}
+
+/// `json` read as a `K`, rendered by `write` as a watch event would, alone in a fresh registry.
+fn alone<K: serde::de::DeserializeOwned, F: ObjectFamilies>(
+    json: &[u8],
+    register: fn(&Registry) -> F,
+    write: fn(&mut Render, &F, &K),
+) -> Option<bytes::Bytes> {
+    let obj: K = serde_json::from_slice(json).ok()?;
+    let registry = Registry::new();
+    let families = register(&registry);
+    let mut out = Render::default();
+    write(&mut out, &families, &obj);
+    families.objects().put("uid", out);
+    Some(registry.snapshot().text())
+}
+
 #[cfg(test)]
 pub(crate) mod table {
     use super::series::Series;
@@ -230,7 +257,12 @@ pub(crate) mod table {
 
     /// The samples (no HELP or TYPE lines) the registry serves, sorted.
     pub fn samples(registry: &Registry) -> Vec<String> {
-        let text = String::from_utf8(registry.snapshot().text().to_vec()).expect("UTF-8");
+        samples_of(&registry.snapshot().text())
+    }
+
+    /// The samples of an exposition, sorted.
+    fn samples_of(text: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(text).expect("UTF-8");
         let mut lines: Vec<String> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -271,13 +303,9 @@ pub(crate) mod table {
         write: fn(&mut Render, &F, &K),
     ) {
         for (name, input, want) in cases {
-            let registry = Registry::new();
-            let families = register(&registry);
-            let obj = serde_json::from_value(input.clone()).expect("a Kubernetes object");
-            let mut out = Render::default();
-            write(&mut out, &families, &obj);
-            families.objects().put("uid", out);
-            assert_eq!(samples(&registry), lines(want), "case {name:?}");
+            let json = serde_json::to_vec(input).expect("JSON");
+            let text = super::alone(&json, register, write).expect("a Kubernetes object");
+            assert_eq!(samples_of(&text), lines(want), "case {name:?}");
         }
     }
 }

@@ -49,6 +49,11 @@ pub async fn run(
     .await;
 }
 
+/// What one ManagedCluster, given as JSON, serves as the only object of its kind.
+pub(super) fn alone(json: &[u8]) -> Option<bytes::Bytes> {
+    super::alone(json, cluster::Families::register, write)
+}
+
 /// Writes one ManagedCluster's series.
 fn write(out: &mut Render, f: &cluster::Families, obj: &ManagedCluster) {
     let status = &obj.status;

@@ -59,6 +59,11 @@ pub async fn run(
     .await;
 }
 
+/// What one IntegrationTarget, given as JSON, serves as the only object of its kind.
+pub(super) fn alone(json: &[u8]) -> Option<bytes::Bytes> {
+    super::alone(json, cluster::Families::register, write)
+}
+
 /// Writes one IntegrationTarget's series.
 fn write(out: &mut Render, f: &cluster::Families, obj: &IntegrationTarget) {
     let spec = &obj.spec;

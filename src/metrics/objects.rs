@@ -65,9 +65,11 @@ impl Part {
                     Vec::with_capacity(text.len() / 4 + 32),
                     self.0.2,
                 );
+                // Shrunk to its length: the part may live for hours, and the guess above is
+                // often 4x what deflate needs.
                 enc.write_all(text)
                     .and_then(|()| enc.finish())
-                    .map(Bytes::from)
+                    .map(|gz| Bytes::from(gz.into_boxed_slice()))
                     .expect("gzip into a Vec cannot fail")
             })
             .clone()
@@ -171,13 +173,16 @@ impl Render {
     }
 }
 
-/// Label values escaped as the text format wants them.
+/// Label values escaped as the text format wants them. The format has no escape for NUL, and
+/// Prometheus's lexer takes one for the end of the body, so an object's field holding one would
+/// cut every scrape short: it becomes U+FFFD.
 fn escape_into(out: &mut Vec<u8>, value: &str) {
     for b in value.bytes() {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'"' => out.extend_from_slice(b"\\\""),
             b'\n' => out.extend_from_slice(b"\\n"),
+            0 => out.extend_from_slice("\u{fffd}".as_bytes()),
             _ => out.push(b),
         }
     }
@@ -236,12 +241,14 @@ impl Bucket {
         self.blocks.get_or_insert_with(|| {
             (0..families)
                 .map(|i| {
-                    let text: Vec<u8> = objects
+                    // Sized exactly: a block lives until one of its objects changes, and a
+                    // grown Vec's spare capacity would live with it.
+                    let len = objects.values().map(|r| r.family(i).len()).sum();
+                    let mut text = Vec::with_capacity(len);
+                    objects
                         .values()
-                        .flat_map(|r| r.family(i))
-                        .copied()
-                        .collect();
-                    (!text.is_empty()).then(|| Part::block(Bytes::from(text)))
+                        .for_each(|r| text.extend_from_slice(r.family(i)));
+                    (len > 0).then(|| Part::block(Bytes::from(text)))
                 })
                 .collect()
         })
@@ -399,7 +406,8 @@ impl Objects {
             let part = match cached {
                 Some((_, part)) => part.clone(),
                 None => {
-                    let mut text = header.text().to_vec();
+                    let mut text = Vec::with_capacity(header.text().len() + len);
+                    text.extend_from_slice(header.text());
                     family.iter().for_each(|p| text.extend_from_slice(p.text()));
                     let part = Part::block(Bytes::from(text));
                     whole[i] = Some((*version, part.clone()));
@@ -589,6 +597,16 @@ mod tests {
             .read_to_string(&mut plain)
             .expect("valid gzip");
         assert_eq!(plain.as_bytes(), &snap.text()[..]);
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_never_hold_a_nul() {
+        let mut out = Vec::new();
+        escape_into(&mut out, "a\\b\"c\nd\0e");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "a\\\\b\\\"c\\nd\u{fffd}e"
+        );
     }
 
     #[test]
