@@ -108,6 +108,17 @@ prometheus_ldflags() {
 	echo "-s -w -X github.com/prometheus/common/version.Version=$prom"
 }
 
+# helm's version, and the Kubernetes version it assumes offline (`helm template`, lint's
+# deprecation checks), set as helm's Makefile does: from the pinned helm and client-go v0.N.
+helm_ldflags() {
+	local moddir=$ROOT/tests/controlplane/helm minor
+	minor=$(pinned "$moddir" k8s.io/client-go | cut -d. -f2)
+	echo "-s -w -X helm.sh/helm/v3/internal/version.version=$(pinned "$moddir" helm.sh/helm/v3)" \
+		"-X helm.sh/helm/v3/internal/version.metadata= -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+		"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+		"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
+}
+
 cmd_build() {
 	command -v "$GO" >/dev/null || die "go not found (need Go >= 1.26 for etcd v3.6)"
 	local start=$SECONDS cp=$ROOT/tests/controlplane
@@ -127,6 +138,7 @@ cmd_build() {
 	build_component thanos "$cp/thanos" \
 		"-s -w -X github.com/prometheus/common/version.Version=$(pinned "$cp/thanos" github.com/thanos-io/thanos | tr -d v)" \
 		-tags=netgo,slicelabels github.com/thanos-io/thanos/cmd/thanos
+	build_component helm "$cp/helm" "$(helm_ldflags)" helm.sh/helm/v3/cmd/helm
 	extract_crds
 	log "build: done in $((SECONDS - start))s; binaries in $BIN_DIR"
 }

@@ -1,0 +1,54 @@
+{{/* Names the cluster-scoped objects; the kustomize bases' name unless overridden. */}}
+{{- define "ksit-exporter.fullname" -}}
+{{- default "ksit-exporter" .Values.fullnameOverride | trunc 54 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Helm's labels, on every object beside the bases' own labels (never in a selector). */}}
+{{- define "ksit-exporter.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
+
+{{/* The webhook's objects' labels, as manifests/webhook/base. */}}
+{{- define "ksit-exporter.webhook.labels" -}}
+app.kubernetes.io/name: ksit-webhook
+app.kubernetes.io/part-of: ksit-exporter
+{{ include "ksit-exporter.labels" . }}
+{{- end -}}
+
+{{/* The webhook's Service DNS names, which its serving certificate must carry. */}}
+{{- define "ksit-exporter.webhook.dnsNames" -}}
+- ksit-webhook.{{ .Release.Namespace }}.svc
+- ksit-webhook.{{ .Release.Namespace }}.svc.cluster.local
+{{- end -}}
+
+{{- define "ksit-exporter.webhook.image" -}}
+{{ .Values.webhook.image.repository }}:{{ .Values.webhook.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "ksit-exporter.sidecar.image" -}}
+{{ .Values.sidecar.image.repository }}:{{ .Values.sidecar.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/*
+The generated CA and serving pair: what the Secret ksit-webhook-tls already holds, so an
+upgrade keeps the pair and the caBundle the API server trusts; new ones when it is missing
+(first install, `helm template`, or after the Secret was deleted to renew). Returns a dict of
+base64 values: ca.crt, tls.crt, tls.key. Where it generates, each include makes another pair:
+include it once and share the result (mutatingwebhookconfiguration.yaml), so that the Secret
+and the caBundle match.
+*/}}
+{{- define "ksit-exporter.webhook.certs" -}}
+{{- $data := (lookup "v1" "Secret" .Release.Namespace "ksit-webhook-tls").data | default dict -}}
+{{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
+{{- pick $data "ca.crt" "tls.crt" "tls.key" | toJson -}}
+{{- else -}}
+{{- $days := int .Values.webhook.certValidityDays -}}
+{{- $ca := genCA "ksit-exporter webhook CA" $days -}}
+{{- $dns := include "ksit-exporter.webhook.dnsNames" . | fromYamlArray -}}
+{{- $cert := genSignedCert (first $dns) nil $dns $days $ca -}}
+{{- dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) | toJson -}}
+{{- end -}}
+{{- end -}}
