@@ -30,8 +30,8 @@ use common::grafana::{
 use common::proc::Proc;
 use common::prometheus::{api, port_of, query, query_range, scrape_config};
 use common::{
-    Cleanup, check, control_plane, eventually, free_port, netns, patch_status, pod_status,
-    repo_path, test_namespace,
+    Cleanup, check, control_plane, eventually, free_port, monitor_yaml, netns, patch_status,
+    pod_status, repo_path, test_namespace,
 };
 use serde_json::{Value, json};
 
@@ -184,43 +184,7 @@ async fn every_panel_and_alert_against_a_live_exporter() {
 
     // The pod the sidecar runs in (the test plays kubelet), and the Service the page's config
     // keeps with its Endpoints pointing at the pod, as the endpoints controller would.
-    cp.apply_yaml(
-        &ns.name,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {POD}
-  labels: {{ app: ksit }}
-spec:
-  containers:
-    - {{ name: manager, image: "manager:test" }}
-    - name: ksit-exporter
-      image: "ksit-exporter:test"
-      ports: [{{ name: metrics, containerPort: 8080, protocol: TCP }}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: ksit-monitor
-  labels: {{ app: ksit }}
-spec:
-  ports: [{{ name: metrics, port: 8080, targetPort: 8080, protocol: TCP }}]
----
-apiVersion: v1
-kind: Endpoints
-metadata:
-  name: ksit-monitor
-  labels: {{ app: ksit }}
-subsets:
-  - addresses: [{{ ip: "{ip}", targetRef: {{ kind: Pod, name: {POD}, namespace: {ns} }} }}]
-    ports: [{{ name: metrics, port: 8080, protocol: TCP }}]
-"#,
-            ip = netns.ns_ip,
-            ns = ns.name,
-        ),
-    );
+    cp.apply_yaml(&ns.name, &monitor_yaml(&netns.ns_ip, Some((POD, &ns.name))));
     patch_status(&cp, Some(&ns.name), "pod", POD, pod_status(&netns.ns_ip, 0));
 
     let _relay = netns::start_relay(

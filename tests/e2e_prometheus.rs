@@ -27,7 +27,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{
-    check, control_plane, eventually, free_port, http, netns, prometheus, test_namespace,
+    check, control_plane, eventually, free_port, http, monitor_yaml, netns, prometheus,
+    test_namespace,
 };
 use prometheus::port_of;
 use serde_json::{Value, json};
@@ -179,30 +180,7 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
     );
 
     // The Service the page's config keeps, and its Endpoints: the namespaced host's address.
-    cp.apply_yaml(
-        &ns.name,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: ksit-monitor
-  labels: {{ app: ksit }}
-spec:
-  ports: [{{ name: metrics, port: 8080, targetPort: 8080, protocol: TCP }}]
----
-apiVersion: v1
-kind: Endpoints
-metadata:
-  name: ksit-monitor
-  labels: {{ app: ksit }}
-subsets:
-  - addresses: [{{ ip: "{ip}" }}]
-    ports: [{{ name: metrics, port: 8080, protocol: TCP }}]
-"#,
-            ip = netns.ns_ip
-        ),
-    );
+    cp.apply_yaml(&ns.name, &monitor_yaml(&netns.ns_ip, None));
 
     let data = tempfile::tempdir().unwrap();
     let config_path = data.path().join("prometheus.yml");

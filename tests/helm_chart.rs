@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{ControlPlane, TestNamespace, check, control_plane, repo_path, test_namespace};
+use common::{
+    ControlPlane, Overlay, TestNamespace, check, control_plane, repo_path, test_namespace,
+};
 use serde_json::{Value, json};
 
 const CHART: &str = "charts/ksit-exporter";
@@ -245,40 +247,6 @@ fn parse_objects(yaml: &str) -> Vec<Value> {
         .into_iter()
         .filter(|v| !v.is_null())
         .collect()
-}
-
-/// A kustomization under target/ (kustomize refuses absolute paths) listing `resources` and
-/// `components`, both relative to the repository; removed on drop.
-struct Overlay(tempfile::TempDir);
-
-impl Overlay {
-    fn new(resources: &[&str], components: &[&str]) -> Overlay {
-        let dir = tempfile::Builder::new()
-            .prefix("helm-overlay-")
-            .tempdir_in(repo_path("target"))
-            .expect("a temporary directory under target/");
-        let list = |paths: &[&str]| {
-            paths
-                .iter()
-                .map(|p| format!("../../{p}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        std::fs::write(
-            dir.path().join("kustomization.yaml"),
-            format!(
-                "resources: [{}]\ncomponents: [{}]\n",
-                list(resources),
-                list(components)
-            ),
-        )
-        .expect("writing the overlay");
-        Overlay(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.path().to_str().expect("UTF-8 path")
-    }
 }
 
 /// kind, namespace (empty when cluster-scoped), name.

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ControlPlane, check, control_plane};
+use common::{ControlPlane, Overlay, check, control_plane};
 use serde_json::{Value, json};
 
 fn repo(p: &str) -> PathBuf {
@@ -31,40 +31,6 @@ fn kustomizations(dir: &Path, out: &mut Vec<PathBuf>) {
     subdirs.sort();
     for d in subdirs {
         kustomizations(&d, out);
-    }
-}
-
-/// A kustomization under target/ (kustomize refuses absolute paths) listing `resources` and
-/// `components`, both relative to the repository; removed on drop.
-struct Overlay(tempfile::TempDir);
-
-impl Overlay {
-    fn new(resources: &[&str], components: &[&str]) -> Overlay {
-        let dir = tempfile::Builder::new()
-            .prefix("overlay-")
-            .tempdir_in(repo("target"))
-            .unwrap();
-        let list = |paths: &[&str]| {
-            paths
-                .iter()
-                .map(|p| format!("../../{p}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        std::fs::write(
-            dir.path().join("kustomization.yaml"),
-            format!(
-                "resources: [{}]\ncomponents: [{}]\n",
-                list(resources),
-                list(components)
-            ),
-        )
-        .unwrap();
-        Overlay(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.path().to_str().expect("UTF-8 path")
     }
 }
 

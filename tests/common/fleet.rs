@@ -234,7 +234,10 @@ impl HostingCluster {
             ],
         )
         .await;
-        cp.apply_yaml(namespace, &pod_service_endpoints(&netns.ns_ip, namespace));
+        cp.apply_yaml(
+            namespace,
+            &super::monitor_yaml(&netns.ns_ip, Some((POD, namespace))),
+        );
         patch_status(cp, Some(namespace), "pod", POD, pod_status(&netns.ns_ip, 0));
 
         let relay = netns::start_relay(
@@ -346,41 +349,4 @@ pub fn agent_config(
         "queue_config": { "batch_send_deadline": "1s" },
     }]);
     config
-}
-
-/// The pod the sidecar runs in, and the Service (no selector) and Endpoints the page's config
-/// keeps, pointing at the pod as the endpoints controller would.
-fn pod_service_endpoints(ip: &str, namespace: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {POD}
-  labels: {{ app: ksit }}
-spec:
-  containers:
-    - {{ name: manager, image: "manager:test" }}
-    - name: ksit-exporter
-      image: "ksit-exporter:test"
-      ports: [{{ name: metrics, containerPort: 8080, protocol: TCP }}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: ksit-monitor
-  labels: {{ app: ksit }}
-spec:
-  ports: [{{ name: metrics, port: 8080, targetPort: 8080, protocol: TCP }}]
----
-apiVersion: v1
-kind: Endpoints
-metadata:
-  name: ksit-monitor
-  labels: {{ app: ksit }}
-subsets:
-  - addresses: [{{ ip: "{ip}", targetRef: {{ kind: Pod, name: {POD}, namespace: {namespace} }} }}]
-    ports: [{{ name: metrics, port: 8080, protocol: TCP }}]
-"#
-    )
 }

@@ -538,3 +538,85 @@ pub fn pod_status(ip: &str, restarts: u32) -> serde_json::Value {
         "containerStatuses": [container("manager", restarts), container("ksit-exporter", 0)],
     })
 }
+
+/// The `ksit-monitor` Service (no selector: the test plays the endpoints controller) and its
+/// Endpoints at `ip`, which the page's scrape config keeps. With `pod` (name, namespace): that
+/// pod too, the sidecar's port named `metrics`, and the Endpoints' address pointing at it, so
+/// Prometheus's `pod` and `container` labels come from the API as they would in a cluster.
+pub fn monitor_yaml(ip: &str, pod: Option<(&str, &str)>) -> String {
+    let (pod_yaml, target_ref) = match pod {
+        Some((name, namespace)) => (
+            format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{ app: ksit }}
+spec:
+  containers:
+    - {{ name: manager, image: "manager:test" }}
+    - name: ksit-exporter
+      image: "ksit-exporter:test"
+      ports: [{{ name: metrics, containerPort: 8080, protocol: TCP }}]
+---"#
+            ),
+            format!(", targetRef: {{ kind: Pod, name: {name}, namespace: {namespace} }}"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        r#"{pod_yaml}
+apiVersion: v1
+kind: Service
+metadata:
+  name: ksit-monitor
+  labels: {{ app: ksit }}
+spec:
+  ports: [{{ name: metrics, port: 8080, targetPort: 8080, protocol: TCP }}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: ksit-monitor
+  labels: {{ app: ksit }}
+subsets:
+  - addresses: [{{ ip: "{ip}"{target_ref} }}]
+    ports: [{{ name: metrics, port: 8080, protocol: TCP }}]
+"#
+    )
+}
+
+/// A kustomization under target/ (kustomize refuses absolute paths) listing `resources` and
+/// `components`, both relative to the repository; removed on drop.
+pub struct Overlay(tempfile::TempDir);
+
+impl Overlay {
+    pub fn new(resources: &[&str], components: &[&str]) -> Overlay {
+        let dir = tempfile::Builder::new()
+            .prefix("overlay-")
+            .tempdir_in(repo_path("target"))
+            .expect("a temporary directory under target/");
+        let list = |paths: &[&str]| {
+            paths
+                .iter()
+                .map(|p| format!("../../{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            format!(
+                "resources: [{}]\ncomponents: [{}]\n",
+                list(resources),
+                list(components)
+            ),
+        )
+        .expect("writing the overlay");
+        Overlay(dir)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.path().to_str().expect("UTF-8 path")
+    }
+}
