@@ -31,7 +31,7 @@ use common::proc::Proc;
 use common::prometheus::{api, port_of, query, query_range, scrape_config};
 use common::{
     Cleanup, check, control_plane, eventually, free_port, monitor_yaml, netns, patch_status,
-    pod_status, repo_path, test_namespace,
+    pod_status, repo_path, sidecar_command, test_namespace,
 };
 use serde_json::{Value, json};
 
@@ -197,33 +197,8 @@ async fn every_panel_and_alert_against_a_live_exporter() {
         .map(|port| (port, port)),
     )
     .await;
-    let listen = format!("{}:8080", netns.ns_ip);
     let exporter = Proc::spawn(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns.name,
-                env!("CARGO_BIN_EXE_ksit-exporter"),
-            ])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .env("KSIT_KUBERNETES", "true")
-            .env("KSIT_WATCH_NAMESPACES", &ns.name)
-            .env("KSIT_LISTEN_ADDR", &listen)
-            .env("KSIT_PROBE_INTERVAL", "1s")
-            .env("KSIT_PROBE_TIMEOUT", "1s")
-            .env("POD_NAME", POD)
-            .env("POD_NAMESPACE", &ns.name)
-            .env("KSIT_OCM_CLUSTERS", "true")
-            // The stand-in manager, not this pod, holds the Lease: export the objects anyway.
-            .env("KSIT_CR_METRICS", "always")
-            .env(
-                "KSIT_HEALTH_URLS",
-                format!("http://{0}/healthz,http://{0}/readyz", manager.health_addr),
-            )
-            .env("KSIT_UPSTREAM_METRICS_URL", &manager.metrics_url),
+        sidecar_command(&netns, &cp, &ns.name, POD, &manager).env("KSIT_OCM_CLUSTERS", "true"),
         target.join(format!("dashboard-e2e-exporter-{tag}.log")),
     );
 

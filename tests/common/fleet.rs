@@ -251,30 +251,7 @@ impl HostingCluster {
         )
         .await;
         let exporter = Proc::spawn(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &netns.name,
-                    env!("CARGO_BIN_EXE_ksit-exporter"),
-                ])
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("KUBECONFIG", &cp.kubeconfig)
-                .env("KSIT_KUBERNETES", "true")
-                .env("KSIT_WATCH_NAMESPACES", namespace)
-                .env("KSIT_LISTEN_ADDR", format!("{}:8080", netns.ns_ip))
-                .env("KSIT_PROBE_INTERVAL", "1s")
-                .env("KSIT_PROBE_TIMEOUT", "1s")
-                .env("POD_NAME", POD)
-                .env("POD_NAMESPACE", namespace)
-                // The stand-in manager, not this pod, holds the Lease: export the objects anyway.
-                .env("KSIT_CR_METRICS", "always")
-                .env(
-                    "KSIT_HEALTH_URLS",
-                    format!("http://{0}/healthz,http://{0}/readyz", manager.health_addr),
-                )
-                .env("KSIT_UPSTREAM_METRICS_URL", &manager.metrics_url),
+            &mut super::sidecar_command(&netns, cp, namespace, POD, &manager),
             target.join(format!("fleet-exporter-{tag}.log")),
         );
 

@@ -620,3 +620,40 @@ impl Overlay {
         self.0.path().to_str().expect("UTF-8 path")
     }
 }
+
+/// The sidecar as it runs in pod `pod` of `namespace`: in the network namespace `netns` on its
+/// port 8080, watching that namespace, probing and scraping the stand-in `manager`. The
+/// manager, not this pod, holds the Lease, so the objects are exported anyway. Callers add what
+/// their test needs.
+pub fn sidecar_command(
+    netns: &netns::NetNs,
+    cp: &ControlPlane,
+    namespace: &str,
+    pod: &str,
+    manager: &ManagerProcess,
+) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &netns.name,
+        env!("CARGO_BIN_EXE_ksit-exporter"),
+    ])
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("KUBECONFIG", &cp.kubeconfig)
+    .env("KSIT_KUBERNETES", "true")
+    .env("KSIT_WATCH_NAMESPACES", namespace)
+    .env("KSIT_LISTEN_ADDR", format!("{}:8080", netns.ns_ip))
+    .env("KSIT_PROBE_INTERVAL", "1s")
+    .env("KSIT_PROBE_TIMEOUT", "1s")
+    .env("POD_NAME", pod)
+    .env("POD_NAMESPACE", namespace)
+    .env("KSIT_CR_METRICS", "always")
+    .env(
+        "KSIT_HEALTH_URLS",
+        format!("http://{0}/healthz,http://{0}/readyz", manager.health_addr),
+    )
+    .env("KSIT_UPSTREAM_METRICS_URL", &manager.metrics_url);
+    cmd
+}
