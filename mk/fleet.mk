@@ -7,4 +7,4 @@ remote-write-volume: ## bytes/s one sidecar adds to a Prometheus agent's remote 
 	@trap 'scripts/controlplane.sh down' EXIT; scripts/controlplane.sh up && python3 scripts/remote_write_volume.py
 
 test-fleet: ## only the fleet end to end: two hosting clusters, agents, Thanos Receive, Query and Rule
-	@trap 'scripts/controlplane.sh down' EXIT; scripts/controlplane.sh up && $(CARGO) test --test fleet_e2e
+	@trap '$(DOWN_ALL)' EXIT; scripts/controlplane.sh up && $(CARGO) test --test fleet_e2e
