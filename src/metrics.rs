@@ -586,6 +586,7 @@ impl Registry {
         TextEncoder::new()
             .encode(&families, &mut own)
             .expect("the text encoder writes into a Vec and our families are well formed");
+        let own = without_nul(own);
         let mut parts = vec![Part::new(Bytes::from(own.into_boxed_slice()))];
         for group in self
             .groups
@@ -603,6 +604,24 @@ impl Registry {
         parts.extend(passthrough);
         Snapshot::new(parts)
     }
+}
+
+/// The text format has no escape for NUL, and Prometheus's lexer takes one for the end of the
+/// body. Label values set through the prometheus crate can come from outside the process (a
+/// container's termination reason, a Lease's holder), and its encoder writes a NUL as it is: it
+/// becomes U+FFFD, as in the objects' series.
+fn without_nul(text: Vec<u8>) -> Vec<u8> {
+    if !text.contains(&0) {
+        return text;
+    }
+    let mut out = Vec::with_capacity(text.len() + 16);
+    for b in text {
+        match b {
+            0 => out.extend_from_slice("\u{fffd}".as_bytes()),
+            b => out.push(b),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -651,6 +670,24 @@ mod tests {
         assert!(Arc::ptr_eq(&removed, &r.snapshot()), "nothing to remove");
         r.set_passthrough(Bytes::from_static(b"x 1\n"));
         assert!(!Arc::ptr_eq(&removed, &r.snapshot()));
+    }
+
+    #[test]
+    fn a_nul_in_a_label_value_is_never_served() {
+        let r = Registry::new();
+        let g = r.gauges::<Probe>(G);
+        let p = Probe {
+            probe: "Error\0more".into(),
+        };
+        g.set(&p, 1.0);
+        let body = r.snapshot().text().to_vec();
+        assert!(!body.contains(&0));
+        assert!(text(&r).contains("\nksit_test_gauge{probe=\"Error\u{fffd}more\"} 1\n"));
+        g.remove(&p);
+        assert!(
+            !text(&r).contains("ksit_test_gauge{"),
+            "the same value removes it"
+        );
     }
 
     #[test]

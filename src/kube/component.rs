@@ -525,6 +525,35 @@ mod tests {
         assert_eq!(table::samples(&registry), Vec::<String>::new());
     }
 
+    /// `reason` is free text that anyone who may patch the pod's status can set.
+    #[test]
+    fn a_nul_in_a_termination_reason_is_not_served() {
+        let registry = Registry::new();
+        let families = Families::register(&registry);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{
+                "name": "manager", "ready": false, "restartCount": 1, "image": "", "imageID": "",
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error\0"}}
+            }]}
+        }))
+        .expect("pod");
+        write_pod(
+            &mut Series::default(),
+            &families,
+            &target(None),
+            Some(&pod),
+            None,
+        );
+        let body = registry.snapshot().text().to_vec();
+        assert!(!body.contains(&0));
+        let text = String::from_utf8(body).expect("utf8");
+        assert!(
+            text.contains("{container=\"manager\",reason=\"Error\u{fffd}\"} 1\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn workload_of_a_replicaset() {
         let rs = |owner: serde_json::Value| -> ReplicaSet {
