@@ -10,6 +10,10 @@
 #   scripts/controlplane.sh build-bench   also kube-state-metrics, for `make bench-compare` only
 #   scripts/controlplane.sh build-ui      also prometheus-ui, a Prometheus with its web UI, for
 #                                         `make demo-local` and `make test-browser` (needs npm)
+#   scripts/controlplane.sh build-node    also what a real node runs, for the kind suite: kubelet,
+#                                         kubeadm, kube-scheduler, kube-proxy (same module and
+#                                         release as the API server), containerd, runc, CNI
+#                                         plugins, pause and kind (tests/kind/*)
 #
 # KSIT_CONTROLPLANE_DIR=DIR runs up, down and status on another control plane, its state in DIR
 # (default target/controlplane); tests/fleet_e2e.rs starts its second hosting cluster this way.
@@ -151,6 +155,53 @@ cmd_build_bench() {
 	ksm=$(pinned "$moddir" k8s.io/kube-state-metrics/v2)
 	build_component kube-state-metrics "$moddir" "-s -w -X github.com/prometheus/common/version.Version=$ksm" \
 		k8s.io/kube-state-metrics/v2
+}
+
+# What a real node runs (scripts/kind.sh builds the node image from these). Not in cmd_build:
+# only the kind suite and `make demo` need them.
+cmd_build_node() {
+	cmd_build
+	local cp=$ROOT/tests/controlplane kind=$ROOT/tests/kind k8s v=k8s.io/component-base/version
+	k8s=$(pinned "$cp/kubernetes" k8s.io/kubernetes)
+	# The same flags as the control plane's build, so Go's build cache shares every package.
+	build_component kubernetes-node "$cp/kubernetes" \
+		"-s -w -X $v.gitVersion=$k8s -X $v.gitMajor=1 -X $v.gitMinor=$(cut -d. -f2 <<<"$k8s") -X $v.gitTreeState=clean" \
+		k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy
+	local ctrd=github.com/containerd/containerd/v2
+	build_component containerd "$kind/containerd" \
+		"-s -w -X $ctrd/version.Version=$(pinned "$kind/containerd" $ctrd)" \
+		-tags=no_aufs,no_zfs,no_btrfs,no_devmapper \
+		$ctrd/cmd/containerd $ctrd/cmd/ctr $ctrd/cmd/containerd-shim-runc-v2
+	# runc needs cgo and libseccomp: the restricted Pod Security level asks for RuntimeDefault.
+	pkg-config --exists libseccomp 2>/dev/null || die "runc needs libseccomp's headers: apt-get install libseccomp-dev pkg-config"
+	CGO_ENABLED=1 build_component runc "$kind/runc" \
+		"-s -w -X main.version=$(pinned "$kind/runc" github.com/opencontainers/runc | tr -d v)" \
+		-tags=seccomp,urfave_cli_no_docs github.com/opencontainers/runc
+	local cni=github.com/containernetworking/plugins/plugins
+	build_component cni "$kind/cni" "-s -w" \
+		$cni/main/bridge $cni/main/loopback $cni/ipam/host-local $cni/meta/portmap
+	build_component kind "$kind/kind" "-s -w" sigs.k8s.io/kind
+	build_pause "$cp/kubernetes"
+	log "build-node: done; binaries in $BIN_DIR"
+}
+
+# pause, the sandbox every pod's containers join, from the C file the kubernetes module ships
+# (registry.k8s.io/pause is built from the same file); static, so its image is FROM scratch.
+build_pause() {
+	local src dest key
+	src=$(module_dir "$1" k8s.io/kubernetes)/build/pause/linux/pause.c
+	[[ -f $src ]] || die "no build/pause/linux/pause.c in the kubernetes module"
+	key=$({ cc --version | head -n1; sha256sum "$src"; } | sha256sum | cut -c1-16)
+	dest=$CACHE_DIR/pause-$key
+	if [[ ! -f $dest/.complete ]]; then
+		mkdir -p "$dest"
+		cc -Os -Wall -Werror -static -DVERSION=v3.10.1 -o "$dest/pause" "$src" || die "pause: cc failed"
+		strip "$dest/pause"
+		touch "$dest/.complete"
+		log "pause: built"
+	fi
+	ln -sfn "$dest/pause" "$BIN_DIR/pause"
 }
 
 # prometheus-ui: the same Prometheus with its web UI embedded. The module ships the UI's
@@ -523,11 +574,12 @@ case ${1:-} in
 build) cmd_build ;;
 build-bench) cmd_build_bench ;;
 build-ui) cmd_build_ui ;;
+build-node) cmd_build_node ;;
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 *)
-	echo "usage: $0 build|build-bench|build-ui|up|down|status" >&2
+	echo "usage: $0 build|build-bench|build-ui|build-node|up|down|status" >&2
 	exit 2
 	;;
 esac
