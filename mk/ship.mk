@@ -2,7 +2,7 @@
 
 .PHONY: image image-check demo demo-down demo-local e2e ship-check
 
-SHIP_SCRIPTS := scripts/image.sh scripts/demo.sh scripts/demo-local.sh
+SHIP_SCRIPTS := scripts/image.sh scripts/demo.sh scripts/demo-local.sh scripts/engine.sh scripts/kind-node.sh
 
 image: ## build the sidecar and webhook images (static binaries FROM scratch) with Docker if its engine runs, else Podman or buildah
 	scripts/image.sh build

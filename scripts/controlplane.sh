@@ -13,7 +13,7 @@
 #   scripts/controlplane.sh build-node    also what a real node runs, for the kind suite: kubelet,
 #                                         kubeadm, kube-scheduler, kube-proxy (same module and
 #                                         release as the API server), containerd, runc, CNI
-#                                         plugins, pause and kind (tests/kind/*)
+#                                         plugins, pause, kind and crictl (tests/kind/*)
 #
 # KSIT_CONTROLPLANE_DIR=DIR runs up, down and status on another control plane, its state in DIR
 # (default target/controlplane); tests/fleet_e2e.rs starts its second hosting cluster this way.
@@ -182,6 +182,10 @@ cmd_build_node() {
 	build_component cni "$kind/cni" "-s -w" \
 		$cni/main/bridge $cni/main/loopback $cni/ipam/host-local $cni/meta/portmap
 	build_component kind "$kind/kind" "-s -w" sigs.k8s.io/kind
+	# crictl: `kind load` asks the node's CRI with it which images are there.
+	build_component crictl "$kind/cri-tools" \
+		"-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$(pinned "$kind/cri-tools" sigs.k8s.io/cri-tools)" \
+		sigs.k8s.io/cri-tools/cmd/crictl
 	build_pause "$cp/kubernetes"
 	log "build-node: done; binaries in $BIN_DIR"
 }

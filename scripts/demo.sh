@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
-# The kind demo: a kind cluster `ksit-demo` with the prometheus-operator and a Prometheus, the
-# ksit.io CRDs, the injection webhook with its certificate, and a stand-in KSIT manager with
-# sample IntegrationTargets and Integrations in a namespace labelled for injection. Waits for
-# the injected pod, then prints Prometheus's answer for ksit_cluster_status.
+# The kind demo: a kind cluster `ksit-demo` on a node image built here (scripts/kind-node.sh; no
+# registry is reached), prometheus-operator and a Prometheus as kube-prometheus-stack installs
+# them (namespace monitoring, ServiceMonitors selected by `release: prometheus`), the stand-in
+# KSIT manager as upstream's Helm chart lays it out (manifests/demo), and this project's Helm
+# chart: the injection webhook, the sidecar's RBAC and Service, and a ServiceMonitor. The
+# manager's namespace enforces Pod Security `restricted` and is labelled for injection; the
+# manager's pod is created through the webhook, scheduled, and started by the kubelet with the
+# native sidecar. Ends when Prometheus answers ksit_cluster_status from that sidecar.
 #
 #   scripts/demo.sh up      (make demo)        create or update the demo
-#   scripts/demo.sh down    (make demo-down)   delete the kind cluster
+#   scripts/demo.sh down    (make demo-down)   delete the cluster; stop the engine if up started it
 #
 # DEMO_DRY_RUN=1 prints every step instead of running it (no prerequisite is then required).
-# Needs: docker (with a running engine) or podman, kind, kubectl, and to build the images
-# cargo (with the musl target and musl-gcc, see scripts/image.sh) and go.
-# Pinned: kind node kindest/node:v1.34.0, the prometheus-operator bundle of
-# tests/controlplane/crds/go.mod (v0.85.0, verified by go.sum), Prometheus v3.5.1.
+# KIND_NODE_IMAGE=kindest/node:v1.34.x uses a node image from a registry instead of building one.
+# KUBECONFIG is where kind writes the context kind-ksit-demo (default ~/.kube/config).
+# Needs: root or a running Docker engine (scripts/engine.sh starts Debian's dockerd where none
+# answers), go, cargo (with the musl target, see scripts/image.sh), openssl, python3, and for
+# the node image debootstrap (installed where missing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 CLUSTER=ksit-demo
-NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:v1.34.0}
 CONTEXT=kind-$CLUSTER
 WORK=$ROOT/target/demo
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 IMAGE=ghcr.io/kubestellar/ksit-exporter:$VERSION
 WEBHOOK_IMAGE=ghcr.io/kubestellar/ksit-exporter-webhook:$VERSION
-MANAGER_IMAGE=localhost/ksit-manager:demo
-# The webhook as manifests/webhook deploys it: its namespace, Service, TLS Secret and
-# MutatingWebhookConfiguration. Its certificate is made here (a demo CA, openssl).
-WEBHOOK_NAMESPACE=${WEBHOOK_NAMESPACE:-ksit-exporter-system}
-WEBHOOK_SERVICE=${WEBHOOK_SERVICE:-ksit-exporter-webhook}
-WEBHOOK_SECRET=${WEBHOOK_SECRET:-ksit-exporter-webhook-tls}
-WEBHOOK_CONFIG=${WEBHOOK_CONFIG:-ksit-exporter}
+RELEASE=ksit-exporter
+WEBHOOK_NAMESPACE=ksit-exporter-system
 DRY_RUN=${DEMO_DRY_RUN:-0}
+# The tools scripts/controlplane.sh builds: kind v0.33.0, and kubectl and helm of the test
+# control plane's Kubernetes release. KIND, KUBECTL and HELM name others.
+BIN=$ROOT/target/controlplane/bin
+KIND=${KIND:-$BIN/kind}
+KUBECTL=${KUBECTL:-$BIN/kubectl}
+HELM=${HELM:-$BIN/helm}
 
 log() { printf '[demo] %s\n' "$*" >&2; }
 die() {
@@ -52,40 +57,8 @@ run() {
 	fi
 }
 
-kc() { run kubectl --context "$CONTEXT" "$@"; }
-
-# wait_established SECONDS CRD...: until each CRD's Established condition is True. Not
-# `kubectl wait --for condition=Established`: it fails outright on a CRD whose status has no
-# conditions yet, as a CRD just applied may not.
-wait_established() {
-	local timeout=$1 crd status deadline
-	shift
-	if [[ $DRY_RUN == 1 ]]; then
-		printf '+ (poll until Established, %ss) %s\n' "$timeout" "$*"
-		return
-	fi
-	deadline=$((SECONDS + timeout))
-	for crd in "$@"; do
-		until status=$(kubectl --context "$CONTEXT" get "crd/$crd" \
-			-o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null) &&
-			[[ $status == True ]]; do
-			((SECONDS < deadline)) || die "CRD $crd not Established after ${timeout}s"
-			sleep 1
-		done
-	done
-}
-
-# kc_generate ARGS...: `kubectl ARGS --dry-run=client -o yaml | kubectl apply -f -`, which
-# creates or updates (a plain `kubectl create` fails when the demo is run again).
-kc_generate() {
-	if [[ $DRY_RUN == 1 ]]; then
-		printf '+ kubectl --context %q' "$CONTEXT"
-		printf ' %q' "$@"
-		printf ' --dry-run=client -o yaml | kubectl --context %q apply -f -\n' "$CONTEXT"
-	else
-		kubectl --context "$CONTEXT" "$@" --dry-run=client -o yaml | kubectl --context "$CONTEXT" apply -f -
-	fi
-}
+kc() { run "$KUBECTL" --context "$CONTEXT" "$@"; }
+kube() { "$KUBECTL" --context "$CONTEXT" "$@"; }
 
 # write FILE TEXT: write TEXT to FILE, or print that it would.
 write() {
@@ -96,39 +69,100 @@ write() {
 	fi
 }
 
-engine=""
+# wait_until WHAT SECONDS COMMAND...: poll COMMAND every 2 s (a dry run prints it).
+wait_until() {
+	local what=$1 limit=$2 deadline=$((SECONDS + $2))
+	shift 2
+	if [[ $DRY_RUN == 1 ]]; then
+		printf '+ until %s; do sleep 2; done   # %s, at most %ss\n' "$*" "$what" "$limit"
+		return
+	fi
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < deadline)) || die "timed out after ${limit}s waiting for $what"
+		sleep 2
+	done
+}
+
 check_prerequisites() {
 	local missing=() tool
-	if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-		engine=docker
-	elif command -v podman >/dev/null; then
-		engine=podman
-		# kind drives podman through this switch.
-		export KIND_EXPERIMENTAL_PROVIDER=podman
-	elif command -v docker >/dev/null; then
-		missing+=("a running Docker engine (the docker CLI is installed but 'docker info' fails)")
-	else
-		missing+=("docker or podman")
-	fi
-	for tool in kind kubectl cargo go openssl; do
+	for tool in cargo go openssl python3; do
 		command -v "$tool" >/dev/null || missing+=("$tool")
 	done
-	[[ -d manifests/webhook ]] || missing+=("manifests/webhook in this checkout")
 	if ((${#missing[@]})); then
 		local what
 		what=$(printf '%s, ' "${missing[@]}")
-		if [[ $DRY_RUN == 1 ]]; then
+		[[ $DRY_RUN == 1 ]] && {
 			log "dry run; a real run would stop here: missing ${what%, }"
-			engine=${engine:-docker}
 			return
-		fi
+		}
 		die "missing ${what%, }. See README \"Quickstart\"; 'make demo-local' needs no container engine."
 	fi
-	log "using $engine, $(kind version), kubectl $(kubectl version --client -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | head -n1)"
+}
+
+# The engine: one that answers (DOCKER_HOST or the default socket), else the dockerd that
+# scripts/engine.sh starts, remembered so that `down` stops it again.
+start_engine() {
+	if [[ $DRY_RUN == 1 ]]; then
+		run scripts/engine.sh up
+		# shellcheck disable=SC2016 # printed for the reader
+		printf '+ eval "$(scripts/engine.sh env)"\n'
+		return
+	fi
+	mkdir -p "$WORK"
+	if ! scripts/engine.sh status; then
+		scripts/engine.sh up
+		touch "$WORK/engine-started"
+	fi
+	eval "$(scripts/engine.sh env)"
+	export DOCKER_HOST
+}
+
+# The cluster: no kindnetd (no registry reached here serves it; the node image carries a bridge
+# CNI configuration), the API server on 127.0.0.1 only, etcd without fsync and a longer
+# control-plane timeout for a loaded 2-core machine, the etcd and CoreDNS tags of the images
+# built here. kubeadm v1beta3 patches: kind uses that API below Kubernetes 1.36.
+kind_config() {
+	local etcd_tag=$1
+	cat <<EOF
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+networking:
+  apiServerAddress: 127.0.0.1
+  disableDefaultCNI: true
+  podSubnet: 10.244.0.0/16
+  serviceSubnet: 10.96.0.0/16
+nodes:
+  - role: control-plane
+kubeadmConfigPatches:
+  - |
+    kind: ClusterConfiguration
+    apiServer:
+      timeoutForControlPlane: 10m0s
+    etcd:
+      local:
+        imageTag: "$etcd_tag"
+        extraArgs:
+          unsafe-no-fsync: "true"
+EOF
+}
+
+# CoreDNS answers for the cluster only: without its `forward` block no lookup leaves the machine.
+coredns_local_only() {
+	if [[ $DRY_RUN == 1 ]]; then
+		printf '+ (the coredns ConfigMap without its forward block; coredns restarted)\n'
+		return
+	fi
+	local corefile
+	corefile=$(kube -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}')
+	grep -q 'forward \. ' <<<"$corefile" || return 0
+	corefile=$(sed '/forward \. /,/}/d' <<<"$corefile")
+	kube -n kube-system create configmap coredns --from-literal=Corefile="$corefile" \
+		--dry-run=client -o yaml | kube apply -f - >/dev/null
+	kube -n kube-system rollout restart deployment/coredns >/dev/null
 }
 
 # The pinned prometheus-operator bundle, from the Go module cache (downloaded and verified
-# against tests/controlplane/crds/go.sum): the same release whose CRDs the tests validate against.
+# against tests/controlplane/crds/go.sum): the release whose CRDs the tests validate against.
 operator_bundle() {
 	local dir version
 	version=$(awk '$1 == "github.com/prometheus-operator/prometheus-operator" { print $2 }' tests/controlplane/crds/go.mod)
@@ -142,122 +176,114 @@ operator_bundle() {
 	echo "$dir/bundle.yaml"
 }
 
-webhook_certificate() {
-	local dns=$WEBHOOK_SERVICE.$WEBHOOK_NAMESPACE.svc
-	run mkdir -p "$WORK/pki"
-	run openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-		-subj /CN=ksit-demo-ca -keyout "$WORK/pki/ca.key" -out "$WORK/pki/ca.crt" \
-		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
-	run openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$dns" \
-		-keyout "$WORK/pki/tls.key" -out "$WORK/pki/tls.csr"
-	write "$WORK/pki/tls.ext" "subjectAltName=DNS:$dns,DNS:$WEBHOOK_SERVICE.$WEBHOOK_NAMESPACE
-extendedKeyUsage=serverAuth
-"
-	run openssl x509 -req -in "$WORK/pki/tls.csr" -CA "$WORK/pki/ca.crt" -CAkey "$WORK/pki/ca.key" \
-		-CAcreateserial -days 30 -out "$WORK/pki/tls.crt" -extfile "$WORK/pki/tls.ext"
-}
-
-# wait_until WHAT SECONDS SHOWN COMMAND...: poll COMMAND every 5 s; a dry run prints SHOWN,
-# the same check as a shell line.
-wait_until() {
-	local what=$1 limit=$2 deadline=$((SECONDS + $2))
+# The images every pod of the demo runs, none of which can be pulled: ours (scripts/image.sh),
+# and the stand-in manager, prometheus-operator, its config reloader and Prometheus
+# (scripts/kind-images.sh).
+load_images() {
+	run mkdir -p "$WORK"
+	run env IMAGE="$IMAGE" WEBHOOK_IMAGE="$WEBHOOK_IMAGE" IMAGE_BUILDER=buildah scripts/image.sh build
+	run env IMAGE="$IMAGE" WEBHOOK_IMAGE="$WEBHOOK_IMAGE" IMAGE_BUILDER=buildah scripts/image.sh save \
+		"$WORK/ksit-exporter.tar" "$WORK/ksit-exporter-webhook.tar"
+	local archives=("$WORK/ksit-exporter.tar" "$WORK/ksit-exporter-webhook.tar") name archive
 	if [[ $DRY_RUN == 1 ]]; then
-		printf '+ until %s; do sleep 5; done   # %s, at most %ss\n' "$3" "$what" "$limit"
-		return
+		run scripts/kind-images.sh build
+		printf '+ (the archives scripts/kind-images.sh list names outside registry.k8s.io)\n'
+	else
+		scripts/kind-images.sh build >&2
+		while IFS=$'\t' read -r name archive; do
+			[[ $name == registry.k8s.io/* ]] || archives+=("$archive")
+		done < <(scripts/kind-images.sh list)
 	fi
-	shift 3
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || die "timed out waiting for $what"
-		sleep 5
+	for archive in "${archives[@]}"; do
+		run "$KIND" load image-archive "$archive" --name "$CLUSTER"
 	done
 }
 
 PROM_API=/api/v1/namespaces/monitoring/services/prometheus-operated:9090/proxy/api/v1/query
 
 # Prometheus's answer to a query, through the API server's service proxy (no port-forward).
-prom_query() {
-	kubectl --context "$CONTEXT" get --raw \
-		"$PROM_API?query=$1"
-}
-
+prom_query() { kube get --raw "$PROM_API?query=$1"; }
 has_series() { prom_query ksit_cluster_status | grep -q '"__name__":"ksit_cluster_status"'; }
 
 pod_injected() {
-	kubectl --context "$CONTEXT" -n ksit-system get pods -l control-plane=controller-manager \
+	kube -n ksit-system get pods -l control-plane=controller-manager \
 		-o jsonpath='{.items[*].spec.initContainers[*].name} {.items[*].spec.containers[*].name}' |
 		grep -qw ksit-exporter
 }
 
 cmd_up() {
-	step "prerequisites"
+	step "prerequisites, the tools (kind, kubectl, helm) and the engine"
 	check_prerequisites
 	[[ $DRY_RUN == 1 ]] && log "DEMO_DRY_RUN=1: printing the steps, running none"
+	run scripts/controlplane.sh build-node
+	start_engine
 
-	step "kind cluster $CLUSTER ($NODE_IMAGE)"
-	if [[ $DRY_RUN != 1 ]] && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+	local node_image=${KIND_NODE_IMAGE:-}
+	if [[ -z $node_image ]]; then
+		step "the node image, built here (scripts/kind-node.sh)"
+		run scripts/kind-node.sh build
+		node_image=$(scripts/kind-node.sh image)
+	fi
+	local etcd_tag
+	etcd_tag=$(scripts/kind-images.sh etcd-tag 2>/dev/null || echo 3.6.5-0)
+
+	step "kind cluster $CLUSTER ($node_image)"
+	if [[ $DRY_RUN != 1 ]] && "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
 		log "cluster $CLUSTER exists; reusing it"
 	else
-		run kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --wait 120s
+		run mkdir -p "$WORK"
+		write "$WORK/kind.yaml" "$(kind_config "$etcd_tag")
+"
+		# --retain: when kubeadm stalls, the node stays for `docker exec ... journalctl -u kubelet`.
+		run "$KIND" create cluster --name "$CLUSTER" --image "$node_image" --config "$WORK/kind.yaml" \
+			--retain --wait 300s
 	fi
+	coredns_local_only
 
-	step "images: $IMAGE, $WEBHOOK_IMAGE and the stand-in manager, built with $engine and loaded into the nodes"
-	run env IMAGE="$IMAGE" WEBHOOK_IMAGE="$WEBHOOK_IMAGE" IMAGE_BUILDER="$engine" scripts/image.sh build
-	run env IMAGE="$IMAGE" WEBHOOK_IMAGE="$WEBHOOK_IMAGE" IMAGE_BUILDER="$engine" scripts/image.sh save \
-		"$WORK/ksit-exporter.tar" "$WORK/ksit-exporter-webhook.tar"
-	run kind load image-archive "$WORK/ksit-exporter.tar" --name "$CLUSTER"
-	run kind load image-archive "$WORK/ksit-exporter-webhook.tar" --name "$CLUSTER"
-	run mkdir -p "$WORK/manager"
-	run env -C tests/ksit-manager CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags=-s -o "$WORK/manager/manager" .
-	run "$engine" build -f docker/ksit-manager.Dockerfile -t "$MANAGER_IMAGE" "$WORK/manager"
-	run "$engine" save -o "$WORK/ksit-manager.tar" "$MANAGER_IMAGE"
-	run kind load image-archive "$WORK/ksit-manager.tar" --name "$CLUSTER"
+	step "images, built here and loaded into the node"
+	load_images
 
-	step "prometheus-operator (pinned bundle) and a Prometheus"
+	step "prometheus-operator and a Prometheus in monitoring, as kube-prometheus-stack installs them"
+	run mkdir -p "$WORK/operator"
+	run cp "$(operator_bundle)" "$WORK/operator/bundle.yaml"
+	# The bundle says namespace default; kustomize moves the operator and its binding's subject.
+	write "$WORK/operator/kustomization.yaml" "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: monitoring
+resources:
+  - bundle.yaml
+"
+	kc apply -f manifests/demo/prometheus/namespace.yaml
 	# Server-side: the operator's CRDs exceed the annotation size client-side apply needs.
-	kc apply --server-side --force-conflicts -f "$(operator_bundle)"
-	wait_established 120 prometheuses.monitoring.coreos.com servicemonitors.monitoring.coreos.com \
-		podmonitors.monitoring.coreos.com prometheusrules.monitoring.coreos.com
-	kc -n default rollout status deployment/prometheus-operator --timeout=180s
+	kc apply --server-side --force-conflicts -k "$WORK/operator"
+	kc -n monitoring rollout status deployment/prometheus-operator --timeout=300s
 	kc apply -k manifests/demo/prometheus
 
-	step "ksit.io CRDs"
+	step "ksit.io CRDs, and the stand-in KSIT manager as upstream's Helm chart lays it out"
 	kc apply -k manifests/crds
-	wait_established 60 integrations.ksit.io integrationtargets.ksit.io
-
-	step "injection webhook in $WEBHOOK_NAMESPACE, with a certificate for $WEBHOOK_SERVICE.$WEBHOOK_NAMESPACE.svc"
-	webhook_certificate
-	kc_generate create namespace "$WEBHOOK_NAMESPACE"
-	kc_generate -n "$WEBHOOK_NAMESPACE" create secret tls "$WEBHOOK_SECRET" --cert "$WORK/pki/tls.crt" --key "$WORK/pki/tls.key"
-	kc apply -k manifests/webhook
-	# The API server trusts the webhook through the demo CA.
-	if [[ $DRY_RUN == 1 ]]; then
-		# shellcheck disable=SC2016 # the $(base64 ...) is for the reader to run, not expanded here
-		printf '+ kubectl --context %s patch mutatingwebhookconfiguration %s --type json -p "[{\\"op\\": \\"replace\\", \\"path\\": \\"/webhooks/0/clientConfig/caBundle\\", \\"value\\": \\"$(base64 -w0 %s)\\"}]"\n' \
-			"$CONTEXT" "$WEBHOOK_CONFIG" "$WORK/pki/ca.crt"
-	else
-		kc patch mutatingwebhookconfiguration "$WEBHOOK_CONFIG" --type json \
-			-p "[{\"op\": \"replace\", \"path\": \"/webhooks/0/clientConfig/caBundle\", \"value\": \"$(base64 -w0 "$WORK/pki/ca.crt")\"}]"
-	fi
-	kc -n "$WEBHOOK_NAMESPACE" rollout status deployment --timeout=180s
-
-	step "stand-in KSIT manager and samples in ksit-system (labelled ksit.io/inject=enabled)"
+	kc wait --for condition=Established --timeout=60s crd/integrations.ksit.io crd/integrationtargets.ksit.io
 	kc apply -k manifests/demo
-	# A pod created before the webhook answered would have no sidecar: recreate it.
-	if [[ $DRY_RUN != 1 ]] && ! pod_injected; then
+
+	step "this project's chart: webhook, sidecar RBAC and Service, ServiceMonitor (release: prometheus)"
+	run "$HELM" --kube-context "$CONTEXT" upgrade --install "$RELEASE" charts/ksit-exporter \
+		--namespace "$WEBHOOK_NAMESPACE" --create-namespace --wait --timeout 300s \
+		--set webhook.image.repository="${WEBHOOK_IMAGE%:*}" --set webhook.image.tag="$VERSION" \
+		--set sidecar.image.repository="${IMAGE%:*}" --set sidecar.image.tag="$VERSION" \
+		--set webhook.replicas=1 --set webhook.podDisruptionBudget.enabled=false \
+		--set monitoring.serviceMonitor.enabled=true \
+		--set monitoring.serviceMonitor.additionalLabels.release=prometheus
+
+	step "the manager's pod, recreated through the webhook"
+	# A pod created before the webhook answered has no sidecar: recreate it.
+	if [[ $DRY_RUN == 1 ]] || ! pod_injected; then
 		kc -n ksit-system rollout restart deployment/ksit-controller-manager
 	fi
-	kc -n ksit-system rollout status deployment/ksit-controller-manager --timeout=180s
-	wait_until "the sidecar in the manager's pod" 60 \
-		"kubectl --context $CONTEXT -n ksit-system get pods -l control-plane=controller-manager -o jsonpath='{..name}' | grep -qw ksit-exporter" \
-		pod_injected
-	kc apply -k manifests/monitoring
+	kc -n ksit-system rollout status deployment/ksit-controller-manager --timeout=300s
+	wait_until "the sidecar in the manager's pod" 120 pod_injected
 
 	step "Prometheus scrapes the sidecar"
 	kc -n monitoring wait --for condition=Available --timeout=300s prometheus/ksit
-	# The ServiceMonitor scrapes every 30 s; the first scrape follows discovery.
-	wait_until "ksit_cluster_status in Prometheus" 240 \
-		"kubectl --context $CONTEXT get --raw '$PROM_API?query=ksit_cluster_status' | grep -q '\"__name__\":\"ksit_cluster_status\"'" \
-		has_series
+	wait_until "ksit_cluster_status in Prometheus" 300 has_series
 	if [[ $DRY_RUN == 1 ]]; then
 		printf "+ kubectl --context %s get --raw '%s?query=ksit_cluster_status'\n" "$CONTEXT" "$PROM_API"
 	else
@@ -267,16 +293,29 @@ cmd_up() {
 	fi
 	cat <<EOF
 
-The demo is up. Prometheus:
-  kubectl --context $CONTEXT -n monitoring port-forward svc/prometheus-operated 9090
-  then http://127.0.0.1:9090/graph?g0.expr=ksit_cluster_status
-The sidecar:  kubectl --context $CONTEXT -n ksit-system get pods -o wide; kubectl --context $CONTEXT -n ksit-system logs deploy/ksit-controller-manager -c ksit-exporter
-Remove it:    make demo-down
+The demo is up (context $CONTEXT). On this machine, through 127.0.0.1:
+  Prometheus:   $KUBECTL --context $CONTEXT -n monitoring port-forward svc/prometheus-operated 9090
+                then http://127.0.0.1:9090/graph?g0.expr=ksit_cluster_status (Targets: /targets)
+  The sidecar:  $KUBECTL --context $CONTEXT -n ksit-system port-forward deploy/ksit-controller-manager 8080
+                then http://127.0.0.1:8080/ (status page) and http://127.0.0.1:8080/metrics
+  Its log:      $KUBECTL --context $CONTEXT -n ksit-system logs deploy/ksit-controller-manager -c ksit-exporter
+Remove it:      make demo-down
 EOF
 }
 
 cmd_down() {
-	run kind delete cluster --name "$CLUSTER"
+	if [[ $DRY_RUN != 1 ]] && scripts/engine.sh status; then
+		eval "$(scripts/engine.sh env)"
+		export DOCKER_HOST
+		[[ -x $KIND ]] || die "no kind at $KIND: scripts/controlplane.sh build-node"
+		"$KIND" delete cluster --name "$CLUSTER"
+	else
+		run "$KIND" delete cluster --name "$CLUSTER"
+	fi
+	if [[ -f $WORK/engine-started ]]; then
+		run scripts/engine.sh down
+		run rm -f "$WORK/engine-started"
+	fi
 }
 
 case ${1:-} in
