@@ -138,6 +138,21 @@ assemble() {
 	# The sandbox image is the one imported below (kind's node-image builder reads it from here).
 	sed -i "s|sandbox_image = .*|sandbox_image = \"$PAUSE_IMAGE\"|" "$dir/etc/containerd/config.toml"
 	printf '%s' "$K8S_VERSION" >"$dir/kind/version"
+	# Without CAP_SYS_RESOURCE no process may lower its oom_score_adj, and runc fails every pod
+	# whose spec asks it to (static pods ask for -998). containerd's restrict_oom_score_adj (meant
+	# for rootless nodes) clamps to what the process may set. Decided when the node boots, so one
+	# image serves both kinds of machine.
+	install -d -m 0755 "$dir/etc/systemd/system/containerd.service.d"
+	cat >"$dir/usr/local/bin/ksit-containerd-config" <<'SCRIPT'
+#!/bin/sh
+# CAP_SYS_RESOURCE is bit 24 of the bounding set.
+bnd=$(awk '/^CapBnd:/ { print $2 }' /proc/self/status)
+if [ $((0x$bnd >> 24 & 1)) -eq 0 ]; then
+	sed -i 's/restrict_oom_score_adj = false/restrict_oom_score_adj = true/' /etc/containerd/config.toml
+fi
+SCRIPT
+	chmod 0755 "$dir/usr/local/bin/ksit-containerd-config"
+	printf '[Service]\nExecStartPre=/usr/local/bin/ksit-containerd-config\n' >"$dir/etc/systemd/system/containerd.service.d/10-ksit.conf"
 	# In place of kindnetd: a bridge on the node, pods from the cluster's podSubnet (10.244.0.0/16
 	# in scripts/demo.sh's cluster), masquerade for traffic leaving the pod range.
 	cat >"$dir/etc/cni/net.d/10-ksit-bridge.conflist" <<'EOF'
