@@ -14,6 +14,7 @@ BENCH_RESULTS := target/bench.txt
 -include mk/webhook.mk
 -include mk/browser.mk
 -include mk/fleet.mk
+-include mk/kind.mk
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'

@@ -13,7 +13,8 @@
 #   scripts/controlplane.sh build-node    also what a real node runs, for the kind suite: kubelet,
 #                                         kubeadm, kube-scheduler, kube-proxy (same module and
 #                                         release as the API server), containerd, runc, CNI
-#                                         plugins, pause, kind and crictl (tests/kind/*)
+#                                         plugins, pause, kind, crictl, CoreDNS and
+#                                         prometheus-operator (tests/kind/*)
 #
 # KSIT_CONTROLPLANE_DIR=DIR runs up, down and status on another control plane, its state in DIR
 # (default target/controlplane); tests/fleet_e2e.rs starts its second hosting cluster this way.
@@ -187,6 +188,14 @@ cmd_build_node() {
 		"-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$(pinned "$kind/cri-tools" sigs.k8s.io/cri-tools)" \
 		sigs.k8s.io/cri-tools/cmd/crictl
 	build_pause "$cp/kubernetes"
+	# What the cluster runs beside kubeadm's control plane (scripts/kind-images.sh makes their
+	# images): CoreDNS at kubeadm's default tag, prometheus-operator and its config reloader.
+	build_component coredns "$kind/coredns" "-s -w" github.com/coredns/coredns
+	local po=github.com/prometheus-operator/prometheus-operator pov
+	pov=$(pinned "$kind/prometheus-operator" $po)
+	build_component prometheus-operator "$kind/prometheus-operator" \
+		"-s -w -X github.com/prometheus/common/version.Version=${pov#v} -X github.com/prometheus/common/version.Branch=release" \
+		$po/cmd/operator $po/cmd/prometheus-config-reloader
 	log "build-node: done; binaries in $BIN_DIR"
 }
 

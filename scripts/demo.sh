@@ -265,6 +265,12 @@ resources:
 	kc apply -k manifests/demo
 
 	step "this project's chart: webhook, sidecar RBAC and Service, ServiceMonitor (release: prometheus)"
+	# The webhook's namespace enforces Pod Security restricted too.
+	if [[ $DRY_RUN == 1 ]] || ! kube get namespace "$WEBHOOK_NAMESPACE" >/dev/null 2>&1; then
+		kc create namespace "$WEBHOOK_NAMESPACE"
+	fi
+	kc label --overwrite namespace "$WEBHOOK_NAMESPACE" pod-security.kubernetes.io/enforce=restricted \
+		pod-security.kubernetes.io/enforce-version=latest
 	run "$HELM" --kube-context "$CONTEXT" upgrade --install "$RELEASE" charts/ksit-exporter \
 		--namespace "$WEBHOOK_NAMESPACE" --create-namespace --wait --timeout 300s \
 		--set webhook.image.repository="${WEBHOOK_IMAGE%:*}" --set webhook.image.tag="$VERSION" \
