@@ -15,7 +15,8 @@
 # KIND_NODE_IMAGE=kindest/node:v1.34.x uses a node image from a registry instead of building one.
 # KUBECONFIG is where kind writes the context kind-ksit-demo (default ~/.kube/config).
 # Needs: root or a running Docker engine (scripts/engine.sh starts Debian's dockerd where none
-# answers), go, cargo (with the musl target, see scripts/image.sh), openssl, python3, and for
+# answers), go, cargo (with the musl target, see scripts/image.sh), openssl, python3, npm (the
+# web UI of the demo's Prometheus, scripts/controlplane.sh build-ui), and for
 # the node image debootstrap (installed where missing).
 set -euo pipefail
 
@@ -85,7 +86,7 @@ wait_until() {
 
 check_prerequisites() {
 	local missing=() tool
-	for tool in cargo go openssl python3; do
+	for tool in cargo go openssl python3 npm; do
 		command -v "$tool" >/dev/null || missing+=("$tool")
 	done
 	if ((${#missing[@]})); then

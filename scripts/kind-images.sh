@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The images the kind cluster runs besides the node image and this project's own, none of which
 # can be pulled here: each is one static binary (from scripts/controlplane.sh build and
-# build-node) in an image built FROM scratch with buildah (no engine needed), laid out as the
-# upstream image it stands for (entrypoint, user, directories), under upstream's name, so that
-# kubeadm's static pods, kubeadm's CoreDNS, prometheus-operator's bundle and the Prometheus it
-# runs find them where they would after a pull. Written as docker-archive tarballs (what
-# `kind load image-archive` and `ctr images import` read) into the cache, keyed by the binary
-# and the recipe, so a second run costs a checksum.
+# build-node; Prometheus from build-ui, with its web UI) in an image built FROM scratch with
+# buildah (no engine needed), laid out as the upstream image it stands for (entrypoint, user,
+# directories), under upstream's name, so that kubeadm's static pods, kubeadm's CoreDNS,
+# prometheus-operator's bundle and the Prometheus it runs find them where they would after a
+# pull. Written as docker-archive tarballs (what `kind load image-archive` and `ctr images
+# import` read) into the cache, keyed by the binary and the recipe, so a second run costs a
+# checksum.
 #
 #   scripts/kind-images.sh build      build what is missing; print each archive and whether it was cached
 #   scripts/kind-images.sh list       NAME<TAB>ARCHIVE, one line per image
@@ -53,7 +54,7 @@ $k/coredns/coredns:$COREDNS|coredns|/coredns|0||
 $k/pause:3.10.1|pause|/pause|65535||
 quay.io/prometheus-operator/prometheus-operator:$OPERATOR|operator|/bin/operator|65534||
 quay.io/prometheus-operator/prometheus-config-reloader:$OPERATOR|prometheus-config-reloader|/bin/prometheus-config-reloader|65534||
-quay.io/prometheus/prometheus:$PROMETHEUS|prometheus|/bin/prometheus|65534|/prometheus|/prometheus /etc/prometheus
+quay.io/prometheus/prometheus:$PROMETHEUS|prometheus-ui|/bin/prometheus|65534|/prometheus|/prometheus /etc/prometheus
 localhost/ksit-manager:demo|ksit-manager|/ksit|65532||
 EOF
 }
@@ -97,12 +98,14 @@ build_one() {
 cmd_build() {
 	command -v buildah >/dev/null || die "needs buildah (Debian: apt-get install buildah)"
 	local b
-	for b in kube-apiserver etcd prometheus ksit-manager coredns operator pause; do
+	for b in kube-apiserver etcd ksit-manager coredns operator pause; do
 		[[ -e $BIN/$b ]] || {
 			"$ROOT/scripts/controlplane.sh" build-node
 			break
 		}
 	done
+	# Prometheus with its web UI (the demo's graph and Targets pages): build-ui, with npm.
+	[[ -e $BIN/prometheus-ui ]] || "$ROOT/scripts/controlplane.sh" build-ui
 	local name bin dest user workdir dirs
 	while IFS='|' read -r name bin dest user workdir dirs; do
 		build_one "$name" "$bin" "$dest" "$user" "$workdir" "$dirs"
