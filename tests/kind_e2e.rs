@@ -21,7 +21,6 @@ use serde_json::Value;
 const CONTEXT: &str = "kind-ksit-demo";
 const KSIT_NS: &str = "ksit-system";
 const WEBHOOK_NS: &str = "ksit-exporter-system";
-const DEPLOYMENT: &str = "ksit-controller-manager";
 const SIDECAR: &str = "ksit-exporter";
 const LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -409,23 +408,12 @@ fn the_operator_made_prometheus_scrapes_the_sidecar_and_sees_a_status_flip() {
         "the ksit-monitor target up",
         Duration::from_secs(300),
         || {
-            let body = raw(
-                "/api/v1/namespaces/monitoring/services/prometheus-operated:9090/proxy/api/v1/targets",
-            )?;
-            let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            let up: Vec<Value> = v["data"]["activeTargets"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|t| {
-                    t["scrapePool"]
-                        .as_str()
-                        .is_some_and(|p| p.contains("ksit-monitor"))
-                        && t["health"] == "up"
-                })
-                .cloned()
-                .collect();
-            if up.is_empty() { Err(body) } else { Ok(up) }
+            let up = up_targets()?;
+            if up.is_empty() {
+                Err("no up target".into())
+            } else {
+                Ok(up)
+            }
         },
     );
     assert_eq!(targets.len(), 1, "one sidecar, one target: {targets:?}");
@@ -606,6 +594,7 @@ fn deleting_the_pod_the_sidecar_drains_and_exits_zero_within_the_grace_period() 
     );
     let took = start.elapsed();
     let _ = watch.kill();
+    let _ = watch.wait();
     let terminated = reader
         .join()
         .unwrap()
@@ -624,8 +613,41 @@ fn deleting_the_pod_the_sidecar_drains_and_exits_zero_within_the_grace_period() 
     );
     // The Deployment's replacement, admitted through the webhook again, before the next test.
     let next = ready_manager_pod();
-    assert_ne!(pod_name(&next), name);
+    let next_name = pod_name(&next);
+    assert_ne!(next_name, name);
     status_of(&next, "initContainerStatuses", SIDECAR);
+    // And Prometheus finds it through the operator-made configuration.
+    until("the new pod's target up", Duration::from_secs(180), || {
+        up_targets()?
+            .iter()
+            .any(|t| t["labels"]["pod"] == next_name.as_str())
+            .then_some(())
+            .ok_or_else(|| format!("no up target for {next_name}"))
+    });
+    eprintln!(
+        "pod deleted -> replacement admitted, started and its target up in Prometheus: {:?}",
+        start.elapsed()
+    );
+}
+
+/// Prometheus's up targets of the ksit-monitor ServiceMonitor.
+fn up_targets() -> Result<Vec<Value>, String> {
+    let body = raw(
+        "/api/v1/namespaces/monitoring/services/prometheus-operated:9090/proxy/api/v1/targets",
+    )?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    Ok(v["data"]["activeTargets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t["scrapePool"]
+                .as_str()
+                .is_some_and(|p| p.contains("ksit-monitor"))
+                && t["health"] == "up"
+        })
+        .cloned()
+        .collect())
 }
 
 /// openssl: a CA, and a serving certificate for the webhook's Service name signed by it.
