@@ -118,18 +118,19 @@ start_engine() {
 	export DOCKER_HOST
 }
 
-# The cluster: no kindnetd (no registry reached here serves it; the node image carries a bridge
-# CNI configuration), the API server on 127.0.0.1 only, etcd without fsync and a longer
-# control-plane timeout for a loaded 2-core machine, the etcd and CoreDNS tags of the images
-# built here. kubeadm v1beta3 patches: kind uses that API below Kubernetes 1.36.
+# The cluster: the API server on 127.0.0.1 only, etcd without fsync and a longer control-plane
+# timeout for a loaded 2-core machine (kubeadm v1beta3 patches: kind uses that API below
+# Kubernetes 1.36). On the node image built here (ETCD_TAG set): no kindnetd (no registry
+# reached here serves it; the node carries a bridge CNI configuration) and the tag of the etcd
+# image built here. A pulled kindest/node keeps kind's defaults for both.
 kind_config() {
-	local etcd_tag=$1
+	local etcd_tag=${1:-}
 	cat <<EOF
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 networking:
   apiServerAddress: 127.0.0.1
-  disableDefaultCNI: true
+  disableDefaultCNI: $([[ -n $etcd_tag ]] && echo true || echo false)
   podSubnet: 10.244.0.0/16
   serviceSubnet: 10.96.0.0/16
 nodes:
@@ -141,7 +142,7 @@ kubeadmConfigPatches:
       timeoutForControlPlane: 10m0s
     etcd:
       local:
-        imageTag: "$etcd_tag"
+$([[ -n $etcd_tag ]] && printf '        imageTag: "%s"\n' "$etcd_tag")
         extraArgs:
           unsafe-no-fsync: "true"
 EOF
@@ -219,14 +220,13 @@ cmd_up() {
 	run scripts/controlplane.sh build-node
 	start_engine
 
-	local node_image=${KIND_NODE_IMAGE:-}
+	local node_image=${KIND_NODE_IMAGE:-} etcd_tag=""
 	if [[ -z $node_image ]]; then
 		step "the node image, built here (scripts/kind-node.sh)"
 		run scripts/kind-node.sh build
 		node_image=$(scripts/kind-node.sh image)
+		etcd_tag=$(scripts/kind-images.sh etcd-tag)
 	fi
-	local etcd_tag
-	etcd_tag=$(scripts/kind-images.sh etcd-tag 2>/dev/null || echo 3.6.5-0)
 
 	step "kind cluster $CLUSTER ($node_image)"
 	if [[ $DRY_RUN != 1 ]] && "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
@@ -239,7 +239,8 @@ cmd_up() {
 		run "$KIND" create cluster --name "$CLUSTER" --image "$node_image" --config "$WORK/kind.yaml" \
 			--retain --wait 300s
 	fi
-	coredns_local_only
+	# Offline, nothing may leave the machine; a pulled node image keeps CoreDNS as kubeadm made it.
+	[[ -n ${KIND_NODE_IMAGE:-} ]] || coredns_local_only
 
 	step "images, built here and loaded into the node"
 	load_images
