@@ -104,6 +104,13 @@ fn cluster() {
     }
 }
 
+fn spec_of<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod["spec"][list]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {list} entry {name} in {}", pod["metadata"]["name"]))
+}
+
 fn status_of<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
     pod["status"][list]
         .as_array()
@@ -259,10 +266,7 @@ fn the_kubelet_starts_the_native_sidecar_before_the_manager_and_its_probes_pass(
         "the pod was not admitted through the webhook: {}",
         pod["metadata"]["annotations"]
     );
-    let spec = pod["spec"]["initContainers"]
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["name"] == SIDECAR))
-        .expect("the sidecar is an init container");
+    let spec = spec_of(&pod, "initContainers", SIDECAR);
     assert_eq!(spec["restartPolicy"], "Always", "a native sidecar: {spec}");
     assert!(
         spec["readinessProbe"].is_object(),
@@ -299,10 +303,7 @@ fn the_sidecar_uses_the_in_cluster_configuration_and_its_rbac_suffices() {
     cluster();
     let pod = ready_manager_pod();
     let name = pod_name(&pod);
-    let spec = pod["spec"]["initContainers"]
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["name"] == SIDECAR))
-        .unwrap();
+    let spec = spec_of(&pod, "initContainers", SIDECAR);
     let env: Vec<&str> = spec["env"]
         .as_array()
         .into_iter()
@@ -492,10 +493,7 @@ fn the_operator_made_prometheus_scrapes_the_sidecar_and_sees_a_status_flip() {
 fn the_managers_own_series_are_merged_into_the_sidecars_metrics() {
     cluster();
     let pod = ready_manager_pod();
-    let manager = pod["spec"]["containers"]
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["name"] == "manager"))
-        .unwrap();
+    let manager = spec_of(&pod, "containers", "manager");
     let args: Vec<&str> = manager["args"]
         .as_array()
         .unwrap()
@@ -848,10 +846,7 @@ fn the_sidecar_stays_under_its_memory_limit_idle_and_with_1000_integration_targe
     cluster();
     let pod = ready_manager_pod();
     let name = pod_name(&pod);
-    let spec = pod["spec"]["initContainers"]
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["name"] == SIDECAR))
-        .unwrap();
+    let spec = spec_of(&pod, "initContainers", SIDECAR);
     assert_eq!(
         spec["resources"]["limits"]["memory"], "64Mi",
         "the limit the kubelet enforces"
