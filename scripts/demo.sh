@@ -321,6 +321,8 @@ cmd_down() {
 		run "$KIND" delete cluster --name "$CLUSTER"
 	fi
 	if [[ -f $WORK/engine-started ]]; then
+		# kind's network outlives its clusters, and its bridge the engine: remove it with them.
+		[[ $DRY_RUN == 1 ]] || docker network rm kind >/dev/null 2>&1 || true
 		run scripts/engine.sh down
 		run rm -f "$WORK/engine-started"
 	fi
