@@ -76,8 +76,8 @@ async fn object(api: &Api<DynamicObject>, name: &str) -> (Value, Value) {
     (metadata, obj.data["spec"].clone())
 }
 
-/// The stand-in manager does what upstream's does (../shared/ksit-api.md, "What the upstream
-/// manager really does"), and the exporter reports it: no `clusterStatuses`, observedGeneration
+/// The stand-in manager does what upstream's does (docs/upstream.md, "The
+/// manager"), and the exporter reports it: no `clusterStatuses`, observedGeneration
 /// left as it was on the disabled and auto-install-failure paths (so the generation lag reads 1),
 /// `enabled: false` turned back into true by the finalizer update, no `ksit_*` on its /metrics.
 /// Two test-only deviations, both flags of the stand-in: it watches the two namespaces given

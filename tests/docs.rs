@@ -423,3 +423,48 @@ fn the_code_map_names_every_source_file_and_only_those() {
         "docs/architecture.md's code map lacks {missing:?} and names files that do not exist: {stale:?}"
     );
 }
+
+/// The facts the project relies on live in it (docs/upstream.md): a clone holds only the
+/// repository, so a file that points at a page outside it (the shared facts page the project
+/// once cited) points at nothing.
+#[test]
+fn no_project_file_points_outside_the_repository() {
+    let root = root();
+    let out = std::process::Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("running git ls-files");
+    assert!(out.status.success(), "git ls-files: {out:?}");
+    // Spelled in two halves so this file does not match itself.
+    let needles = [concat!("../", "shared/"), concat!("ksit-", "api.md")];
+    let mut files = 0;
+    let mut hits = Vec::new();
+    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let Ok(text) = std::fs::read_to_string(root.join(&name)) else {
+            continue; // binary files (images) and files deleted in the work tree
+        };
+        files += 1;
+        for (n, line) in text.lines().enumerate() {
+            if needles.iter().any(|needle| line.contains(needle)) {
+                hits.push(format!("{name}:{}: {line}", n + 1));
+            }
+        }
+    }
+    assert!(
+        files > 100,
+        "read only {files} files: is git ls-files broken?"
+    );
+    assert!(
+        hits.is_empty(),
+        "files point outside the repository:\n{}",
+        hits.join("\n")
+    );
+}

@@ -1008,3 +1008,175 @@ async fn install_cert_manager_crds(cp: &ControlPlane) {
     cp.wait_established(&["issuers.cert-manager.io", "certificates.cert-manager.io"])
         .await;
 }
+
+/// Whether a Kubernetes label selector (matchLabels only, as both Prometheus selectors below
+/// are) selects these labels; an empty selector selects everything.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| &labels[k] == v)
+}
+
+/// Whether a Prometheus with these ServiceMonitor selectors (as prometheus-operator reads
+/// `serviceMonitorSelector` and `serviceMonitorNamespaceSelector`) takes this ServiceMonitor.
+fn prometheus_takes(sm_selector: &Value, ns_selector: &Value, sm: &Value) -> bool {
+    let ns = sm["metadata"]["namespace"].as_str().unwrap_or_default();
+    selects(sm_selector, &sm["metadata"]["labels"])
+        && selects(ns_selector, &json!({"kubernetes.io/metadata.name": ns}))
+}
+
+/// kube-prometheus-stack's two conventions (docs/upstream.md): KubeStellar's install takes
+/// every ServiceMonitor in ks-monitoring whatever its labels; a default one takes every
+/// ServiceMonitor labelled `release: <release>` in any namespace. One rendering with
+/// `additionalLabels.release`, `namespace=ks-monitoring` and `interval=15s` is taken by both,
+/// points back at KSIT's namespace, and is accepted by the API server's CRD schema there; the
+/// defaults are taken by neither, and each example values file by its own.
+#[tokio::test]
+async fn the_servicemonitor_fits_kubestellars_and_a_default_kube_prometheus_stack() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let kubestellar = (
+        json!({}),
+        json!({"matchLabels": {"kubernetes.io/metadata.name": "ks-monitoring"}}),
+    );
+    let default_kps = (json!({"matchLabels": {"release": "prometheus"}}), json!({}));
+    let render = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["template", RELEASE, CHART, "--namespace", BASES_NAMESPACE];
+        args.extend(extra);
+        parse_objects(&check(
+            tools.helm(&args),
+            &format!("helm {}", args.join(" ")),
+        ))
+    };
+    let of_kind = |objects: &[Value], kind: &str| -> Value {
+        let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}: {found:?}");
+        found[0].clone()
+    };
+
+    let both = render(&[
+        "--set",
+        "monitoring.serviceMonitor.enabled=true",
+        "--set",
+        "monitoring.serviceMonitor.additionalLabels.release=prometheus",
+        "--set",
+        "monitoring.serviceMonitor.namespace=ks-monitoring",
+        "--set",
+        "monitoring.serviceMonitor.interval=15s",
+        "--set",
+        "monitoring.serviceMonitor.scrapeTimeout=5s",
+        "--set",
+        "monitoring.serviceMonitor.honorLabels=false",
+        "--set",
+        "monitoring.serviceMonitor.relabelings[0].targetLabel=hosting",
+        "--set",
+        "monitoring.serviceMonitor.relabelings[0].replacement=east",
+        "--set",
+        "monitoring.serviceMonitor.metricRelabelings[0].action=drop",
+        "--set",
+        "monitoring.serviceMonitor.metricRelabelings[0].sourceLabels[0]=__name__",
+        "--set",
+        "monitoring.serviceMonitor.metricRelabelings[0].regex=go_.*",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.namespace=ks-monitoring",
+        "--set",
+        "monitoring.prometheusRule.additionalLabels.release=prometheus",
+    ]);
+    let sm = of_kind(&both, "ServiceMonitor");
+    assert!(
+        prometheus_takes(&kubestellar.0, &kubestellar.1, &sm),
+        "KubeStellar's: {sm}"
+    );
+    assert!(
+        prometheus_takes(&default_kps.0, &default_kps.1, &sm),
+        "a default one: {sm}"
+    );
+    assert_eq!(sm["metadata"]["namespace"], "ks-monitoring");
+    // The Service is in KSIT's namespace (ksit.namespace), not the ServiceMonitor's.
+    assert_eq!(
+        sm["spec"]["namespaceSelector"],
+        json!({"matchNames": ["ksit-system"]})
+    );
+    let service = both
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "ksit-monitor")
+        .expect("the ksit-monitor Service");
+    assert!(
+        service["metadata"]["namespace"] == "ksit-system"
+            && selects(&sm["spec"]["selector"], &service["metadata"]["labels"]),
+        "{service}"
+    );
+    assert_eq!(
+        sm["spec"]["endpoints"],
+        json!([{
+            "port": "metrics",
+            "interval": "15s",
+            "scrapeTimeout": "5s",
+            "honorLabels": false,
+            "relabelings": [{"targetLabel": "hosting", "replacement": "east"}],
+            "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*"}],
+        }])
+    );
+    let rule = of_kind(&both, "PrometheusRule");
+    assert_eq!(rule["metadata"]["namespace"], "ks-monitoring");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+
+    // Neither convention takes the defaults: the page's ServiceMonitor in ksit-system, unlabelled.
+    let plain = of_kind(
+        &render(&["--set", "monitoring.serviceMonitor.enabled=true"]),
+        "ServiceMonitor",
+    );
+    assert!(
+        !prometheus_takes(&kubestellar.0, &kubestellar.1, &plain),
+        "{plain}"
+    );
+    assert!(
+        !prometheus_takes(&default_kps.0, &default_kps.1, &plain),
+        "{plain}"
+    );
+    assert_eq!(plain["spec"].get("namespaceSelector"), None, "{plain}");
+
+    // Each example values file for the install it names.
+    let ks = render(&[
+        "--values",
+        &format!("{CHART}/examples/kubestellar-values.yaml"),
+    ]);
+    let ks_sm = of_kind(&ks, "ServiceMonitor");
+    assert!(
+        prometheus_takes(&kubestellar.0, &kubestellar.1, &ks_sm),
+        "{ks_sm}"
+    );
+    assert_eq!(ks_sm["spec"]["endpoints"][0]["interval"], "15s");
+    let kps = render(&[
+        "--values",
+        &format!("{CHART}/examples/kube-prometheus-stack-values.yaml"),
+    ]);
+    let kps_sm = of_kind(&kps, "ServiceMonitor");
+    assert!(
+        prometheus_takes(&default_kps.0, &default_kps.1, &kps_sm),
+        "{kps_sm}"
+    );
+    assert_eq!(
+        of_kind(&kps, "PrometheusRule")["metadata"]["labels"]["release"],
+        "prometheus"
+    );
+
+    // The API server's CRD schemas accept them where they would live.
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ks_monitoring = test_namespace(&cp, "ks-monitoring", &[]).await;
+    for mut o in [sm, rule] {
+        o["metadata"]["namespace"] = json!(ks_monitoring.name);
+        let out = cp.kubectl_stdin(
+            &["apply", "--dry-run=server", "-f", "-"],
+            &serde_json::to_string(&o).expect("JSON"),
+        );
+        check(out, &format!("server-side dry run of {}", o["kind"]));
+    }
+}

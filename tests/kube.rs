@@ -460,8 +460,10 @@ fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// manifests/crds has upstream's schema: objects of upstream's shape are accepted, two
-/// conditions of one type included (no map list); the fields upstream requires are required;
+/// manifests/crds has upstream's schema (config/crd/bases; docs/upstream.md): objects of
+/// upstream's shape are accepted, two Integration conditions of one type included (no list
+/// type there), while IntegrationTarget's conditions are a map list keyed by `type`, so two of
+/// one type are refused; the fields upstream requires are required;
 /// every field is described, as `kubectl explain` shows it.
 #[tokio::test]
 async fn crds_accept_what_upstream_accepts_and_describe_every_field() {
@@ -522,7 +524,9 @@ async fn crds_accept_what_upstream_accepts_and_describe_every_field() {
         "cluster1",
         json!({"ready": true, "message": "Target cluster is connected and ready", "observedGeneration": 1,
                "lastSyncTime": "2026-11-27T10:00:00Z",
-               "conditions": [ready("True", "ClusterReady"), ready("False", "ConnectionFailed")]}),
+               "conditions": [ready("True", "ClusterReady"),
+                              {"type": "Synced", "status": "True", "reason": "Synced", "message": "",
+                               "lastTransitionTime": "2026-11-27T10:00:00Z"}]}),
     )
     .await;
     let stored = targets.get("cluster1").await.expect("get cluster1");
@@ -532,6 +536,21 @@ async fn crds_accept_what_upstream_accepts_and_describe_every_field() {
         "{:?}",
         stored.data
     );
+    let twice = targets
+        .patch_status(
+            "cluster1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions":
+                [ready("True", "ClusterReady"), ready("False", "ConnectionFailed")]}})),
+        )
+        .await;
+    match twice {
+        Err(kube::Error::Api(e)) => assert!(
+            e.code == 422 && e.message.contains("Duplicate value"),
+            "two Ready conditions on an IntegrationTarget: {e:?}"
+        ),
+        other => panic!("two Ready conditions on an IntegrationTarget were not refused: {other:?}"),
+    }
 
     // What upstream's schema refuses, this one refuses too.
     for (what, status) in [
@@ -582,9 +601,22 @@ async fn crds_accept_what_upstream_accepts_and_describe_every_field() {
             Vec::<String>::new(),
             "{name}: fields without a description"
         );
+        // Upstream's list types: the IntegrationTarget's conditions alone, a map keyed by type.
+        let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+        let list_type = (
+            conditions["x-kubernetes-list-type"].clone(),
+            conditions["x-kubernetes-list-map-keys"].clone(),
+        );
+        let want = if name == "integrationtargets.ksit.io" {
+            (json!("map"), json!(["type"]))
+        } else {
+            (serde_json::Value::Null, serde_json::Value::Null)
+        };
+        assert_eq!(list_type, want, "{name}: status.conditions");
         let listed = serde_json::to_string(schema).expect("JSON");
-        assert!(
-            !listed.contains("x-kubernetes-list-type"),
+        assert_eq!(
+            listed.matches("x-kubernetes-list-type").count(),
+            usize::from(name == "integrationtargets.ksit.io"),
             "{name}: {listed}"
         );
     }

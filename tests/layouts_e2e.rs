@@ -47,6 +47,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_ksit-exporter");
 /// The Node the test binds pods to. The endpointslice controller skips pods whose Node does not
 /// exist; with no node-lifecycle controller running, nothing ever taints or evicts it.
 const NODE: &str = "ksit-test-node";
+/// Every collector the injected sidecar runs beside a manager (docs/metrics.md,
+/// `ksit_exporter_collector_up`); `managedclusters` runs only with KSIT_OCM_CLUSTERS=true,
+/// which injection does not set.
+const COLLECTORS: [&str; 8] = [
+    "health",
+    "integrations",
+    "integrationtargets",
+    "lease",
+    "pod",
+    "process",
+    "upstream",
+    "workload",
+];
 /// The label the ksit-monitor Service selects.
 const EXPORTER_LABEL: (&str, &str) = ("ksit.io/exporter", "sidecar");
 
@@ -65,8 +78,8 @@ const KUBEBUILDER: Layout = Layout {
 };
 const KUSTOMIZE_DEV: Layout = Layout {
     name: "kustomize-dev",
-    deployment: "ksit-controller-manager",
-    service_account: "ksit-controller",
+    deployment: "dev-ksit-controller-manager",
+    service_account: "dev-ksit-controller",
 };
 const KUSTOMIZE_PROD: Layout = Layout {
     name: "kustomize-prod",
@@ -75,8 +88,8 @@ const KUSTOMIZE_PROD: Layout = Layout {
 };
 const HELM: Layout = Layout {
     name: "helm",
-    deployment: "ksit",
-    service_account: "ksit",
+    deployment: "ksit-controller-manager",
+    service_account: "ksit-controller-manager",
 };
 
 /// How the sidecar gets into the pod (README, "Install").
@@ -869,6 +882,45 @@ async fn run(layout: Layout, way: Way, slot: u32) {
         assert_eq!(s["metric"]["namespace"], json!(ns.name), "{s}");
         assert_eq!(s["metric"]["source"], "integrationtarget", "{s}");
     }
+    // The RBAC manifests/layouts/<layout> binds is enough: every collector is up (a 403 on any
+    // list or watch keeps its collector at 0), and the sidecar logged no refusal.
+    eventually(WAIT, "every collector up", || async {
+        let result = query(&prom, r#"ksit_exporter_collector_up{job="ksit"}"#).await?;
+        let up: BTreeMap<String, String> = result
+            .iter()
+            .map(|s| {
+                (
+                    s["metric"]["collector"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    s["value"][1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let want: BTreeMap<String, String> = COLLECTORS
+            .iter()
+            .map(|c| (c.to_string(), "1".to_string()))
+            .collect();
+        if up == want {
+            Ok(())
+        } else {
+            Err(format!("ksit_exporter_collector_up: {up:?}{}", logs()))
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(&exporter.log).expect("the exporter's log");
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .filter(|l| l.contains("403") || l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{}: the sidecar was refused:\n{}",
+        layout.name,
+        refused.join("\n")
+    );
     eprintln!(
         "{} with {way:?}: Deployment -> Pod -> Endpoints -> Prometheus in {:.1}s; {} ksit_cluster_status series",
         layout.name,

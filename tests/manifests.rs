@@ -325,6 +325,143 @@ async fn the_scrape_config_and_servicemonitor_are_the_pages() {
     promtool(&cp, &["check", "config", path.to_str().unwrap()]);
 }
 
+/// What upstream's own files render for each install layout (docs/upstream.md, "Install
+/// layouts"): the fixtures must say the same, or every test built on them tests a KSIT that
+/// does not exist (the fixtures once bound the dev and Helm layouts to the wrong accounts).
+struct UpstreamLayout {
+    name: &'static str,
+    deployment: &'static str,
+    service_account: &'static str,
+    pod_labels: &'static [(&'static str, &'static str)],
+    replicas: i64,
+    leader_elect: &'static str,
+    /// The metrics Service (port `metrics` 8080; Helm's targets the named port, the others 8080).
+    metrics_service: &'static str,
+    /// Whether the layout is a kustomization (the manifests/sidecar Component fits it).
+    kustomize: bool,
+}
+
+const CONTROL_PLANE: (&str, &str) = ("control-plane", "controller-manager");
+
+const UPSTREAM_LAYOUTS: [UpstreamLayout; 4] = [
+    UpstreamLayout {
+        name: "kubebuilder",
+        deployment: "ksit-controller-manager",
+        service_account: "ksit-controller",
+        pod_labels: &[CONTROL_PLANE, ("app.kubernetes.io/name", "ksit")],
+        replicas: 1,
+        leader_elect: "--leader-elect",
+        metrics_service: "ksit-controller-manager-metrics",
+        kustomize: true,
+    },
+    UpstreamLayout {
+        name: "kustomize-dev",
+        deployment: "dev-ksit-controller-manager",
+        service_account: "dev-ksit-controller",
+        pod_labels: &[CONTROL_PLANE],
+        replicas: 1,
+        leader_elect: "--leader-elect",
+        metrics_service: "dev-ksit-controller-manager-metrics-service",
+        kustomize: true,
+    },
+    UpstreamLayout {
+        name: "kustomize-prod",
+        deployment: "prod-ksit-controller-manager",
+        service_account: "prod-ksit-controller",
+        pod_labels: &[CONTROL_PLANE],
+        replicas: 3,
+        leader_elect: "--leader-elect",
+        metrics_service: "prod-ksit-controller-manager-metrics-service",
+        kustomize: true,
+    },
+    UpstreamLayout {
+        name: "helm",
+        deployment: "ksit-controller-manager",
+        service_account: "ksit-controller-manager",
+        pod_labels: &[
+            ("app.kubernetes.io/name", "ksit"),
+            ("app.kubernetes.io/instance", "ksit"),
+            CONTROL_PLANE,
+        ],
+        replicas: 1,
+        leader_elect: "--leader-elect=true",
+        metrics_service: "ksit-metrics-service",
+        kustomize: false,
+    },
+];
+
+impl UpstreamLayout {
+    /// The fixture's install has this layout's names, labels, account, replicas, ports and args.
+    fn check(&self, installed: &[Value], deployment: &Value) {
+        let what = self.name;
+        let spec = &deployment["spec"];
+        assert_eq!(spec["replicas"], json!(self.replicas), "{what}: replicas");
+        let pod = &spec["template"];
+        let labels: serde_json::Map<String, Value> = self
+            .pod_labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        assert_eq!(
+            pod["metadata"]["labels"],
+            Value::Object(labels),
+            "{what}: pod labels"
+        );
+        assert_eq!(
+            pod["spec"]["serviceAccountName"],
+            json!(self.service_account),
+            "{what}: service account"
+        );
+        find(installed, "ServiceAccount", self.service_account);
+        let containers = pod["spec"]["containers"].as_array().expect("containers");
+        assert_eq!(containers.len(), 1, "{what}: containers");
+        let manager = &containers[0];
+        assert_eq!(manager["name"], "manager", "{what}");
+        assert_eq!(manager["command"], json!(["/ksit"]), "{what}");
+        assert_eq!(
+            manager["args"],
+            json!([
+                self.leader_elect,
+                "--metrics-bind-address=:8080",
+                "--health-probe-bind-address=:8081"
+            ]),
+            "{what}: args"
+        );
+        assert_eq!(
+            manager["ports"],
+            json!([
+                {"containerPort": 8080, "name": "metrics", "protocol": "TCP"},
+                {"containerPort": 8081, "name": "health", "protocol": "TCP"},
+            ]),
+            "{what}: ports"
+        );
+        let service = find(installed, "Service", self.metrics_service);
+        let target = if self.name == "helm" {
+            json!("metrics")
+        } else {
+            json!(8080)
+        };
+        assert_eq!(
+            service["spec"]["ports"],
+            json!([{"name": "metrics", "port": 8080, "protocol": "TCP", "targetPort": target}]),
+            "{what}: metrics Service"
+        );
+        for (k, v) in self.pod_labels {
+            if service["spec"]["selector"].get(*k).is_some() {
+                assert_eq!(
+                    service["spec"]["selector"][k],
+                    json!(v),
+                    "{what}: selector {k}"
+                );
+            }
+        }
+        assert_eq!(
+            service["spec"]["selector"][CONTROL_PLANE.0], CONTROL_PLANE.1,
+            "{what}"
+        );
+    }
+}
+
 /// Each of KSIT's install layouts (tests/testdata/layouts), with the sidecar added by every way
 /// that fits it: `ksit-exporter inject`, and for the kustomize layouts the manifests/sidecar
 /// Component in an overlay of the install. Each way keeps the Deployment's name and selector
@@ -352,15 +489,12 @@ async fn every_layout_gets_a_sidecar_that_the_service_and_podmonitor_select() {
     let mut cfg = ksit_exporter::inject::InjectorConfig::from_vars([]).expect("defaults are valid");
     // As `ksit-exporter inject` runs: every pod template is opted in unless it opts out.
     cfg.default_opt_in = true;
-    for (layout, deployment, kustomize) in [
-        ("kubebuilder", "ksit-controller-manager", true),
-        ("kustomize-dev", "ksit-controller-manager", true),
-        ("kustomize-prod", "prod-ksit-controller-manager", true),
-        ("helm", "ksit", false),
-    ] {
+    for u in UPSTREAM_LAYOUTS {
+        let (layout, deployment, kustomize) = (u.name, u.deployment, u.kustomize);
         let fixture = format!("tests/testdata/layouts/{layout}");
         let installed = cp.render(&fixture);
         let original = find(&installed, "Deployment", deployment);
+        u.check(&installed, original);
         let account = original["spec"]["template"]["spec"]["serviceAccountName"].clone();
         let pod_labels = original["spec"]["template"]["metadata"]["labels"]
             .as_object()
@@ -439,7 +573,7 @@ async fn every_layout_gets_a_sidecar_that_the_service_and_podmonitor_select() {
             assert_eq!(
                 manager["args"],
                 json!([
-                    "--leader-elect",
+                    u.leader_elect,
                     "--metrics-bind-address=127.0.0.1:8082",
                     "--health-probe-bind-address=:8081"
                 ]),

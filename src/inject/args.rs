@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec};
 
 use super::{METRICS_PORT, containers};
 
-/// First port tried when a manager's metrics are moved off 8080 (the one ksit-api.md suggests).
+/// First port tried when a manager's metrics are moved off 8080 (docs/upstream.md).
 const TAKEOVER_FIRST_PORT: i32 = 8082;
 /// controller-runtime's metrics flag: the current spelling and the pre-v0.15 one.
 const METRICS_FLAGS: &[&str] = &["metrics-bind-address", "metrics-addr"];

@@ -1,7 +1,6 @@
 // Command ksit-manager is a test stand-in for the KSIT controller-manager.
 //
-// By default it behaves as ../../../shared/ksit-api.md, "What the upstream manager really
-// does", describes: the same status fields, reasons and requeue periods, the ksit.io
+// By default it behaves as docs/upstream.md, "The manager", describes: the same status fields, reasons and requeue periods, the ksit.io
 // finalizer (whose update turns `enabled: false` back into true), no observedGeneration on
 // the disabled and auto-install-failure paths, no status.clusterStatuses, no ksit_*
 // families on /metrics, all namespaces watched and the leader Lease in the namespace of its

@@ -52,3 +52,39 @@ and the caBundle match.
 {{- dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) | toJson -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+A ServiceMonitor's or PodMonitor's namespaceSelector: one that lives outside KSIT's namespace
+(monitoring.*.namespace, e.g. KubeStellar's ks-monitoring) must name KSIT's namespace, or
+prometheus-operator looks for the Service or pods in the monitor's own namespace.
+Arguments: (list <the monitor's values> <KSIT's namespace>).
+*/}}
+{{- define "ksit-exporter.monitorNamespaceSelector" -}}
+{{- $values := index . 0 }}
+{{- $ksit := index . 1 }}
+{{- if and $values.namespace (ne $values.namespace $ksit) }}
+namespaceSelector:
+  matchNames:
+    - {{ $ksit }}
+{{- end }}
+{{- end }}
+
+{{/*
+The scrape settings of a ServiceMonitor endpoint or PodMonitor podMetricsEndpoint, from its
+values: interval, scrapeTimeout, honorLabels, relabelings, metricRelabelings.
+*/}}
+{{- define "ksit-exporter.endpoint" -}}
+interval: {{ .interval | default "30s" }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+honorLabels: {{ ne .honorLabels false }}
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
