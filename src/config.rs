@@ -500,7 +500,7 @@ fn is_dns_label(s: &str) -> bool {
 
 /// A Kubernetes object name such as a pod's, a Lease's or a node's: a DNS-1123 subdomain, dot
 /// separated labels.
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_lowercase_name)
 }
 
