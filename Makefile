@@ -28,9 +28,9 @@ release: ## build the optimised binary (target/release/ksit-exporter)
 run: build ## run the exporter on :8080 with the environment you give it
 	./target/debug/ksit-exporter
 
-# The fleet end to end and older_crds start a second control plane and stop it themselves; a test binary killed
+# The fleet end to end, older_crds and its_e2e start a second control plane and stop it themselves; a test binary killed
 # before that leaves it up, so the trap stops it too (a no-op when it is not running).
-DOWN_ALL := scripts/controlplane.sh down; KSIT_CONTROLPLANE_DIR=target/controlplane-fleet scripts/controlplane.sh down; KSIT_CONTROLPLANE_DIR=target/controlplane-oldcrds scripts/controlplane.sh down
+DOWN_ALL := scripts/controlplane.sh down; KSIT_CONTROLPLANE_DIR=target/controlplane-fleet scripts/controlplane.sh down; KSIT_CONTROLPLANE_DIR=target/controlplane-oldcrds scripts/controlplane.sh down; KSIT_CONTROLPLANE_DIR=target/controlplane-its scripts/controlplane.sh down
 
 test: ## bring the test control plane up, run every suite, take it down (pass or fail)
 	@trap '$(DOWN_ALL)' EXIT; \

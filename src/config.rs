@@ -2,6 +2,7 @@
 //! variable, validated before anything starts.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::Uri;
@@ -58,6 +59,7 @@ pub struct Config {
     pub leader_lease: String,
     pub cr_metrics: CrMetrics,
     pub ocm_clusters: bool,
+    pub its_kubeconfig: Option<PathBuf>,
     pub max_objects: usize,
     pub pod_name: Option<String>,
     pub pod_namespace: Option<String>,
@@ -81,6 +83,7 @@ pub const VARIABLES: &[Doc] = &[
     LEADER_LEASE.doc(),
     CR_METRICS.doc(),
     OCM_CLUSTERS.doc(),
+    ITS_KUBECONFIG.doc(),
     MAX_OBJECTS.doc(),
     POD_NAME.doc(),
     POD_NAMESPACE.doc(),
@@ -116,6 +119,7 @@ impl Config {
             leader_lease: env.read(&LEADER_LEASE)?,
             cr_metrics: env.read(&CR_METRICS)?,
             ocm_clusters: env.read(&OCM_CLUSTERS)?,
+            its_kubeconfig: env.read(&ITS_KUBECONFIG)?,
             max_objects: env.read(&MAX_OBJECTS)?,
             pod_name: env.read(&POD_NAME)?,
             pod_namespace: env.read(&POD_NAMESPACE)?,
@@ -379,6 +383,34 @@ const OCM_CLUSTERS: Var<bool> = Var {
     show: bool::to_string,
 };
 
+const ITS_KUBECONFIG: Var<Option<PathBuf>> = Var {
+    name: "KSIT_ITS_KUBECONFIG",
+    default: "",
+    help: "a kubeconfig file for KubeStellar's ITS (typically a mounted Secret): ManagedClusters are read from that API server, and only from it; implies KSIT_OCM_CLUSTERS=true",
+    empty: Empty::Default,
+    parse: its_kubeconfig,
+    show: |v| {
+        v.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    },
+};
+
+/// An ITS kubeconfig is read at start, so a wrong path or a file that is no kubeconfig stops
+/// the exporter with this variable's name rather than leaving ManagedClusters silently unread.
+fn its_kubeconfig(v: &str) -> Result<Option<PathBuf>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(v);
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .map_err(|e| format!("a readable kubeconfig file ({e})"))?;
+    if kubeconfig.clusters.is_empty() {
+        return Err("a kubeconfig file that names a cluster (it has none)".to_string());
+    }
+    Ok(Some(path))
+}
+
 const MAX_OBJECTS: Var<usize> = Var {
     name: "KSIT_MAX_OBJECTS",
     default: "5000",
@@ -468,7 +500,7 @@ fn is_dns_label(s: &str) -> bool {
 
 /// A Kubernetes object name such as a pod's, a Lease's or a node's: a DNS-1123 subdomain, dot
 /// separated labels.
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_lowercase_name)
 }
 
@@ -584,6 +616,8 @@ mod tests {
             ("KSIT_WATCH_NAMESPACES", "ksit-system,Bad_NS"),
             ("KSIT_CR_METRICS", "sometimes"),
             ("KSIT_OCM_CLUSTERS", "yes"),
+            ("KSIT_ITS_KUBECONFIG", "/nonexistent/its-kubeconfig"),
+            ("KSIT_ITS_KUBECONFIG", "/proc/self/status"),
             ("KSIT_MAX_OBJECTS", "0"),
             ("KSIT_MAX_OBJECTS", "100001"),
             ("KSIT_UPSTREAM_MAX_BYTES", "18446744073709551615"),

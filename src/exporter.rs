@@ -54,6 +54,18 @@ impl Exporter {
             .board()
             .set_pod(config.pod_name.as_deref(), config.pod_namespace.as_deref());
         self.registry.board().set_kubernetes(kube.is_some());
+        if kube.is_some() {
+            self.registry
+                .board()
+                .set_managed_clusters_from(match &config.its_kubeconfig {
+                    Some(path) => Some(kube::ocm::its_server(path)),
+                    None if config.ocm_clusters => Some(
+                        "this cluster's API server (set KSIT_ITS_KUBECONFIG when the ITS is another one)"
+                            .to_string(),
+                    ),
+                    None => None,
+                });
+        }
         let (clusters, integrations) = self.kube.status_groups();
         let page = Page::new(self.registry.clone(), clusters, integrations);
         let interval = config.probe_interval;

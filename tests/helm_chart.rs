@@ -284,10 +284,12 @@ fn take(v: &mut Value, path: &[&str]) -> Vec<Value> {
 }
 
 /// The env the webhook container of the chart should set for the injected sidecar: the
-/// injector's defaults, with the case's values over them.
+/// injector's defaults, with the case's values over them. The ITS kubeconfig's two are set
+/// only with `ocm.itsKubeconfigSecret` (the_its_kubeconfig_secret_reaches_the_webhook).
 fn expected_sidecar_env(case: &Case) -> Vec<Value> {
     ksit_exporter::inject::VARIABLES
         .iter()
+        .filter(|(name, _, _)| !name.starts_with("KSIT_SIDECAR_ITS_"))
         .map(|(name, default, _help)| {
             let value = case
                 .sidecar_env
@@ -1179,4 +1181,43 @@ async fn the_servicemonitor_fits_kubestellars_and_a_default_kube_prometheus_stac
         );
         check(out, &format!("server-side dry run of {}", o["kind"]));
     }
+}
+
+/// `ocm.itsKubeconfigSecret` reaches the webhook as the injector's variables, so every sidecar
+/// it injects mounts the ITS's kubeconfig; unset, the webhook gets neither variable.
+#[test]
+fn the_its_kubeconfig_secret_reaches_the_webhook() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let env_of = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["template", RELEASE, CHART, "--namespace", BASES_NAMESPACE];
+        args.extend(extra);
+        let objects = parse_objects(&check(tools.helm(&args), "helm template"));
+        let deployment = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("the webhook's Deployment")
+            .clone();
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.contains("ITS")))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(env_of(&[]), Vec::<Value>::new());
+    assert_eq!(
+        env_of(&[
+            "--set",
+            "ocm.itsKubeconfigSecret=its1-kubeconfig",
+            "--set",
+            "ocm.itsKubeconfigKey=config"
+        ]),
+        [
+            json!({"name": "KSIT_SIDECAR_ITS_KUBECONFIG_SECRET", "value": "its1-kubeconfig"}),
+            json!({"name": "KSIT_SIDECAR_ITS_KUBECONFIG_KEY", "value": "config"}),
+        ]
+    );
 }

@@ -414,11 +414,15 @@ fn sidecar_env(pod: &Pod) -> Vec<(String, String)> {
 fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
     let mut config = common::prometheus::scrape_config(cp, namespace);
     let sd = config["scrape_configs"][0]["kubernetes_sd_configs"][0].clone();
-    let servicemonitor = servicemonitor_job(cp, sd);
-    config["scrape_configs"]
+    let ours = cp.render("manifests/monitoring");
+    let ours_job = servicemonitor_job(servicemonitor(&ours), "ksit-servicemonitor", sd.clone());
+    let theirs = cp.render("tests/testdata/upstream-servicemonitor");
+    let upstream = servicemonitor_job(servicemonitor(&theirs), UPSTREAM_JOB, sd);
+    let jobs = config["scrape_configs"]
         .as_array_mut()
-        .expect("scrape_configs")
-        .push(servicemonitor);
+        .expect("scrape_configs");
+    jobs.push(ours_job);
+    jobs.push(upstream);
     // Neither job sets an interval Prometheus would honour: the global 1 s applies to both.
     config
 }
@@ -427,12 +431,7 @@ fn prometheus_config(cp: &ControlPlane, namespace: &str) -> Value {
 /// which targets it finds: role endpointslice in the ServiceMonitor's namespace (`sd`), Services
 /// kept by the selector's labels, endpoints by the port's name, honorLabels as honor_labels.
 /// (Its 30 s interval is left to the global 1 s, to keep the test short.)
-fn servicemonitor_job(cp: &ControlPlane, mut sd: Value) -> Value {
-    let items = cp.render("manifests/monitoring");
-    let sm = items
-        .iter()
-        .find(|o| o["kind"] == "ServiceMonitor")
-        .expect("manifests/monitoring has a ServiceMonitor");
+fn servicemonitor_job(sm: &Value, job: &str, mut sd: Value) -> Value {
     let mut relabel: Vec<Value> = sm["spec"]["selector"]["matchLabels"]
         .as_object()
         .expect("the ServiceMonitor selects by matchLabels")
@@ -451,13 +450,39 @@ fn servicemonitor_job(cp: &ControlPlane, mut sd: Value) -> Value {
     assert_eq!(endpoints.len(), 1, "{sm}");
     relabel.push(json!({"source_labels": ["__meta_kubernetes_endpointslice_port_name"], "regex": endpoints[0]["port"], "action": "keep"}));
     sd["role"] = json!("endpointslice");
+    // metricRelabelings as prometheus-operator writes them: the same rules, snake_case keys.
+    let metric_relabel: Vec<Value> = endpoints[0]["metricRelabelings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            json!({
+                "action": r["action"].as_str().map(str::to_lowercase),
+                "source_labels": r["sourceLabels"],
+                "regex": r["regex"],
+            })
+        })
+        .collect();
     json!({
-        "job_name": "ksit-servicemonitor",
-        "honor_labels": endpoints[0]["honorLabels"],
+        "job_name": job,
+        "honor_labels": endpoints[0]["honorLabels"].as_bool().unwrap_or(false),
         "kubernetes_sd_configs": [sd],
         "relabel_configs": relabel,
+        "metric_relabel_configs": metric_relabel,
     })
 }
+
+/// The one ServiceMonitor of a rendering.
+fn servicemonitor(items: &[Value]) -> &Value {
+    items
+        .iter()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .expect("a ServiceMonitor")
+}
+
+/// The job of upstream's sample ServiceMonitor (tests/testdata/upstream-servicemonitor), with
+/// manifests/monitoring/upstream-sample over it.
+const UPSTREAM_JOB: &str = "ksit-controller-metrics";
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -882,6 +907,66 @@ async fn run(layout: Layout, way: Way, slot: u32) {
         assert_eq!(s["metric"]["namespace"], json!(ns.name), "{s}");
         assert_eq!(s["metric"]["source"], "integrationtarget", "{s}");
     }
+    // Upstream's sample ServiceMonitor scrapes the same pod through upstream's metrics Service
+    // (its port 8080 is the sidecar's now): the job is up and reads the sidecar's series, and
+    // manifests/monitoring/upstream-sample drops them all, so each series is stored once, by
+    // our job. (The test's two jobs of ours are alternatives, so one is left out of the count.)
+    eventually(WAIT, "upstream's job scraping the sidecar", || async {
+        let read = query(
+            &prom,
+            &format!(r#"scrape_samples_scraped{{job="{UPSTREAM_JOB}"}} > 0 and on () up{{job="{UPSTREAM_JOB}"}} == 1"#),
+        )
+        .await?;
+        if read.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{read:?}{}", logs()))
+        }
+    })
+    .await;
+    let promql = format!(
+        r#"count by (__name__, target) ({{__name__=~"ksit_cluster_status|ksit_cluster_condition", namespace={:?}, job!="ksit-servicemonitor"}}) > 0"#,
+        ns.name
+    );
+    let stored = query(&prom, &promql).await.expect("PromQL");
+    assert!(!stored.is_empty(), "{promql}: nothing");
+    let upstream_series = query(
+        &prom,
+        &format!(r#"count({{job="{UPSTREAM_JOB}", __name__=~"ksit_.+"}})"#),
+    )
+    .await
+    .expect("PromQL");
+    assert_eq!(
+        upstream_series,
+        Vec::<Value>::new(),
+        "upstream's job stored ksit_ series"
+    );
+    let kept = query(
+        &prom,
+        &format!(r#"scrape_samples_post_metric_relabeling{{job="{UPSTREAM_JOB}"}}"#),
+    )
+    .await
+    .expect("PromQL");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        kept[0]["value"][1], "0",
+        "upstream's job kept samples: {kept:?}"
+    );
+    let twice = query(
+        &prom,
+        &format!(
+            r#"count by (target) (ksit_cluster_status{{namespace={:?}, job!="ksit-servicemonitor"}}) != 1"#,
+            ns.name
+        ),
+    )
+    .await
+    .expect("PromQL");
+    assert_eq!(
+        twice,
+        Vec::<Value>::new(),
+        "a ksit_cluster_status stored twice"
+    );
+
     // The RBAC manifests/layouts/<layout> binds is enough: every collector is up (a 403 on any
     // list or watch keeps its collector at 0), and the sidecar logged no refusal.
     eventually(WAIT, "every collector up", || async {

@@ -51,7 +51,52 @@ pub const VARIABLES: &[Doc] = &[
     MEMORY_REQUEST.doc(),
     CPU_LIMIT.doc(),
     MEMORY_LIMIT.doc(),
+    ITS_KUBECONFIG_SECRET.doc(),
+    ITS_KUBECONFIG_KEY.doc(),
 ];
+
+const ITS_KUBECONFIG_SECRET: Var<Option<String>> = Var {
+    name: "KSIT_SIDECAR_ITS_KUBECONFIG_SECRET",
+    default: "",
+    help: "a Secret in the pod's namespace holding a kubeconfig for KubeStellar's ITS: mounted into the sidecar, which then reads ManagedClusters from the ITS (KSIT_ITS_KUBECONFIG)",
+    empty: Empty::Default,
+    parse: |v| {
+        if v.is_empty() {
+            Ok(None)
+        } else if crate::config::is_dns_subdomain(v) {
+            Ok(Some(v.to_string()))
+        } else {
+            Err("a Secret name (a DNS-1123 subdomain)".to_string())
+        }
+    },
+    show: crate::env::show_optional,
+};
+
+const ITS_KUBECONFIG_KEY: Var<String> = Var {
+    name: "KSIT_SIDECAR_ITS_KUBECONFIG_KEY",
+    default: "kubeconfig",
+    help: "the key of that Secret that holds the kubeconfig (a vcluster's own Secret uses `config`)",
+    empty: Empty::Default,
+    parse: |v| {
+        let valid = !v.is_empty()
+            && v.len() <= 253
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if valid {
+            Ok(v.to_string())
+        } else {
+            Err("a Secret key (letters, digits, `-`, `_` or `.`)".to_string())
+        }
+    },
+    show: String::clone,
+};
+
+/// The ITS kubeconfig Secret the sidecar mounts, and the key in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItsSecret {
+    pub name: String,
+    pub key: String,
+}
 
 const IMAGE: Var<String> = Var {
     name: "KSIT_SIDECAR_IMAGE",
@@ -152,6 +197,8 @@ pub struct InjectorConfig {
     /// Inject into pods that did not opt in: false for the webhook (it must never touch unrelated
     /// pods), true for the offline command (running it is the request).
     pub default_opt_in: bool,
+    /// Mounted into the sidecar when set (`KSIT_SIDECAR_ITS_KUBECONFIG_SECRET`).
+    pub its_secret: Option<ItsSecret>,
 }
 
 impl InjectorConfig {
@@ -182,6 +229,8 @@ impl InjectorConfig {
             ("cpu", env.read(&CPU_LIMIT)?),
             ("memory", env.read(&MEMORY_LIMIT)?),
         ]);
+        let its_secret = env.read(&ITS_KUBECONFIG_SECRET)?;
+        let its_key = env.read(&ITS_KUBECONFIG_KEY)?;
         Ok(InjectorConfig {
             image,
             mode,
@@ -191,6 +240,7 @@ impl InjectorConfig {
                 ..Default::default()
             },
             default_opt_in: false,
+            its_secret: its_secret.map(|name| ItsSecret { name, key: its_key }),
         })
     }
 }

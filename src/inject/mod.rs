@@ -159,6 +159,19 @@ fn with_sidecar(
                 .to_string(),
         );
     }
+    if let Some(secret) = &cfg.its_secret {
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        if volumes.iter().any(|v| v.name == template::ITS_VOLUME) {
+            return Err(Skip::refused(
+                SkipReason::NameConflict,
+                format!(
+                    "the pod already has a volume named {}, which the sidecar's ITS kubeconfig needs",
+                    template::ITS_VOLUME
+                ),
+            ));
+        }
+        volumes.push(template::its_volume(secret));
+    }
     let mut new = pod.clone();
     match mode {
         SidecarMode::Native => spec
@@ -880,5 +893,78 @@ mod tests {
                 "KSIT_PROBE_INTERVAL"
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod its_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// With KSIT_SIDECAR_ITS_KUBECONFIG_SECRET the sidecar mounts the Secret read-only and is
+    /// told where the kubeconfig is; the key is mapped to the file name it reads.
+    #[test]
+    fn the_its_kubeconfig_secret_is_mounted_into_the_sidecar() {
+        let cfg = InjectorConfig {
+            default_opt_in: true,
+            ..InjectorConfig::from_vars([
+                (
+                    "KSIT_SIDECAR_ITS_KUBECONFIG_SECRET".to_string(),
+                    "its1-kubeconfig".to_string(),
+                ),
+                (
+                    "KSIT_SIDECAR_ITS_KUBECONFIG_KEY".to_string(),
+                    "config".to_string(),
+                ),
+            ])
+            .expect("valid")
+        };
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "m"},
+            "spec": {"containers": [{"name": "manager", "image": "m"}]},
+        }))
+        .expect("a pod");
+        let Outcome::Injected { pod, .. } = inject(&pod, &BTreeMap::new(), &cfg) else {
+            panic!("not injected");
+        };
+        let v = serde_json::to_value(&pod).expect("JSON");
+        assert_eq!(
+            v["spec"]["volumes"],
+            json!([{"name": "ksit-its-kubeconfig", "secret": {
+                "secretName": "its1-kubeconfig", "items": [{"key": "config", "path": "kubeconfig"}]}}])
+        );
+        let sidecar = &v["spec"]["initContainers"][0];
+        assert_eq!(
+            sidecar["volumeMounts"],
+            json!([{"name": "ksit-its-kubeconfig", "mountPath": "/var/run/secrets/ksit.io/its", "readOnly": true}])
+        );
+        assert!(
+            sidecar["env"].as_array().expect("env").contains(&json!(
+                {"name": "KSIT_ITS_KUBECONFIG", "value": "/var/run/secrets/ksit.io/its/kubeconfig"}
+            )),
+            "{sidecar}"
+        );
+        // A pod that already has a volume of that name is refused, not silently remounted.
+        let taken = pod_with_volume();
+        assert!(matches!(
+            inject(&taken, &BTreeMap::new(), &cfg),
+            Outcome::Skipped { .. }
+        ));
+        assert!(
+            InjectorConfig::from_vars([(
+                "KSIT_SIDECAR_ITS_KUBECONFIG_SECRET".to_string(),
+                "Not_A_Name".to_string()
+            )])
+            .is_err()
+        );
+    }
+
+    fn pod_with_volume() -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "m"},
+            "spec": {"containers": [{"name": "manager", "image": "m"}],
+                     "volumes": [{"name": "ksit-its-kubeconfig", "emptyDir": {}}]},
+        }))
+        .expect("a pod")
     }
 }

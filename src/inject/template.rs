@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Pod, Probe, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, Pod, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::config::ItsSecret;
 use super::{InjectorConfig, METRICS_PORT, METRICS_PORT_NAME, SIDECAR_NAME, SidecarMode, get};
 
 /// Pod annotations copied into the sidecar's environment, in the order they are written.
@@ -66,6 +68,26 @@ fn http_probe(path: &str) -> Probe {
     }
 }
 
+/// The pod volume and the sidecar's mount of the ITS kubeconfig Secret.
+pub(super) const ITS_VOLUME: &str = "ksit-its-kubeconfig";
+const ITS_MOUNT_DIR: &str = "/var/run/secrets/ksit.io/its";
+
+pub(super) fn its_volume(secret: &ItsSecret) -> Volume {
+    Volume {
+        name: ITS_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: secret.key.clone(),
+                path: "kubeconfig".to_string(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub(super) fn sidecar_container(
     cfg: &InjectorConfig,
     mode: SidecarMode,
@@ -79,7 +101,21 @@ pub(super) fn sidecar_container(
         downward("NODE_NAME", "spec.nodeName"),
     ];
     env.extend(ksit_env);
+    let mounts = cfg.its_secret.as_ref().map(|_| {
+        env.push(EnvVar {
+            name: "KSIT_ITS_KUBECONFIG".to_string(),
+            value: Some(format!("{ITS_MOUNT_DIR}/kubeconfig")),
+            ..Default::default()
+        });
+        vec![VolumeMount {
+            name: ITS_VOLUME.to_string(),
+            mount_path: ITS_MOUNT_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        }]
+    });
     Container {
+        volume_mounts: mounts,
         name: SIDECAR_NAME.to_string(),
         image: Some(cfg.image.clone()),
         ports: Some(vec![ContainerPort {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub leader_lease: String,
     pub cr_metrics: CrMetrics,
     pub ocm_clusters: bool,
+    /// Where ManagedClusters are read from instead of the sidecar's own API server.
+    pub its_kubeconfig: Option<std::path::PathBuf>,
     pub max_objects: usize,
 }
 
@@ -53,7 +55,8 @@ impl From<&Config> for Settings {
             namespaces: c.watch_namespaces.clone(),
             leader_lease: c.leader_lease.clone(),
             cr_metrics: c.cr_metrics,
-            ocm_clusters: c.ocm_clusters,
+            ocm_clusters: c.ocm_clusters || c.its_kubeconfig.is_some(),
+            its_kubeconfig: c.its_kubeconfig.clone(),
             max_objects: c.max_objects,
         }
     }
@@ -168,13 +171,26 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
         ));
     }
     if settings.ocm_clusters {
-        tokio::spawn(ocm::run(
-            client,
-            gate,
-            settings.max_objects,
-            families.clusters,
-            families.watch,
-        ));
+        match settings.its_kubeconfig {
+            None => {
+                tokio::spawn(ocm::run(
+                    client,
+                    gate,
+                    settings.max_objects,
+                    families.clusters,
+                    families.watch,
+                ));
+            }
+            Some(path) => {
+                tokio::spawn(ocm::run_its(
+                    path,
+                    gate,
+                    settings.max_objects,
+                    families.clusters,
+                    families.watch.other_server(),
+                ));
+            }
+        }
     }
 }
 

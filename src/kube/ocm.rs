@@ -1,7 +1,10 @@
 //! open-cluster-management ManagedClusters, the clusters of a KubeStellar ITS, reported as
 //! `ksit_cluster_*` series with `source="managedcluster"`.
 
+use std::path::{Path, PathBuf};
+
 use kube::api::{ApiResource, GroupVersionKind};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
@@ -47,6 +50,84 @@ pub async fn run(
         write,
     )
     .await;
+}
+
+/// Why the ITS's client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ItsError {
+    #[error("reading the ITS kubeconfig {path} (KSIT_ITS_KUBECONFIG): {source}")]
+    Read {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("building a client for the ITS from {path} (KSIT_ITS_KUBECONFIG): {source}")]
+    Client { path: String, source: kube::Error },
+}
+
+/// A client for the ITS's API server from its kubeconfig, read anew on each attempt so a
+/// Secret remounted with a new kubeconfig is taken without a restart.
+async fn its_client(path: &Path) -> Result<Client, ItsError> {
+    let shown = path.display().to_string();
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| ItsError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| ItsError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+    Client::try_from(config).map_err(|source| ItsError::Client {
+        path: shown,
+        source,
+    })
+}
+
+/// The ITS's API server, as the status page names it: the kubeconfig's current cluster.
+pub fn its_server(path: &Path) -> String {
+    let server = Kubeconfig::read_from(path).ok().and_then(|k| {
+        let context = k.current_context.clone();
+        let cluster = k
+            .contexts
+            .iter()
+            .find(|c| Some(&c.name) == context.as_ref())
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone());
+        k.clusters
+            .iter()
+            .find(|c| Some(&c.name) == cluster.as_ref())
+            .or(k.clusters.first())
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+    });
+    format!(
+        "the ITS at {} (KSIT_ITS_KUBECONFIG={})",
+        server.as_deref().unwrap_or("an unnamed server"),
+        path.display()
+    )
+}
+
+/// As [`run`], on the ITS's API server; until a client can be made from the kubeconfig, the
+/// collector is down with the reason, and it tries again every 30 s.
+pub async fn run_its(
+    path: PathBuf,
+    gate: Gate,
+    max: usize,
+    families: cluster::Families,
+    watch_families: watch::Families,
+) {
+    let client = loop {
+        match its_client(&path).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no client for the ITS; retrying in 30s");
+                watch_families.report_failed(NAME, &e.to_string());
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        }
+    };
+    run(client, gate, max, families, watch_families).await;
 }
 
 /// What one ManagedCluster, given as JSON, serves as the only object of its kind.

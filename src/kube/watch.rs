@@ -40,6 +40,9 @@ pub const OBJECTS_DROPPED: Family = Family {
 #[derive(Clone)]
 pub struct Families {
     kube_up: Gauges<()>,
+    /// False for a watch on another API server (the ITS): `ksit_exporter_kube_up` is about
+    /// the sidecar's own cluster, and that watch's health is its collector's alone.
+    own_server: bool,
     objects: Gauges<Kind>,
     dropped: Counters<Kind>,
     collectors: collector::Families,
@@ -49,9 +52,24 @@ impl Families {
     pub fn register(registry: &Registry, collectors: collector::Families) -> Self {
         Self {
             kube_up: registry.gauges(KUBE_UP),
+            own_server: true,
             objects: registry.gauges(OBJECTS),
             dropped: registry.counters(OBJECTS_DROPPED),
             collectors,
+        }
+    }
+
+    /// Reports a collector that could not start its watch at all.
+    pub fn report_failed(&self, collector: &'static str, error: &str) {
+        self.collectors
+            .report(&Collector::named(collector), Err(error));
+    }
+
+    /// The same families for a watch on another API server than the sidecar's own.
+    pub fn other_server(&self) -> Self {
+        Self {
+            own_server: false,
+            ..self.clone()
         }
     }
 }
@@ -309,7 +327,9 @@ impl Tracker {
         }
         self.up = Some(true);
         self.families.collectors.report(&self.name, Ok(()));
-        self.families.kube_up.set(&(), 1.0);
+        if self.families.own_server {
+            self.families.kube_up.set(&(), 1.0);
+        }
     }
 
     fn failed(&mut self, e: &watcher::Error) {
@@ -329,9 +349,11 @@ impl Tracker {
             format!("{e} ({hint})")
         };
         self.families.collectors.report(&self.name, Err(&error));
-        self.families
-            .kube_up
-            .set(&(), f64::from(u8::from(api_answered(e))));
+        if self.families.own_server {
+            self.families
+                .kube_up
+                .set(&(), f64::from(u8::from(api_answered(e))));
+        }
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Notes {
     /// In `KSIT_HEALTH_URLS` order.
     pub probes: Vec<Probe>,
     pub collectors: BTreeMap<String, CollectorNote>,
+    /// Where ManagedClusters are read from, when they are (`KSIT_OCM_CLUSTERS`,
+    /// `KSIT_ITS_KUBECONFIG`).
+    pub managed_clusters_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -95,6 +98,10 @@ impl Board {
 
     pub fn set_kubernetes(&self, on: bool) {
         self.update(|n| n.kubernetes = on);
+    }
+
+    pub fn set_managed_clusters_from(&self, from: Option<String>) {
+        self.update(|n| n.managed_clusters_from = from);
     }
 
     pub fn set_component(&self, component: Option<Component>) {

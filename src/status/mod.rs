@@ -170,6 +170,11 @@ pub fn render(notes: &Notes, clusters: &Group, integrations: &Group) -> String {
     component(&mut out, notes);
 
     out.push_str("<h2>Clusters</h2>");
+    if let Some(from) = &notes.managed_clusters_from {
+        out.push_str("<p id=\"clusters-from\">ManagedClusters read from ");
+        html::escape_into(&mut out, from);
+        out.push_str("</p>");
+    }
     not_exported(&mut out, clusters);
     out.push_str(
         "<table id=\"clusters\"><thead><tr><th>state</th><th>kind</th><th>namespace</th><th>name</th>\
