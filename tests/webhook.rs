@@ -632,6 +632,95 @@ async fn twenty_large_reviews_at_once_stay_under_48_mib() {
     }
 }
 
+/// An AdmissionReview of nearly the largest size whose bulk is dense: `shape` fills an
+/// opted-in manager pod with many small entries (`env`: env entries of one container,
+/// `volumes`: volumes and mounts, `labels`: labels and annotations).
+fn dense_review(shape: &str, size: usize) -> String {
+    let mut review: Value = serde_json::from_str(&large_review(8 * 1024)).unwrap();
+    let pod = &mut review["request"]["object"];
+    let (mut i, mut len) = (0, 8 * 1024);
+    while len < size {
+        let entry = format!("e{i}");
+        len += match shape {
+            "env" => push(
+                &mut pod["spec"]["containers"][0]["env"],
+                json!({"name": entry, "value": "v"}),
+            ),
+            "volumes" => {
+                push(
+                    &mut pod["spec"]["volumes"],
+                    json!({"name": entry, "emptyDir": {}}),
+                ) + push(
+                    &mut pod["spec"]["containers"][0]["volumeMounts"],
+                    json!({"name": entry, "mountPath": "/"}),
+                )
+            }
+            _ => {
+                pod["metadata"]["labels"][&entry] = json!("v");
+                pod["metadata"]["annotations"][&entry] = json!("v");
+                2 * (entry.len() + 7)
+            }
+        };
+        i += 1;
+    }
+    review.to_string()
+}
+
+/// Appends `entry` to the array `list` (made if absent); returns its serialized length.
+fn push(list: &mut Value, entry: Value) -> usize {
+    let len = entry.to_string().len() + 1;
+    match list.as_array_mut() {
+        Some(items) => items.push(entry),
+        None => *list = json!([entry]),
+    }
+    len
+}
+
+/// A review of nearly the largest size is cheap whatever its shape: tens of thousands of env
+/// entries, volumes or labels cost the webhook under 48 MiB peak RSS (the debug
+/// binary's), one review and then twenty at once, and each is answered.
+#[tokio::test]
+async fn dense_reviews_of_the_largest_size_stay_under_48_mib() {
+    use ksit_exporter::webhook::admission::MAX_BODY_BYTES;
+    let certs = tempfile::tempdir().unwrap();
+    issue_certs(certs.path());
+    let size = MAX_BODY_BYTES - 64 * 1024;
+    for shape in ["env", "volumes", "labels"] {
+        let webhook = Webhook::start(certs.path()).await;
+        let body = Arc::new(dense_review(shape, size));
+        assert!(
+            body.len() <= MAX_BODY_BYTES,
+            "{shape}: {} bytes",
+            body.len()
+        );
+        for reviews in [1, 20] {
+            let tasks: Vec<_> = (0..reviews)
+                .map(|_| {
+                    let (addr, certs, body) =
+                        (webhook.addr, certs.path().to_path_buf(), body.clone());
+                    tokio::spawn(async move { post_review(addr, &certs, &body).await })
+                })
+                .collect();
+            let mut ok = 0;
+            for task in tasks {
+                let status = task.await.unwrap();
+                assert!(
+                    status.ends_with(" 200 OK") || status.ends_with(" 503 Service Unavailable"),
+                    "{shape}: {status}"
+                );
+                ok += usize::from(status.ends_with(" 200 OK"));
+            }
+            assert!(ok >= 1, "{shape}: no review of {reviews} answered 200");
+            let peak = peak_rss(webhook.child.id());
+            assert!(
+                peak < 48 * MIB,
+                "{shape}: peak RSS {peak} bytes after {reviews} review(s) of {} bytes",
+                body.len()
+            );
+        }
+    }
+}
+
 /// 1,000 TLS connections each holding nearly as many bytes of headers that never end as the
 /// server buffers: the webhook keeps at most MAX_CONNECTIONS of them, /healthz answers within
 /// a second, and its peak RSS stays under 48 MiB.

@@ -42,7 +42,7 @@ pub const MODE_ANNOTATION: &str = "ksit.io/sidecar-mode";
 pub const TAKEOVER_ANNOTATION: &str = "ksit.io/metrics-takeover";
 /// kubectl logs/exec pick this container when none is named; set in classic mode so the sidecar
 /// does not become the one users land in.
-const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// KSIT's manager binary: `/ksit` upstream, `manager` in kubebuilder's scaffold.
 pub const DEFAULT_PROCESS_MATCH: &str = "^(ksit|manager)$";
 
