@@ -18,6 +18,8 @@ pub struct NetNs {
     pub host_ip: String,
     /// The address a process in the namespace listens on: the "pod IP".
     pub ns_ip: String,
+    /// The lock on the /30 (see [`claim_block`]), held while this lives.
+    _claim: std::fs::File,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -40,9 +42,9 @@ fn ip(args: &[&str]) -> Result<(), String> {
 pub const SLOTS: u32 = 8;
 
 impl NetNs {
-    /// A namespace with a /30 in `net` (a /24 prefix such as `192.0.2`), chosen from this
-    /// process's id and `slot` (below [`SLOTS`]), so the namespaces of one process never
-    /// share an address and concurrent runs rarely do.
+    /// A namespace with a /30 in `net` (a /24 prefix such as `192.0.2`) that no other live
+    /// test process holds: two runs at once once shared a /30, and Prometheus scraped the
+    /// other run's exporter.
     pub fn create(net: &str, slot: u32) -> Result<NetNs, String> {
         assert!(slot < SLOTS, "slot {slot} is not below {SLOTS}");
         // A /30 inside a network the machine is on would shadow it (this CI machine's own
@@ -63,11 +65,13 @@ impl NetNs {
         }
         remove_stale_namespaces();
         let pid = std::process::id();
-        let base = 4 * ((pid % (64 / SLOTS)) * SLOTS + slot);
+        let (block, _claim) = claim_block(net, slot)?;
+        let base = 4 * block;
         let ns = NetNs {
             name: format!("ksit-e2e-{pid}-{slot}"),
             host_ip: format!("{net}.{}", base + 1),
             ns_ip: format!("{net}.{}", base + 2),
+            _claim,
         };
         ip(&["netns", "add", &ns.name])?;
         // Interface names have at most 15 characters: "ke" + pid (7 digits at most) + slot + h/n.
@@ -111,6 +115,33 @@ impl Drop for NetNs {
         // Deleting the namespace destroys the veth pair with it.
         let _ = ip(&["netns", "del", &self.name]);
     }
+}
+
+/// Where claims live: beside the namespaces, so a reboot clears both.
+const CLAIMS: &str = "/run/ksit-e2e-blocks";
+
+/// Claims one of the 64 /30 blocks of `net` for this process's `slot` by an exclusive flock
+/// on a file named for it: the kernel drops the lock when its holder exits, however it exits,
+/// so a killed run leaves nothing to clean up.
+fn claim_block(net: &str, slot: u32) -> Result<(u32, std::fs::File), String> {
+    std::fs::create_dir_all(CLAIMS).map_err(|e| format!("creating {CLAIMS}: {e}"))?;
+    let groups = 64 / SLOTS;
+    for i in 0..groups {
+        let block = ((std::process::id() + i) % groups) * SLOTS + slot;
+        let path = Path::new(CLAIMS).join(format!("{net}.{block}"));
+        let file =
+            std::fs::File::create(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => return Ok((block, file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("locking {}: {e}", path.display()));
+            }
+        }
+    }
+    Err(format!(
+        "every /30 of {net}.0/24 for slot {slot} is held by a live test process (see {CLAIMS})"
+    ))
 }
 
 /// [`NetNs::create`], or `None` (with a loud SKIPPED line) without the right to; under
