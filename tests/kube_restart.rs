@@ -77,7 +77,10 @@ async fn recovers_after_the_api_server_restarts() {
     assert_eq!(e.get("/readyz").await.status, 200);
 
     // Back on the same port, certificates and etcd.
-    spawn("kube-apiserver", &argv);
+    // Its port must stay (every kubeconfig names it); were it taken, the recovery below fails.
+    // It outlives this test: `controlplane.sh down` stops it by its PID file.
+    #[allow(clippy::zombie_processes)]
+    let _ = spawn("kube-apiserver", &argv);
     eventually(Duration::from_secs(90), "the API server back", || async {
         cp.client
             .apiserver_version()
@@ -105,23 +108,43 @@ async fn recovers_after_the_api_server_restarts() {
     // The shared control plane is left as the next suites need it. kube-controller-manager's
     // informers lag far behind an API server restart (its EndpointSlice informer stayed "out of
     // date" for over 90 s, and layouts_e2e timed out waiting for slices), so it restarts too.
-    let argv = stop("kube-controller-manager").await;
-    spawn("kube-controller-manager", &argv);
-    let port = argv
-        .iter()
-        .find_map(|a| a.strip_prefix("--secure-port="))
-        .expect("controlplane.sh gives it --secure-port");
-    let addr = format!("127.0.0.1:{port}");
-    eventually(
-        Duration::from_secs(60),
-        "kube-controller-manager listening again",
-        || async {
-            tokio::net::TcpStream::connect(&addr)
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await;
+    // On a port of its own: between its stop and its start another process (an outgoing
+    // connection's ephemeral port) can take the old one, and then it exits at once, unnoticed
+    // by a check that only connects, and no suite after this one gets a pod.
+    let mut argv = stop("kube-controller-manager").await;
+    let mut started = false;
+    for _ in 0..3 {
+        let port = common::free_port();
+        for arg in argv.iter_mut().filter(|a| a.starts_with("--secure-port=")) {
+            *arg = format!("--secure-port={port}");
+        }
+        let mut child = spawn("kube-controller-manager", &argv);
+        let url = format!("https://127.0.0.1:{port}/healthz");
+        started = eventually(
+            Duration::from_secs(60),
+            "kube-controller-manager serving again, or exited",
+            || {
+                let exited = child.try_wait().ok().flatten().is_some();
+                let healthy = Command::new("curl")
+                    .args(["-sfk", "--max-time", "2", &url])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                std::future::ready(match (exited, healthy) {
+                    (true, _) => Ok(false),
+                    (false, true) => Ok(true),
+                    (false, false) => Err(format!("no answer from {url} yet")),
+                })
+            },
+        )
+        .await;
+        if started {
+            break;
+        }
+    }
+    assert!(
+        started,
+        "kube-controller-manager did not start again (three ports tried)"
+    );
 }
 
 fn pid_file(name: &str) -> std::path::PathBuf {
@@ -162,7 +185,7 @@ async fn stop(name: &str) -> Vec<String> {
 
 /// Starts ARGV again as the control plane's NAME, logging where `controlplane.sh up` logs it and
 /// recorded where `controlplane.sh down` looks for its PID.
-fn spawn(name: &str, argv: &[String]) {
+fn spawn(name: &str, argv: &[String]) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .append(true)
         .open(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/controlplane/{name}.log")))
@@ -178,4 +201,5 @@ fn spawn(name: &str, argv: &[String]) {
         .spawn()
         .unwrap_or_else(|e| panic!("{name} restarts: {e}"));
     std::fs::write(pid_file(name), child.id().to_string()).expect("pid file");
+    child
 }
