@@ -1,10 +1,12 @@
-//! What must hold for any AdmissionReview body, any manifest stream and any watched object: the
-//! properties of the fuzz targets `admission_review`, `inject_manifests` and `kube_objects`,
-//! which `tests/fuzz_inputs.rs` also replays on stable over their corpora.
+//! What must hold for any AdmissionReview body, any manifest stream, any watched object and any
+//! `Accept` header: the properties of the fuzz targets `admission_review`, `inject_manifests`,
+//! `kube_objects` and `accept`, which `tests/fuzz_inputs.rs` also replays on stable over their
+//! corpora.
 
 use ksit_exporter::inject::InjectorConfig;
 use ksit_exporter::inject::manifests::inject_manifests;
 use ksit_exporter::kube::exposition_of;
+use ksit_exporter::metrics::{Format, negotiate};
 use ksit_exporter::upstream::parse::parse;
 use ksit_exporter::webhook::admission::{Entry, review};
 
@@ -74,6 +76,25 @@ pub fn objects_hold(json: &[u8]) -> Result<(), String> {
                 String::from_utf8_lossy(&text)
             ));
         }
+    }
+    Ok(())
+}
+
+/// Any `Accept` field values (one per line) pick a format without a panic; OpenMetrics only
+/// when some value names its media type, the text format when none does.
+pub fn accept_holds(bytes: &[u8]) -> Result<(), String> {
+    let values: Vec<hyper::header::HeaderValue> = bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|v| hyper::header::HeaderValue::from_bytes(v).ok())
+        .collect();
+    let format = negotiate(&values);
+    let named = values.iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .to_ascii_lowercase()
+            .contains("openmetrics-text")
+    });
+    if format == Format::OpenMetrics && !named {
+        return Err(format!("OpenMetrics for {values:?}"));
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The property the upstream parser is fuzzed for, shared by the cargo-fuzz target and
 //! `tests/upstream_parse.rs`: it never panics, what it serves re-parses strictly (nothing
 //! rejected) to the same text, and each family served is the family the input held (its HELP,
-//! TYPE and samples, values to the bit). The including crate provides `crate::parse`.
+//! TYPE and samples, values to the bit); its OpenMetrics form holds the same samples, with one
+//! TYPE per family before them and no blank line. The including crate provides `crate::parse`.
 
 use std::collections::HashMap;
 
@@ -134,6 +135,79 @@ pub fn check(body: &[u8]) -> Result<(), String> {
         if out.samples.is_empty() || out != original {
             return Err(format!(
                 "{name} served differs from the input's:\n{out:?}\n{original:?}"
+            ));
+        }
+    }
+    openmetrics_holds(&first)
+}
+
+/// The OpenMetrics form of what is served: the text's sample lines in order (a timestamp in
+/// seconds rather than milliseconds), and per family one `# TYPE` line before its samples.
+fn openmetrics_holds(parsed: &parse::Parsed) -> Result<(), String> {
+    let om = parse::to_openmetrics(parsed);
+    let text_samples: Vec<&[u8]> = parsed
+        .text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+        .collect();
+    let mut om_samples = Vec::new();
+    let mut types = 0;
+    let mut typed = false;
+    let show = || String::from_utf8_lossy(&om).into_owned();
+    for line in om.strip_suffix(b"\n").unwrap_or(&om).split(|b| *b == b'\n') {
+        if om.is_empty() {
+            break;
+        }
+        if line.is_empty() {
+            return Err(format!("a blank line in OpenMetrics:\n{}", show()));
+        }
+        if line.starts_with(b"# TYPE ") {
+            types += 1;
+            typed = true;
+        } else if line.starts_with(b"# HELP ") {
+            typed = false;
+        } else if line.starts_with(b"#") {
+            return Err(format!(
+                "a comment OpenMetrics has no place for:\n{}",
+                show()
+            ));
+        } else if !typed {
+            return Err(format!("a sample before its family's TYPE:\n{}", show()));
+        } else {
+            om_samples.push(line);
+        }
+    }
+    if types != parsed.served.len() {
+        return Err(format!(
+            "{types} TYPE lines for {} families:\n{}",
+            parsed.served.len(),
+            show()
+        ));
+    }
+    if om_samples.len() != text_samples.len() {
+        return Err(format!("other samples in OpenMetrics:\n{}", show()));
+    }
+    for (om, text) in om_samples.iter().zip(&text_samples) {
+        // The same bytes, but for a timestamp, which is in seconds there.
+        let mut expected = text.to_vec();
+        if let Ok(Line::Sample(parse::Sample {
+            timestamp: Some(ms),
+            ..
+        })) = parse::parse_line(text)
+        {
+            let at = text
+                .iter()
+                .rposition(|b| *b == b' ')
+                .expect("a timestamp follows a blank");
+            expected.truncate(at + 1);
+            parse::write_float(&mut expected, ms as f64 / 1000.0);
+        }
+        let same = **om == expected[..];
+        if !same {
+            return Err(format!(
+                "{:?} in OpenMetrics for {:?}",
+                String::from_utf8_lossy(om),
+                String::from_utf8_lossy(text)
             ));
         }
     }

@@ -8,8 +8,9 @@ Measures, and prints one line each:
   - the binary's size;
   - time from exec to the first 200 on /readyz (median and max of 20 starts);
   - resident memory when idle, 3 s after start;
-  - CPU time per /metrics scrape (gzip, kept-alive connection), over 2000 scrapes, with a health
-    probe and an upstream of controller-runtime size;
+  - CPU time per /metrics scrape (kept-alive connection), over 2000 scrapes each of the text
+    format and OpenMetrics, gzipped and not, with a health probe and an upstream of
+    controller-runtime size;
   - resident memory after those scrapes (growth means a leak on the scrape path).
 Numbers go to stdout; nothing is asserted: tests assert behaviour, this records figures.
 
@@ -177,19 +178,28 @@ def main():
     _, idle_rss = proc_stat(proc.pid)
     print(f"idle resident memory: {idle_rss / 1048576:.1f} MiB (health probe + upstream configured)")
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    size = 0
     n = 2000
-    cpu0, _ = proc_stat(proc.pid)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
-        resp = conn.getresponse()
-        size = len(resp.read())
-    wall = time.perf_counter() - t0
-    cpu1, rss_after = proc_stat(proc.pid)
-    print(f"CPU per scrape: {(cpu1 - cpu0) / n * 1e6:.0f} us ({n} gzip scrapes of {size} bytes, {n / wall:.0f} scrapes/s on one connection)")
-    print(f"resident memory after {n} scrapes: {rss_after / 1048576:.1f} MiB (growth {(rss_after - idle_rss) / 1024:.0f} KiB)")
+    formats = [
+        ("text format", "text/plain"),
+        ("OpenMetrics", "application/openmetrics-text;version=1.0.0"),
+    ]
+    for name, accept in formats:
+        for encoding in ["gzip", "identity"]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            headers = {"Accept": accept, "Accept-Encoding": encoding}
+            size = 0
+            cpu0, _ = proc_stat(proc.pid)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                conn.request("GET", "/metrics", headers=headers)
+                resp = conn.getresponse()
+                size = len(resp.read())
+            wall = time.perf_counter() - t0
+            cpu1, rss_after = proc_stat(proc.pid)
+            conn.close()
+            label = "CPU per scrape" if (name, encoding) == (formats[0][0], "gzip") else f"CPU per scrape, {name} {encoding}"
+            print(f"{label}: {(cpu1 - cpu0) / n * 1e6:.0f} us ({n} {name} {encoding} scrapes of {size} bytes, {n / wall:.0f} scrapes/s on one connection)")
+    print(f"resident memory after {n * 4} scrapes: {rss_after / 1048576:.1f} MiB (growth {(rss_after - idle_rss) / 1024:.0f} KiB)")
     proc.terminate()
     proc.wait()
     server.shutdown()

@@ -105,6 +105,21 @@ extract_crds() {
 	install -m 0644 "$ocm/cluster/v1/0000_00_clusters.open-cluster-management.io_managedclusters.crd.yaml" "$out/"
 }
 
+# The OpenMetrics parser the tests use (tests/controlplane/openmetrics/requirements.txt), from
+# PyPI into the cache, verified by its hash, linked as bin/prometheus_client.whl.
+fetch_wheel() {
+	local req=$ROOT/tests/controlplane/openmetrics/requirements.txt dest=$CACHE_DIR/python version whl
+	version=$(sed -n 's/^prometheus_client==\([^ ]*\) .*/\1/p' "$req")
+	whl=prometheus_client-$version-py3-none-any.whl
+	if [[ ! -f $dest/$whl ]]; then
+		python3 -m pip --version >/dev/null 2>&1 || die "fetching $whl needs pip: apt-get install python3-pip"
+		python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes -r "$req" -d "$dest" ||
+			die "pip download of $whl failed"
+	fi
+	mkdir -p "$BIN_DIR"
+	ln -sfn "$dest/$whl" "$BIN_DIR/prometheus_client.whl"
+}
+
 # The link flags of both Prometheus builds: module v0.3MM.P is Prometheus v3.MM.P.
 prometheus_ldflags() {
 	local prom
@@ -145,6 +160,7 @@ cmd_build() {
 		-tags=netgo,slicelabels github.com/thanos-io/thanos/cmd/thanos
 	build_component helm "$cp/helm" "$(helm_ldflags)" helm.sh/helm/v3/cmd/helm
 	extract_crds
+	fetch_wheel
 	log "build: done in $((SECONDS - start))s; binaries in $BIN_DIR"
 }
 

@@ -7,6 +7,7 @@
 //! cost a pointer copy.
 
 mod objects;
+mod openmetrics;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -19,6 +20,7 @@ use prometheus::core::{Collector, Desc};
 use crate::status::Board;
 
 pub use objects::{Note, ObjectGauges, Objects, Part, Render};
+pub use openmetrics::{Format, negotiate, qvalue};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, TextEncoder,
@@ -385,6 +387,9 @@ fn coalesce(parts: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
     out
 }
 
+/// A snapshot and the change count it was made at.
+type Cached = (u64, Arc<Snapshot>);
+
 /// The one explicit registry of a process: what it serves on /metrics.
 #[derive(Default)]
 pub struct Registry {
@@ -392,11 +397,13 @@ pub struct Registry {
     /// Every family registered, with its variable labels (the docs list them).
     families: Mutex<BTreeMap<String, Vec<String>>>,
     changes: Changes,
-    cache: Mutex<Option<(u64, Arc<Snapshot>)>>,
+    /// The last snapshot per [`Format`], and the change count it was made at.
+    cache: Mutex<[Option<Cached>; 2]>,
     /// Families rendered per object, group by group.
     groups: Mutex<Vec<Objects>>,
-    /// Upstream families passed through as text, already stripped of names registered here.
-    passthrough: RwLock<Option<Part>>,
+    /// Upstream families passed through, already stripped of names registered here: as text
+    /// and as OpenMetrics.
+    passthrough: RwLock<Option<[Part; 2]>>,
     /// What the status page shows that no series carries; its writes count as changes too.
     board: OnceLock<Board>,
 }
@@ -547,45 +554,55 @@ impl Registry {
             .contains_key(name)
     }
 
-    /// Sets the upstream families served after the registry's own.
-    pub fn set_passthrough(&self, text: Bytes) {
+    /// Sets the upstream families served after the registry's own: `text` in the text format
+    /// and the same families in OpenMetrics (without `# EOF`).
+    pub fn set_passthrough(&self, text: Bytes, openmetrics: Bytes) {
         let mut current = self
             .passthrough
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let unchanged = match &*current {
-            Some(part) => *part.text() == text,
+            Some([part, _]) => *part.text() == text,
             None => text.is_empty(),
         };
         if !unchanged {
             // The old text is freed before the next snapshot is assembled.
-            *current = (!text.is_empty()).then(|| Part::new(text));
+            *current = (!text.is_empty()).then(|| [Part::new(text), Part::new(openmetrics)]);
             self.changes.bump();
         }
     }
 
-    /// The exposition of the current state, assembled once per change.
+    /// The text-format exposition of the current state (see [`Registry::snapshot_in`]).
     pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot_in(Format::Text)
+    }
+
+    /// The exposition of the current state in `format`, assembled once per change and format.
+    pub fn snapshot_in(&self, format: Format) -> Arc<Snapshot> {
         let changes = self.changes.get();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((seen, snap)) = cache.as_ref()
+        let cached = &mut cache[format.index()];
+        if let Some((seen, snap)) = cached.as_ref()
             && *seen == changes
         {
             return snap.clone();
         }
-        let snap = Arc::new(self.assemble());
-        *cache = Some((changes, snap.clone()));
+        let snap = Arc::new(self.assemble(format));
+        *cached = Some((changes, snap.clone()));
         snap
     }
 
     /// Encodes the registry's own families, then appends the per-object groups' blocks and the
-    /// upstream's text as they are.
-    fn assemble(&self) -> Snapshot {
+    /// upstream's families as they are (the blocks are shared by both formats).
+    fn assemble(&self, format: Format) -> Snapshot {
         let families = self.inner.gather();
         let mut own = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&families, &mut own)
-            .expect("the text encoder writes into a Vec and our families are well formed");
+        match format {
+            Format::Text => TextEncoder::new()
+                .encode(&families, &mut own)
+                .expect("the text encoder writes into a Vec and our families are well formed"),
+            Format::OpenMetrics => openmetrics::encode(&families, &mut own),
+        }
         let own = without_nul(own);
         let mut parts = vec![Part::new(Bytes::from(own.into_boxed_slice()))];
         for group in self
@@ -594,14 +611,18 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
-            group.parts(&mut parts);
+            group.parts(&mut parts, format);
         }
         let passthrough = self
             .passthrough
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+            .as_ref()
+            .map(|p| p[format.index()].clone());
         parts.extend(passthrough);
+        if format == Format::OpenMetrics {
+            parts.push(Part::new(Bytes::from_static(openmetrics::EOF)));
+        }
         Snapshot::new(parts)
     }
 }
@@ -668,7 +689,7 @@ mod tests {
         assert!(!text(&r).contains("ksit_test_gauge{"), "{}", text(&r));
         g.remove(&p);
         assert!(Arc::ptr_eq(&removed, &r.snapshot()), "nothing to remove");
-        r.set_passthrough(Bytes::from_static(b"x 1\n"));
+        r.set_passthrough(Bytes::from_static(b"x 1\n"), Bytes::from_static(b"x 1\n"));
         assert!(!Arc::ptr_eq(&removed, &r.snapshot()));
     }
 
@@ -771,9 +792,9 @@ mod tests {
     fn passthrough_follows_own_families() {
         let r = Registry::new();
         r.gauges::<()>(G).set(&(), 1.0);
-        r.set_passthrough(Bytes::from_static(
-            b"# TYPE workqueue_depth gauge\nworkqueue_depth{name=\"a\"} 3\n",
-        ));
+        let upstream =
+            Bytes::from_static(b"# TYPE workqueue_depth gauge\nworkqueue_depth{name=\"a\"} 3\n");
+        r.set_passthrough(upstream.clone(), upstream);
         let text = text(&r);
         assert!(text.ends_with("workqueue_depth{name=\"a\"} 3\n"), "{text}");
         assert!(text.starts_with("# HELP ksit_test_gauge A test gauge.\n"));

@@ -25,10 +25,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{Family, Registry};
-
-/// Content type of the Prometheus text format this server speaks.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+use crate::metrics::{Family, Format, Registry};
 
 /// A client must send a request's headers within this time. hyper arms the same timer while a
 /// kept-alive connection waits for its next request, so it also bounds idle connections.
@@ -90,12 +87,12 @@ pub struct State {
 }
 
 impl State {
-    /// The text-format exposition of the current state, gzipped when `gzip` is true.
-    fn scrape(&self, gzip: bool) -> Chunks {
+    /// The exposition of the current state in `format`, gzipped when `gzip` is true.
+    fn scrape(&self, format: Format, gzip: bool) -> Chunks {
         if let Some(scrapes) = &self.scrapes {
             scrapes.inc();
         }
-        let snapshot = self.registry.snapshot();
+        let snapshot = self.registry.snapshot_in(format);
         if gzip {
             Chunks::new(snapshot.gzip().iter().cloned())
         } else {
@@ -494,10 +491,17 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Chunks> {
 
 fn metrics(state: &State, req: &Request<Incoming>) -> Response<Chunks> {
     let gzip = accepts_gzip(req.headers().get_all(header::ACCEPT_ENCODING));
-    let mut r = Response::new(state.scrape(gzip));
+    let format = crate::metrics::negotiate(req.headers().get_all(header::ACCEPT));
+    let mut r = Response::new(state.scrape(format, gzip));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
-    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
@@ -521,21 +525,9 @@ fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
             let quality = parts
                 .filter_map(|p| p.split_once('='))
                 .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
-                .map(|(_, value)| qvalue(value.trim()));
+                .map(|(_, value)| crate::metrics::qvalue(value.trim()));
             quality.unwrap_or(Some(1000)).is_some_and(|q| q > 0)
         })
-}
-
-/// A qvalue (`0`, `0.5`, `1.000`...) in thousandths, or `None` if it is not one.
-fn qvalue(text: &str) -> Option<u16> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let digits_ok = fraction.len() <= 3 && fraction.bytes().all(|b| b.is_ascii_digit());
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
-    match whole {
-        "0" if digits_ok => Some(thousandths),
-        "1" if digits_ok && thousandths == 0 => Some(1000),
-        _ => None,
-    }
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Chunks> {
@@ -637,19 +629,6 @@ mod tests {
         ] {
             assert!(!gzip(no), "{no:?}");
         }
-    }
-
-    #[test]
-    fn qvalues() {
-        assert_eq!(qvalue("0"), Some(0));
-        assert_eq!(qvalue("0."), Some(0));
-        assert_eq!(qvalue("0.5"), Some(500));
-        assert_eq!(qvalue("0.25"), Some(250));
-        assert_eq!(qvalue("1."), Some(1000));
-        assert_eq!(qvalue("1.0"), Some(1000));
-        assert_eq!(qvalue("1.001"), None);
-        assert_eq!(qvalue(".5"), None);
-        assert_eq!(qvalue("0.+1"), None);
     }
 
     /// The oldest connection not in a request makes room; when all are in one, the oldest.

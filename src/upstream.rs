@@ -160,6 +160,8 @@ pub struct ReconcileCount {
 pub struct Read {
     /// The upstream families kept, in the text format.
     pub passthrough: Bytes,
+    /// The same families in OpenMetrics (made once per read, not per scrape).
+    pub openmetrics: Bytes,
     pub histograms: Vec<ReconcileHistogram>,
     pub counts: Vec<ReconcileCount>,
     /// Families kept.
@@ -190,12 +192,14 @@ pub fn read_body(body: &[u8], own: &BTreeSet<String>) -> Read {
         own.contains(name) || OWN_PREFIXES.iter().any(|p| name.starts_with(p))
     });
     let (histograms, counts) = reconciles(&parsed);
+    let openmetrics = Bytes::from(parse::to_openmetrics(&parsed));
     Read {
         histograms,
         counts,
         served: parsed.served.len(),
         rejected: parsed.counts,
         reasons: parsed.rejected,
+        openmetrics,
         passthrough: Bytes::from(parsed.text),
     }
 }
@@ -362,7 +366,7 @@ impl Upstream {
 
     fn withdraw(&self) {
         self.families.set_reconciles(&[], &[]);
-        self.registry.set_passthrough(Bytes::new());
+        self.registry.set_passthrough(Bytes::new(), Bytes::new());
         self.families.up.set(&(), 0.0);
     }
 }
@@ -389,7 +393,8 @@ impl Collect for Upstream {
                     ));
                 }
                 self.families.set_reconciles(&read.histograms, &read.counts);
-                self.registry.set_passthrough(read.passthrough);
+                self.registry
+                    .set_passthrough(read.passthrough, read.openmetrics);
                 self.families.up.set(&(), 1.0);
                 Ok(())
             }

@@ -1,7 +1,8 @@
-//! The properties of the fuzz targets `admission_review`, `inject_manifests` and `kube_objects`
-//! (`fuzz/inputs.rs`) on stable under `cargo test`: over their corpora (the AdmissionReviews in
-//! `fuzz/corpus/admission_review`, the injector's golden inputs in `tests/testdata/inject`, the
-//! objects in `fuzz/corpus/kube_objects`) and a
+//! The properties of the fuzz targets `admission_review`, `inject_manifests`, `kube_objects` and
+//! `accept` (`fuzz/inputs.rs`) on stable under `cargo test`: over their corpora (the
+//! AdmissionReviews in `fuzz/corpus/admission_review`, the injector's golden inputs in
+//! `tests/testdata/inject`, the objects in `fuzz/corpus/kube_objects`, the Accept headers in
+//! `fuzz/corpus/accept`) and a
 //! bounded number of seeded mutations of them, so CI needs no nightly. `make fuzz` runs them
 //! under libFuzzer for longer.
 
@@ -48,6 +49,10 @@ const TOKENS: &[&[u8]] = &[
     b"\\\\",
     b"\"type\": \"Ready\"",
     b"\"clusterStatuses\": [{\"name\": \"a\"}]",
+    b";q=",
+    b";version=",
+    b"application/openmetrics-text",
+    b"*/*",
 ];
 
 fn files(dir: &Path, suffix: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -111,4 +116,10 @@ fn any_manifest_stream_is_injected_once_or_refused() {
 fn any_watched_object_renders_well_formed_series() {
     let corpus = files(&root().join("fuzz/corpus/kube_objects"), ".json");
     replay(corpus, 2000, 0xd1b5_4a32_d192_ed03, inputs::objects_hold);
+}
+
+#[test]
+fn any_accept_header_picks_a_format() {
+    let corpus = files(&root().join("fuzz/corpus/accept"), ".txt");
+    replay(corpus, 3000, 0x85eb_ca6b_c2b2_ae35, inputs::accept_holds);
 }

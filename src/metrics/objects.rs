@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 
+use super::openmetrics::{self, Format};
 use super::{Changes, Family, Labels};
 
 /// Buckets per group: at 10,000 objects a change re-renders ~150 objects' lines of a family.
@@ -176,7 +177,7 @@ impl Render {
 /// Label values escaped as the text format wants them. The format has no escape for NUL, and
 /// Prometheus's lexer takes one for the end of the body, so an object's field holding one would
 /// cut every scrape short: it becomes U+FFFD.
-fn escape_into(out: &mut Vec<u8>, value: &str) {
+pub(super) fn escape_into(out: &mut Vec<u8>, value: &str) {
     for b in value.bytes() {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -189,7 +190,7 @@ fn escape_into(out: &mut Vec<u8>, value: &str) {
 }
 
 /// A sample value as the prometheus crate's text encoder writes it, infinities as `+Inf`/`-Inf`.
-fn write_value(out: &mut Vec<u8>, value: f64) {
+pub(super) fn write_value(out: &mut Vec<u8>, value: f64) {
     if value == f64::INFINITY {
         out.extend_from_slice(b"+Inf");
     } else if value == f64::NEG_INFINITY {
@@ -256,15 +257,16 @@ impl Bucket {
 }
 
 struct Group {
-    /// Each family's `# HELP` and `# TYPE` lines.
-    headers: Vec<Part>,
+    /// Each family's metadata lines, per [`Format`] (the series are the same in both).
+    headers: Vec<[Part; 2]>,
     buckets: Vec<Bucket>,
     objects: usize,
     exported: bool,
     /// Counts changes to the objects; the families served whole are cached against it.
     version: u64,
-    /// Per family, when it is small: all of it in one part, and the version it was made at.
-    whole: Vec<Option<(u64, Part)>>,
+    /// Per family and format, when it is small: all of it in one part, and the version it was
+    /// made at.
+    whole: Vec<[Option<(u64, Part)>; 2]>,
 }
 
 /// A group of families whose series are rendered per object; the handle is shared by the
@@ -298,12 +300,16 @@ impl Objects {
 
     pub(super) fn family<L: Labels>(&self, family: Family) -> ObjectGauges<L> {
         let mut group = self.lock();
-        let header = format!(
+        let text = format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n",
             name = family.name,
             help = family.help.replace('\\', "\\\\").replace('\n', "\\n"),
         );
-        group.headers.push(Part::block(Bytes::from(header)));
+        let mut om = Vec::new();
+        openmetrics::header(&mut om, family.name, "gauge", family.help);
+        group
+            .headers
+            .push([Part::block(Bytes::from(text)), Part::block(Bytes::from(om))]);
         let mut order: Vec<usize> = (0..L::NAMES.len()).collect();
         order.sort_by_key(|&i| L::NAMES[i]);
         ObjectGauges {
@@ -376,7 +382,7 @@ impl Objects {
     /// Appends the group's parts, family after family, to an exposition being assembled. A
     /// family under [`WHOLE_BYTES`] is served as one part (a gzip member per bucket would cost
     /// more than its few lines); a larger one as its header and its buckets' blocks.
-    pub(super) fn parts(&self, out: &mut Vec<Part>) {
+    pub(super) fn parts(&self, out: &mut Vec<Part>, format: Format) {
         let mut group = self.lock();
         if !group.exported || group.objects == 0 {
             return;
@@ -389,9 +395,10 @@ impl Objects {
             ..
         } = &mut *group;
         let families = headers.len();
-        whole.resize_with(families, || None);
+        let f = format.index();
+        whole.resize_with(families, Default::default);
         let blocks: Vec<&[Option<Part>]> = buckets.iter_mut().map(|b| b.blocks(families)).collect();
-        for (i, header) in headers.iter().enumerate() {
+        for (i, header) in headers.iter().map(|h| &h[f]).enumerate() {
             let family: Vec<&Part> = blocks.iter().filter_map(|b| b[i].as_ref()).collect();
             if family.is_empty() {
                 continue;
@@ -402,7 +409,7 @@ impl Objects {
                 out.extend(family.into_iter().cloned());
                 continue;
             }
-            let cached = whole[i].as_ref().filter(|(at, _)| at == version);
+            let cached = whole[i][f].as_ref().filter(|(at, _)| at == version);
             let part = match cached {
                 Some((_, part)) => part.clone(),
                 None => {
@@ -410,7 +417,7 @@ impl Objects {
                     text.extend_from_slice(header.text());
                     family.iter().for_each(|p| text.extend_from_slice(p.text()));
                     let part = Part::block(Bytes::from(text));
-                    whole[i] = Some((*version, part.clone()));
+                    whole[i][f] = Some((*version, part.clone()));
                     part
                 }
             };

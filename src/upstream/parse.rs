@@ -860,6 +860,70 @@ fn escape_into(out: &mut Vec<u8>, text: &str, quote: bool) {
     }
 }
 
+/// The served families of `parsed` in OpenMetrics 1.0.0 text, without `# EOF` (the exposition
+/// adds it once at its end). Each series keeps its name, labels and value: a counter named
+/// `x_total` becomes family `x`, whose samples keep `x_total`; a counter without that suffix and
+/// an untyped family are `unknown` (OpenMetrics would rename the counter's samples); HELP
+/// escapes `"`; a timestamp goes from milliseconds to seconds. No unit is guessed for an
+/// upstream's family.
+pub fn to_openmetrics(parsed: &Parsed) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parsed.text.len() + parsed.served.len() * 8);
+    for family in &parsed.served {
+        let (name, kind) = match family.kind {
+            Kind::Counter => match family.name.strip_suffix("_total") {
+                Some(stem) => (stem, "counter"),
+                None => (family.name.as_str(), "unknown"),
+            },
+            Kind::Untyped => (family.name.as_str(), "unknown"),
+            other => (family.name.as_str(), other.as_str()),
+        };
+        let text = &parsed.text[family.range.clone()];
+        // The served text is this parser's own writing: HELP first, then TYPE, then samples.
+        let mut typed = false;
+        let type_line = |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"# TYPE ");
+            out.extend_from_slice(name.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(kind.as_bytes());
+            out.push(b'\n');
+        };
+        for line in text.split(|b| *b == b'\n') {
+            let Ok(line) = parse_line(line) else { continue };
+            match line {
+                Line::Help { text, .. } => {
+                    out.extend_from_slice(b"# HELP ");
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b' ');
+                    escape_into(&mut out, &text, true);
+                    out.push(b'\n');
+                    type_line(&mut out);
+                    typed = true;
+                }
+                Line::Sample(s) => {
+                    if !typed {
+                        type_line(&mut out);
+                        typed = true;
+                    }
+                    let seconds = s.timestamp.map(|ms| ms as f64 / 1000.0);
+                    let s = Sample {
+                        timestamp: None,
+                        ..s
+                    };
+                    write_sample(&mut out, &s);
+                    if let Some(seconds) = seconds {
+                        out.pop();
+                        out.push(b' ');
+                        write_float(&mut out, seconds);
+                        out.push(b'\n');
+                    }
+                }
+                Line::Type { .. } | Line::Blank | Line::Comment => {}
+            }
+        }
+    }
+    out
+}
+
 /// Appends a value as Go reads it back to the same float.
 pub fn write_float(out: &mut Vec<u8>, v: f64) {
     use std::io::Write;

@@ -46,6 +46,11 @@ impl Scrape {
         self.samples.get(series).copied()
     }
 
+    /// Every sample, by series.
+    pub fn samples(&self) -> &BTreeMap<String, f64> {
+        &self.samples
+    }
+
     /// Whether `series` exists, whatever its value.
     pub fn has(&self, series: &str) -> bool {
         self.samples.contains_key(series)
