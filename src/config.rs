@@ -28,6 +28,16 @@ pub enum CrMetrics {
     Never,
 }
 
+/// Who may read `/metrics` and the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAuth {
+    /// Anyone who can reach the port.
+    None,
+    /// Callers whose bearer token the API server authenticates and whose user may `get` the
+    /// path (see [`crate::auth`]).
+    Kubernetes,
+}
+
 /// Namespaces whose KSIT objects are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Namespaces {
@@ -64,6 +74,10 @@ pub struct Config {
     pub pod_name: Option<String>,
     pub pod_namespace: Option<String>,
     pub node_name: Option<String>,
+    /// HTTPS on the listen address, from these files.
+    pub tls: Option<crate::tls::Files>,
+    pub tls_reload_interval: Duration,
+    pub metrics_auth: MetricsAuth,
 }
 
 /// Every variable the exporter reads, in the order `check-config` prints them: the source of
@@ -88,6 +102,10 @@ pub const VARIABLES: &[Doc] = &[
     POD_NAME.doc(),
     POD_NAMESPACE.doc(),
     NODE_NAME.doc(),
+    TLS_CERT_FILE.doc(),
+    TLS_KEY_FILE.doc(),
+    TLS_RELOAD_INTERVAL.doc(),
+    METRICS_AUTH.doc(),
 ];
 
 /// A loaded configuration and what `check-config` prints of it.
@@ -124,7 +142,34 @@ impl Config {
             pod_name: env.read(&POD_NAME)?,
             pod_namespace: env.read(&POD_NAMESPACE)?,
             node_name: env.read(&NODE_NAME)?,
+            tls: tls_files(env.read(&TLS_CERT_FILE)?, env.read(&TLS_KEY_FILE)?)?,
+            tls_reload_interval: env.read(&TLS_RELOAD_INTERVAL)?,
+            metrics_auth: env.read(&METRICS_AUTH)?,
         };
+        if config.metrics_auth == MetricsAuth::Kubernetes {
+            // Bearer tokens over plain HTTP could be read off the wire and replayed.
+            if config.tls.is_none() {
+                return Err(ConfigError::invalid(
+                    METRICS_AUTH.name,
+                    "kubernetes",
+                    format!(
+                        "`none` unless {} and {} are set: callers send bearer tokens, which \
+                         must not cross the network in plain HTTP",
+                        TLS_CERT_FILE.name, TLS_KEY_FILE.name
+                    ),
+                ));
+            }
+            if config.kubernetes == KubeMode::Off {
+                return Err(ConfigError::invalid(
+                    METRICS_AUTH.name,
+                    "kubernetes",
+                    format!(
+                        "`none` while {}=false: tokens are checked by the API server",
+                        KUBERNETES.name
+                    ),
+                ));
+            }
+        }
         if config.probe_timeout > config.probe_interval {
             // Blame the one the user set: an interval of 10ms is what is wrong when the timeout
             // is the default 2s.
@@ -372,6 +417,72 @@ const CR_METRICS: Var<CrMetrics> = Var {
     show: |v| env::word_of(v, CR_METRICS_WORDS),
 };
 
+/// Both files or neither; the error names the one missing.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<crate::tls::Files>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::Files { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Missing {
+            var: TLS_KEY_FILE.name,
+            expected: format!("the PEM private key of {}", TLS_CERT_FILE.name),
+        }),
+        (None, Some(_)) => Err(ConfigError::Missing {
+            var: TLS_CERT_FILE.name,
+            expected: format!("the PEM certificate of {}", TLS_KEY_FILE.name),
+        }),
+    }
+}
+
+const TLS_CERT_FILE: Var<Option<PathBuf>> = Var {
+    name: "KSIT_TLS_CERT_FILE",
+    default: "",
+    help: "PEM serving certificate (chain): with KSIT_TLS_KEY_FILE, the listen address serves HTTPS only (TLS 1.2+), the files re-read when they change",
+    empty: Empty::Default,
+    parse: |v| Ok((!v.is_empty()).then(|| PathBuf::from(v))),
+    show: show_path,
+};
+
+const TLS_KEY_FILE: Var<Option<PathBuf>> = Var {
+    name: "KSIT_TLS_KEY_FILE",
+    default: "",
+    help: "PEM private key of KSIT_TLS_CERT_FILE, re-read with it",
+    empty: Empty::Default,
+    parse: |v| Ok((!v.is_empty()).then(|| PathBuf::from(v))),
+    show: show_path,
+};
+
+fn show_path(v: &Option<PathBuf>) -> String {
+    v.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+const TLS_RELOAD_INTERVAL: Var<Duration> = Var {
+    name: "KSIT_TLS_RELOAD_INTERVAL",
+    default: "5s",
+    help: "how often the certificate and key files are checked for a change (100ms to 1h)",
+    empty: Empty::Default,
+    parse: |v| env::duration(v, Duration::from_millis(100), MAX_INTERVAL),
+    show: env::show_duration,
+};
+
+const METRICS_AUTH_WORDS: &[(&str, MetricsAuth)] = &[
+    ("none", MetricsAuth::None),
+    ("kubernetes", MetricsAuth::Kubernetes),
+];
+
+const METRICS_AUTH: Var<MetricsAuth> = Var {
+    name: "KSIT_METRICS_AUTH",
+    default: "none",
+    help: "who may read /metrics and /: `none` (anyone who reaches the port) or `kubernetes` (a bearer token the API server authenticates, whose user may get the path; needs TLS); /healthz and /readyz stay open",
+    empty: Empty::Default,
+    parse: |v| env::choose(v, METRICS_AUTH_WORDS),
+    show: |v| env::word_of(v, METRICS_AUTH_WORDS),
+};
+
 const BOOLS: &[(&str, bool)] = &[("true", true), ("false", false)];
 
 const OCM_CLUSTERS: Var<bool> = Var {
@@ -574,6 +685,47 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         // What KSIT's manager reads: its samples span several namespaces.
         assert_eq!(c.watch_namespaces, Namespaces::All);
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_authentication_needs_them() {
+        let c = load(&[]).expect("valid").config;
+        assert!(c.tls.is_none());
+        assert_eq!(c.metrics_auth, MetricsAuth::None);
+        let pair = [
+            ("KSIT_TLS_CERT_FILE", "/tls/tls.crt"),
+            ("KSIT_TLS_KEY_FILE", "/tls/tls.key"),
+        ];
+        let c = load(&pair).expect("valid").config;
+        assert_eq!(
+            c.tls.map(|f| (f.cert, f.key)),
+            Some(("/tls/tls.crt".into(), "/tls/tls.key".into()))
+        );
+        let err = |pairs: &[(&str, &str)]| load(pairs).expect_err("invalid").to_string();
+        assert!(
+            err(&pair[..1]).starts_with("KSIT_TLS_KEY_FILE is not set"),
+            "{}",
+            err(&pair[..1])
+        );
+        assert!(err(&pair[1..]).starts_with("KSIT_TLS_CERT_FILE is not set"));
+        let auth = ("KSIT_METRICS_AUTH", "kubernetes");
+        assert!(
+            err(&[auth]).starts_with(
+                "KSIT_METRICS_AUTH=\"kubernetes\" is invalid: `none` unless KSIT_TLS_CERT_FILE"
+            ),
+            "{}",
+            err(&[auth])
+        );
+        assert!(
+            err(&[auth, pair[0], pair[1], ("KSIT_KUBERNETES", "false")])
+                .contains("while KSIT_KUBERNETES=false")
+        );
+        let c = load(&[auth, pair[0], pair[1]]).expect("valid").config;
+        assert_eq!(c.metrics_auth, MetricsAuth::Kubernetes);
+        assert!(err(&[("KSIT_METRICS_AUTH", "basic")]).starts_with("KSIT_METRICS_AUTH=\"basic\""));
+        assert!(
+            err(&[("KSIT_TLS_RELOAD_INTERVAL", "1ms")]).starts_with("KSIT_TLS_RELOAD_INTERVAL=")
+        );
     }
 
     #[test]

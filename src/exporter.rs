@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use crate::collector::Collect;
 use crate::config::Config;
+use crate::config::MetricsAuth;
 use crate::metrics::Registry;
 use crate::server::{self, Readiness};
 use crate::status::Page;
-use crate::{collector, health, kube, process, upstream};
+use crate::{auth, collector, health, kube, process, upstream};
 
 pub struct Exporter {
     pub registry: Arc<Registry>,
-    scrapes: prometheus::IntCounter,
+    serving: server::ServingFamilies,
+    auth: auth::Families,
     collectors: collector::Families,
     health: health::Families,
     process: process::Families,
@@ -33,10 +35,11 @@ impl Exporter {
     /// them all, and an upstream family of one of those names is dropped.
     pub fn new() -> Self {
         let registry = Arc::new(Registry::new());
-        let scrapes = server::register_exporter_families(&registry);
+        let serving = server::register_exporter_families(&registry);
         let collectors = collector::Families::register(&registry);
         Self {
-            scrapes,
+            serving,
+            auth: auth::Families::register(&registry),
             health: health::Families::register(&registry),
             process: process::Families::register(&registry),
             upstream: upstream::Families::register(&registry),
@@ -44,6 +47,11 @@ impl Exporter {
             collectors,
             registry,
         }
+    }
+
+    /// The counter of failed TLS handshakes, for [`server::serve_https`].
+    pub fn handshake_failures(&self) -> crate::metrics::Counters<()> {
+        self.serving.handshake_failures.clone()
     }
 
     /// Starts the collectors `config` asks for (the Kubernetes ones when `kube` is given) and
@@ -95,6 +103,13 @@ impl Exporter {
                 self.registry.clone(),
             ));
         }
+        let auth = match (config.metrics_auth, &kube) {
+            (MetricsAuth::Kubernetes, Some(client)) => Some(Arc::new(auth::Authorizer::new(
+                client.clone(),
+                self.auth.clone(),
+            ))),
+            _ => None,
+        };
         if let Some(client) = kube {
             // Not part of readiness: /readyz means "can serve /metrics", which never waits on
             // the API server.
@@ -102,9 +117,10 @@ impl Exporter {
         }
         server::State {
             registry: self.registry,
-            scrapes: Some(self.scrapes),
+            scrapes: Some(self.serving.scrapes),
             readiness,
             page: Some(std::sync::Arc::new(page)),
+            auth,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! answers admission requests with it. docs/architecture.md has the whole map.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cmd;
 pub mod collector;
 pub mod config;
@@ -23,5 +24,6 @@ pub mod process;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod webhook;

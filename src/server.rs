@@ -2,6 +2,9 @@
 //!
 //! Handlers never do I/O: `/metrics` hands out the encoded state the collectors left behind in
 //! a [`Registry`]: the exporter's, or the admission webhook's own on its plain-HTTP metrics port.
+//! The one exception is `KSIT_METRICS_AUTH=kubernetes`, whose check of a caller not seen lately
+//! asks the API server ([`crate::auth`]). HTTPS ([`serve_https`]) uses the TLS serving
+//! [`crate::tls`] shares with the webhook.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,7 +28,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{Family, Format, Registry};
+use crate::auth::{Authorizer, Verdict};
+use crate::metrics::{Counters, Family, Format, Registry};
 
 /// A client must send a request's headers within this time. hyper arms the same timer while a
 /// kept-alive connection waits for its next request, so it also bounds idle connections.
@@ -59,8 +63,15 @@ pub const BUILD_INFO: Family = Family {
     help: "Build of the running ksit-exporter; always 1.",
 };
 
-/// Registers the exporter's build info and returns the scrape counter for [`State::scrapes`].
-pub fn register_exporter_families(registry: &Registry) -> prometheus::IntCounter {
+/// The exporter's serving families: build info, scrapes, failed TLS handshakes.
+pub struct ServingFamilies {
+    /// For [`State::scrapes`].
+    pub scrapes: prometheus::IntCounter,
+    pub handshake_failures: Counters<()>,
+}
+
+/// Registers the exporter's build info and the families of its serving.
+pub fn register_exporter_families(registry: &Registry) -> ServingFamilies {
     registry.info(
         BUILD_INFO,
         &Build {
@@ -68,8 +79,16 @@ pub fn register_exporter_families(registry: &Registry) -> prometheus::IntCounter
             revision: env!("KSIT_GIT_REVISION").to_string(),
         },
     );
-    registry.uncached_counter(SCRAPES)
+    ServingFamilies {
+        scrapes: registry.uncached_counter(SCRAPES),
+        handshake_failures: registry.counters(HANDSHAKE_FAILURES),
+    }
 }
+
+pub const HANDSHAKE_FAILURES: Family = Family {
+    name: "ksit_exporter_tls_handshake_failures_total",
+    help: "TLS handshakes on the HTTPS metrics port that failed (a client that does not trust the certificate, or one speaking plain HTTP); 0 without KSIT_TLS_CERT_FILE.",
+};
 
 pub const SCRAPES: Family = Family {
     name: "ksit_exporter_scrapes_total",
@@ -84,6 +103,8 @@ pub struct State {
     pub readiness: Readiness,
     /// The status page at `/`; without one, `/` is a 404 like any unknown path.
     pub page: Option<Arc<crate::status::Page>>,
+    /// Checks callers of `/metrics` and `/` (`KSIT_METRICS_AUTH=kubernetes`); the probes stay open.
+    pub auth: Option<Arc<Authorizer>>,
 }
 
 impl State {
@@ -156,11 +177,79 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves until `shutdown` completes, then stops accepting and drains open connections.
 pub async fn serve(listener: TcpListener, state: State, shutdown: impl Future<Output = ()>) {
     let plain_tcp = |stream, _peer| async move { Some(stream) };
-    let handle = move |req: Request<Incoming>| {
-        let response = route(&state, &req);
-        async move { response }
+    serve_with(listener, shutdown, plain_tcp, handler(state)).await;
+}
+
+/// [`serve`] over TLS only: a connection whose handshake fails is dropped and counted.
+pub async fn serve_https(
+    listener: TcpListener,
+    state: State,
+    acceptor: tokio_rustls::TlsAcceptor,
+    failures: Counters<()>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let handshake = move |stream, peer| {
+        let (acceptor, failures) = (acceptor.clone(), failures.clone());
+        async move { crate::tls::accept(&acceptor, stream, peer, || failures.inc(&())).await }
     };
-    serve_with(listener, shutdown, plain_tcp, handle).await;
+    serve_with(listener, shutdown, handshake, handler(state)).await;
+}
+
+fn handler(
+    state: State,
+) -> impl Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Chunks>> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |req: Request<Incoming>| {
+        let state = state.clone();
+        Box::pin(async move {
+            if let Some(refused) = check(&state, &req).await {
+                return refused;
+            }
+            route(&state, &req)
+        })
+    }
+}
+
+/// The refusal for a caller of `/metrics` or `/` that the check does not let in, if any.
+async fn check(state: &State, req: &Request<Incoming>) -> Option<Response<Chunks>> {
+    let auth = state.auth.as_ref()?;
+    let path = req.uri().path();
+    let protected = path == "/metrics" || (path == "/" && state.page.is_some());
+    if !protected {
+        return None;
+    }
+    let (status, why) = match auth
+        .check(req.headers().get(header::AUTHORIZATION), path)
+        .await
+    {
+        Verdict::Allowed => return None,
+        Verdict::Unauthenticated(why) => (StatusCode::UNAUTHORIZED, why),
+        Verdict::Forbidden(why) => (StatusCode::FORBIDDEN, why),
+        Verdict::Unavailable(why) => {
+            tracing::warn!(path, "cannot check a caller: {why}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the caller cannot be checked: {why}"),
+            )
+        }
+    };
+    let mut r = Response::new(Chunks::from(Bytes::from(format!("{why}\n"))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ksit-exporter\""),
+        );
+    }
+    Some(r)
 }
 
 /// The accept loop both servers share (this one and the admission webhook's HTTPS one): one

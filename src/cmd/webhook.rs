@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_rustls::TlsAcceptor;
 
 use crate::env::{self, ConfigError, Doc, Empty, Reader, Var};
 use crate::inject::{self, InjectorConfig};
 use crate::metrics::Registry;
 use crate::server;
 use crate::telemetry::{self, LOG_FORMAT, LogFormat};
+use crate::tls;
 use crate::webhook::metrics::WebhookMetrics;
-use crate::webhook::{Handler, serve_tls, tls};
+use crate::webhook::{Handler, serve_tls};
 
 const COMMAND: &str = "ksit-exporter";
 
@@ -171,14 +171,11 @@ fn serve() -> ExitCode {
     // Deployment scales by replicas.
     telemetry::block_on(async {
         // Unusable certificate files at start are a configuration error like a bad variable.
-        let first = match config.tls.load().await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("ksit-exporter: KSIT_TLS_CERT_FILE/KSIT_TLS_KEY_FILE: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        match run(config, first).await {
+        if let Err(e) = config.tls.load().await {
+            eprintln!("ksit-exporter: KSIT_TLS_CERT_FILE/KSIT_TLS_KEY_FILE: {e}");
+            return ExitCode::from(2);
+        }
+        match run(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -188,7 +185,7 @@ fn serve() -> ExitCode {
     })
 }
 
-async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
+async fn run(config: Config) -> anyhow::Result<()> {
     let listener = server::bind(config.listen_addr).await.with_context(|| {
         format!(
             "cannot listen on KSIT_WEBHOOK_LISTEN_ADDR={}",
@@ -203,21 +200,14 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
     })?;
     let registry = Arc::new(Registry::new());
     let metrics = WebhookMetrics::register(&registry);
-    metrics.certificate(first.not_after, false);
-    let resolver = tls::Resolver::new(first.key.clone());
-    let acceptor = TlsAcceptor::from(tls::server_config(resolver.clone())?);
     let m = metrics.clone();
     let files = config.tls.clone();
-    tokio::spawn(tls::reload_every(
-        config.tls.clone(),
-        config.reload_interval,
-        resolver,
-        first,
-        move |loaded| {
-            m.certificate(loaded.not_after, true);
-            tracing::info!(cert = %files.cert.display(), not_after = loaded.not_after, "serving the new certificate");
-        },
-    ));
+    let (acceptor, not_after) = tls::start(&config.tls, config.reload_interval, move |loaded| {
+        m.certificate(loaded.not_after, true);
+        tracing::info!(cert = %files.cert.display(), not_after = loaded.not_after, "serving the new certificate");
+    })
+    .await?;
+    metrics.certificate(not_after, false);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal = telemetry::shutdown_signal();
@@ -251,6 +241,7 @@ async fn run(config: Config, first: tls::Loaded) -> anyhow::Result<()> {
         scrapes: None,
         readiness: server::Readiness::default(),
         page: None,
+        auth: None,
     };
     tokio::join!(
         serve_tls(listener, acceptor, handler, stopped(stop_rx.clone())),

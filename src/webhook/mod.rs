@@ -17,7 +17,6 @@ pub mod admission;
 pub mod certs;
 pub mod metrics;
 pub mod status;
-pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,8 +33,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use crate::inject::InjectorConfig;
-use crate::server::{self, Chunks, HEADER_READ_TIMEOUT};
-use crate::telemetry::Throttle;
+use crate::server::{self, Chunks};
 use admission::{Answer, Decision, Entry, MAX_BODY_BYTES};
 use metrics::WebhookMetrics;
 
@@ -74,27 +72,11 @@ pub async fn serve_tls(
     handler: Arc<Handler>,
     shutdown: impl Future<Output = ()>,
 ) {
-    // Usually a client that does not trust the CA: worth seeing, but a scan or a plain-HTTP
-    // client makes thousands a minute, so the log says it once a minute and the metric counts.
-    static HANDSHAKE_FAILURES: Throttle = Throttle::new(Duration::from_secs(60));
     let metrics = handler.metrics.clone();
     let handshake = move |stream, peer: SocketAddr| {
         let (acceptor, metrics) = (acceptor.clone(), metrics.clone());
         async move {
-            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => Some(tls),
-                Ok(Err(e)) => {
-                    metrics.tls_handshake_failed();
-                    if let Some(held_back) = HANDSHAKE_FAILURES.allow() {
-                        tracing::warn!(%peer, error = %e, held_back, "TLS handshake failed (logged at most once a minute; ksit_webhook_tls_handshake_failures_total counts them all)");
-                    }
-                    None
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    None
-                }
-            }
+            crate::tls::accept(&acceptor, stream, peer, || metrics.tls_handshake_failed()).await
         }
     };
     let budget = Arc::new(Semaphore::new(REVIEW_BUDGET_BYTES));

@@ -1,12 +1,21 @@
-//! The webhook's TLS: a rustls server configuration whose certificate can be replaced while it
+//! TLS serving, shared by the admission webhook and the exporter's optional HTTPS metrics port:
+//! a rustls server configuration (TLS 1.2 and 1.3) whose certificate can be replaced while it
 //! serves. cert-manager (or the `certs` command) rewrites the PEM files before the old
 //! certificate expires; a background task re-reads them every few seconds and swaps the key that
 //! new handshakes get, so rotation needs no restart and no file-watching dependency (a Secret
 //! volume is updated through a symlink swap, which inotify on the files themselves would miss).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::server::HEADER_READ_TIMEOUT;
+use crate::telemetry::Throttle;
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -162,7 +171,66 @@ pub fn server_config(resolver: Arc<Resolver>) -> Result<Arc<ServerConfig>, rustl
 /// Re-reads the files every `interval`; when their contents changed and parse, new handshakes
 /// get the new key and `on_reload` sees it. A pair that does not parse (e.g. the certificate
 /// written and the key not yet) keeps the old key serving and is retried on the next tick.
-pub async fn reload_every(
+/// Serving from `files`: the acceptor new connections go through, and the first pair loaded
+/// (for its expiry). A task re-reads the files every `interval` and calls `on_reload` with each
+/// new pair it starts serving; unusable files at start are an error, later ones a warning (the
+/// previous pair is served until they are fixed).
+pub async fn start(
+    files: &Files,
+    interval: Duration,
+    on_reload: impl Fn(&Loaded) + Send + 'static,
+) -> Result<(TlsAcceptor, i64), StartError> {
+    let first = files.load().await?;
+    let not_after = first.not_after;
+    let resolver = Resolver::new(first.key.clone());
+    let acceptor = TlsAcceptor::from(server_config(resolver.clone())?);
+    tokio::spawn(reload_every(
+        files.clone(),
+        interval,
+        resolver,
+        first,
+        on_reload,
+    ));
+    Ok((acceptor, not_after))
+}
+
+/// Why serving could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Files(#[from] TlsError),
+    #[error("building the TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The TLS handshake of one connection, bounded by the header timeout so that a silent client
+/// cannot hold a task; `None` (the connection dropped) when it fails, after `failed` counts it.
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    failed: impl Fn(),
+) -> Option<TlsStream<TcpStream>> {
+    // Usually a client that does not trust the CA: worth seeing, but a scan or a plain-HTTP
+    // client makes thousands a minute, so the log says it once a minute and the metric counts.
+    static HANDSHAKE_FAILURES: Throttle = Throttle::new(Duration::from_secs(60));
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            failed();
+            if let Some(held_back) = HANDSHAKE_FAILURES.allow() {
+                tracing::warn!(%peer, error = %e, held_back, "TLS handshake failed (logged at most once a minute; a *_tls_handshake_failures_total counter counts them all)");
+            }
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn reload_every(
     files: Files,
     interval: Duration,
     resolver: Arc<Resolver>,
