@@ -1221,3 +1221,112 @@ fn the_its_kubeconfig_secret_reaches_the_webhook() {
         ]
     );
 }
+
+/// metricsSecurity reaches everything it concerns, as the kustomize pieces for it
+/// (manifests/rbac/metrics-auth, manifests/monitoring/secure) have it: the injector's variables,
+/// the sidecar's review rights and the metrics-reader role, and a ServiceMonitor endpoint with
+/// scheme https, the Secret's CA and the Prometheus's token. auth without TLS is refused.
+#[test]
+fn the_secure_metrics_port_reaches_the_webhook_rbac_and_monitors() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let render = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["template", RELEASE, CHART, "--namespace", BASES_NAMESPACE];
+        args.extend(extra);
+        parse_objects(&check(tools.helm(&args), "helm template"))
+    };
+    let secure = render(&[
+        "--set",
+        "metricsSecurity.tlsSecret=ksit-exporter-metrics-tls",
+        "--set",
+        "metricsSecurity.auth=kubernetes",
+        "--set",
+        "metricsSecurity.readers[0].name=prometheus-k8s",
+        "--set",
+        "metricsSecurity.readers[0].namespace=monitoring",
+        "--set",
+        "monitoring.serviceMonitor.enabled=true",
+    ]);
+    let env: Vec<Value> = secure
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("the webhook's Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter(|e| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n == "KSIT_SIDECAR_TLS_SECRET" || n == "KSIT_SIDECAR_METRICS_AUTH")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        env,
+        [
+            json!({"name": "KSIT_SIDECAR_TLS_SECRET", "value": "ksit-exporter-metrics-tls"}),
+            json!({"name": "KSIT_SIDECAR_METRICS_AUTH", "value": "kubernetes"}),
+        ]
+    );
+    // The chart's roles and bindings are the kustomize piece's, rule for rule and subject for
+    // subject.
+    let kustomized = parse_objects(&check(
+        Command::new(&tools.kubectl)
+            .args(["kustomize", "manifests/rbac/metrics-auth"])
+            .current_dir(repo_path(""))
+            .output()
+            .expect("kubectl kustomize"),
+        "kubectl kustomize manifests/rbac/metrics-auth",
+    ));
+    for object in &kustomized {
+        let name = object["metadata"]["name"].as_str().expect("a name");
+        let ours = secure
+            .iter()
+            .find(|o| o["kind"] == object["kind"] && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart has no {} {name}", object["kind"]));
+        for field in ["rules", "roleRef", "subjects"] {
+            assert_eq!(
+                ours[field], object[field],
+                "{} {name} {field}",
+                object["kind"]
+            );
+        }
+    }
+    let monitor = Overlay::new(&["manifests/monitoring"], &["manifests/monitoring/secure"]);
+    let kustomized = parse_objects(&check(
+        Command::new(&tools.kubectl)
+            .args(["kustomize", monitor.path()])
+            .output()
+            .expect("kubectl kustomize"),
+        "kubectl kustomize of the secure ServiceMonitor",
+    ));
+    let endpoint = |objects: &[Value]| {
+        let sm = objects
+            .iter()
+            .find(|o| o["kind"] == "ServiceMonitor")
+            .expect("a ServiceMonitor");
+        let e = &sm["spec"]["endpoints"][0];
+        ["scheme", "tlsConfig", "bearerTokenFile"].map(|f| e[f].clone())
+    };
+    assert_eq!(endpoint(&secure), endpoint(&kustomized));
+    assert_eq!(endpoint(&secure)[0], "https");
+
+    // Off by default: nothing of it is rendered.
+    let plain = render(&["--set", "monitoring.serviceMonitor.enabled=true"]);
+    assert!(!plain.iter().any(|o| {
+        o["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-auth") || n.ends_with("-metrics-reader"))
+    }));
+    assert_eq!(endpoint(&plain)[0], Value::Null);
+    let refused = tools.helm(&[
+        "template",
+        RELEASE,
+        CHART,
+        "--set",
+        "metricsSecurity.auth=kubernetes",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs metricsSecurity.tlsSecret"));
+}

@@ -53,7 +53,39 @@ pub const VARIABLES: &[Doc] = &[
     MEMORY_LIMIT.doc(),
     ITS_KUBECONFIG_SECRET.doc(),
     ITS_KUBECONFIG_KEY.doc(),
+    TLS_SECRET.doc(),
+    METRICS_AUTH.doc(),
 ];
+
+const TLS_SECRET: Var<Option<String>> = Var {
+    name: "KSIT_SIDECAR_TLS_SECRET",
+    default: "",
+    help: "a kubernetes.io/tls Secret in the pod's namespace (tls.crt, tls.key; cert-manager's): mounted into the sidecar, which then serves its port over HTTPS only (KSIT_TLS_CERT_FILE), its probes with scheme HTTPS",
+    empty: Empty::Default,
+    parse: |v| {
+        if v.is_empty() {
+            Ok(None)
+        } else if crate::config::is_dns_subdomain(v) {
+            Ok(Some(v.to_string()))
+        } else {
+            Err("a Secret name (a DNS-1123 subdomain)".to_string())
+        }
+    },
+    show: crate::env::show_optional,
+};
+
+const METRICS_AUTH: Var<bool> = Var {
+    name: "KSIT_SIDECAR_METRICS_AUTH",
+    default: "none",
+    help: "`kubernetes` puts the sidecar's /metrics and / behind Kubernetes authentication and authorization (KSIT_METRICS_AUTH; needs KSIT_SIDECAR_TLS_SECRET), or `none`",
+    empty: Empty::Default,
+    parse: |v| match v {
+        "none" => Ok(false),
+        "kubernetes" => Ok(true),
+        _ => Err("`none` or `kubernetes`".to_string()),
+    },
+    show: |v| if *v { "kubernetes" } else { "none" }.to_string(),
+};
 
 const ITS_KUBECONFIG_SECRET: Var<Option<String>> = Var {
     name: "KSIT_SIDECAR_ITS_KUBECONFIG_SECRET",
@@ -199,6 +231,10 @@ pub struct InjectorConfig {
     pub default_opt_in: bool,
     /// Mounted into the sidecar when set (`KSIT_SIDECAR_ITS_KUBECONFIG_SECRET`).
     pub its_secret: Option<ItsSecret>,
+    /// The serving certificate's Secret: HTTPS on the sidecar's port (`KSIT_SIDECAR_TLS_SECRET`).
+    pub tls_secret: Option<String>,
+    /// Callers of /metrics checked with the API server (`KSIT_SIDECAR_METRICS_AUTH`).
+    pub metrics_auth: bool,
 }
 
 impl InjectorConfig {
@@ -231,6 +267,19 @@ impl InjectorConfig {
         ]);
         let its_secret = env.read(&ITS_KUBECONFIG_SECRET)?;
         let its_key = env.read(&ITS_KUBECONFIG_KEY)?;
+        let tls_secret = env.read(&TLS_SECRET)?;
+        let metrics_auth = env.read(&METRICS_AUTH)?;
+        if metrics_auth && tls_secret.is_none() {
+            return Err(ConfigError::invalid(
+                METRICS_AUTH.name,
+                "kubernetes",
+                format!(
+                    "`none` unless {} is set: callers send bearer tokens, which must not cross \
+                     the network in plain HTTP",
+                    TLS_SECRET.name
+                ),
+            ));
+        }
         Ok(InjectorConfig {
             image,
             mode,
@@ -241,6 +290,8 @@ impl InjectorConfig {
             },
             default_opt_in: false,
             its_secret: its_secret.map(|name| ItsSecret { name, key: its_key }),
+            tls_secret,
+            metrics_auth,
         })
     }
 }

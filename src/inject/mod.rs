@@ -172,6 +172,19 @@ fn with_sidecar(
         }
         volumes.push(template::its_volume(secret));
     }
+    if let Some(secret) = &cfg.tls_secret {
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        if volumes.iter().any(|v| v.name == template::TLS_VOLUME) {
+            return Err(Skip::refused(
+                SkipReason::NameConflict,
+                format!(
+                    "the pod already has a volume named {}, which the sidecar's serving certificate needs",
+                    template::TLS_VOLUME
+                ),
+            ));
+        }
+        volumes.push(template::tls_volume(secret));
+    }
     let mut new = pod.clone();
     match mode {
         SidecarMode::Native => spec
@@ -966,5 +979,92 @@ mod its_tests {
                      "volumes": [{"name": "ksit-its-kubeconfig", "emptyDir": {}}]},
         }))
         .expect("a pod")
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<InjectorConfig, crate::env::ConfigError> {
+        InjectorConfig::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).map(
+            |c| InjectorConfig {
+                default_opt_in: true,
+                ..c
+            },
+        )
+    }
+
+    /// With KSIT_SIDECAR_TLS_SECRET the sidecar mounts the Secret read-only, serves HTTPS from
+    /// it and is probed over HTTPS; with KSIT_SIDECAR_METRICS_AUTH it checks callers.
+    #[test]
+    fn the_serving_certificate_secret_makes_the_sidecar_serve_https() {
+        let cfg = cfg(&[
+            ("KSIT_SIDECAR_TLS_SECRET", "ksit-exporter-metrics-tls"),
+            ("KSIT_SIDECAR_METRICS_AUTH", "kubernetes"),
+        ])
+        .expect("valid");
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "m"},
+            "spec": {"containers": [{"name": "manager", "image": "m"}]},
+        }))
+        .expect("a pod");
+        let Outcome::Injected { pod, .. } = inject(&pod, &BTreeMap::new(), &cfg) else {
+            panic!("not injected");
+        };
+        let v = serde_json::to_value(&pod).expect("JSON");
+        assert_eq!(
+            v["spec"]["volumes"],
+            json!([{"name": "ksit-exporter-tls", "secret": {"secretName": "ksit-exporter-metrics-tls"}}])
+        );
+        let sidecar = &v["spec"]["initContainers"][0];
+        assert_eq!(
+            sidecar["volumeMounts"],
+            json!([{"name": "ksit-exporter-tls", "mountPath": "/var/run/secrets/ksit.io/tls", "readOnly": true}])
+        );
+        let env = sidecar["env"].as_array().expect("env");
+        for (name, value) in [
+            ("KSIT_TLS_CERT_FILE", "/var/run/secrets/ksit.io/tls/tls.crt"),
+            ("KSIT_TLS_KEY_FILE", "/var/run/secrets/ksit.io/tls/tls.key"),
+            ("KSIT_METRICS_AUTH", "kubernetes"),
+        ] {
+            assert!(
+                env.contains(&json!({"name": name, "value": value})),
+                "{name} in {sidecar}"
+            );
+        }
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(sidecar[probe]["httpGet"]["scheme"], "HTTPS", "{sidecar}");
+        }
+        // Without the Secret nothing of it is there, and the probes stay plain HTTP.
+        let plain = InjectorConfig {
+            default_opt_in: true,
+            ..InjectorConfig::from_vars([]).expect("defaults")
+        };
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "m"},
+            "spec": {"containers": [{"name": "manager", "image": "m"}]},
+        }))
+        .expect("a pod");
+        let Outcome::Injected { pod, .. } = inject(&pod, &BTreeMap::new(), &plain) else {
+            panic!("not injected");
+        };
+        let v = serde_json::to_value(&pod).expect("JSON");
+        let sidecar = &v["spec"]["initContainers"][0];
+        assert!(sidecar.get("volumeMounts").is_none(), "{sidecar}");
+        assert!(sidecar["livenessProbe"]["httpGet"].get("scheme").is_none());
+    }
+
+    #[test]
+    fn checking_callers_needs_the_certificate() {
+        let err = cfg(&[("KSIT_SIDECAR_METRICS_AUTH", "kubernetes")]).expect_err("no TLS");
+        assert!(
+            err.to_string()
+                .starts_with("KSIT_SIDECAR_METRICS_AUTH=\"kubernetes\" is invalid: `none` unless KSIT_SIDECAR_TLS_SECRET"),
+            "{err}"
+        );
+        assert!(cfg(&[("KSIT_SIDECAR_METRICS_AUTH", "basic")]).is_err());
+        assert!(cfg(&[("KSIT_SIDECAR_TLS_SECRET", "Not_A_Name")]).is_err());
     }
 }

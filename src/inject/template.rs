@@ -57,11 +57,29 @@ fn downward(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-fn http_probe(path: &str) -> Probe {
+/// A probe of the sidecar's port; over HTTPS when it serves TLS (the kubelet does not verify
+/// the certificate of an HTTPS probe).
+fn http_probe(path: &str, https: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
             port: IntOrString::String(METRICS_PORT_NAME.to_string()),
+            scheme: https.then(|| "HTTPS".to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod volume and the sidecar's mount of its serving certificate's Secret.
+pub(super) const TLS_VOLUME: &str = "ksit-exporter-tls";
+const TLS_MOUNT_DIR: &str = "/var/run/secrets/ksit.io/tls";
+
+pub(super) fn tls_volume(secret: &str) -> Volume {
+    Volume {
+        name: TLS_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
             ..Default::default()
         }),
         ..Default::default()
@@ -101,21 +119,47 @@ pub(super) fn sidecar_container(
         downward("NODE_NAME", "spec.nodeName"),
     ];
     env.extend(ksit_env);
-    let mounts = cfg.its_secret.as_ref().map(|_| {
+    let set = |env: &mut Vec<EnvVar>, name: &str, value: String| {
         env.push(EnvVar {
-            name: "KSIT_ITS_KUBECONFIG".to_string(),
-            value: Some(format!("{ITS_MOUNT_DIR}/kubeconfig")),
+            name: name.to_string(),
+            value: Some(value),
             ..Default::default()
         });
-        vec![VolumeMount {
-            name: ITS_VOLUME.to_string(),
-            mount_path: ITS_MOUNT_DIR.to_string(),
-            read_only: Some(true),
-            ..Default::default()
-        }]
-    });
+    };
+    let mount = |name: &str, dir: &str| VolumeMount {
+        name: name.to_string(),
+        mount_path: dir.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let mut mounts = Vec::new();
+    if cfg.its_secret.is_some() {
+        set(
+            &mut env,
+            "KSIT_ITS_KUBECONFIG",
+            format!("{ITS_MOUNT_DIR}/kubeconfig"),
+        );
+        mounts.push(mount(ITS_VOLUME, ITS_MOUNT_DIR));
+    }
+    let https = cfg.tls_secret.is_some();
+    if https {
+        set(
+            &mut env,
+            "KSIT_TLS_CERT_FILE",
+            format!("{TLS_MOUNT_DIR}/tls.crt"),
+        );
+        set(
+            &mut env,
+            "KSIT_TLS_KEY_FILE",
+            format!("{TLS_MOUNT_DIR}/tls.key"),
+        );
+        mounts.push(mount(TLS_VOLUME, TLS_MOUNT_DIR));
+    }
+    if cfg.metrics_auth {
+        set(&mut env, "KSIT_METRICS_AUTH", "kubernetes".to_string());
+    }
     Container {
-        volume_mounts: mounts,
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         name: SIDECAR_NAME.to_string(),
         image: Some(cfg.image.clone()),
         ports: Some(vec![ContainerPort {
@@ -141,8 +185,8 @@ pub(super) fn sidecar_container(
             }),
             ..Default::default()
         }),
-        liveness_probe: Some(http_probe("/healthz")),
-        readiness_probe: Some(http_probe("/readyz")),
+        liveness_probe: Some(http_probe("/healthz", https)),
+        readiness_probe: Some(http_probe("/readyz", https)),
         restart_policy: (mode == SidecarMode::Native).then(|| "Always".to_string()),
         ..Default::default()
     }

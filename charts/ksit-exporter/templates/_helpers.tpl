@@ -88,3 +88,23 @@ metricRelabelings:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+A monitor endpoint's scheme, TLS and credentials (values.yaml, metricsSecurity): the CA from
+the serving certificate's Secret, the name the certificate carries, and the Prometheus's own
+service account token when the sidecar checks callers.
+*/}}
+{{- define "ksit-exporter.endpointSecurity" -}}
+{{- with .Values.metricsSecurity }}
+{{- if .tlsSecret }}
+scheme: https
+tlsConfig:
+  ca:
+    secret: { name: {{ .tlsSecret }}, key: ca.crt }
+  serverName: ksit-monitor.{{ $.Values.ksit.namespace }}.svc
+{{- end }}
+{{- if eq .auth "kubernetes" }}
+bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
+{{- end }}
+{{- end }}
+{{- end }}
