@@ -905,3 +905,199 @@ fn the_sidecar_stays_under_its_memory_limit_idle_and_with_1000_integration_targe
     );
     kubectl(&["delete", "namespace", ns, "--wait=false"]);
 }
+
+/// `helm upgrade` of the demo's release with `--reuse-values` and `sets`, waiting for it.
+fn helm_upgrade(sets: &[&str]) {
+    let bin = std::env::var_os("HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo("target/controlplane/bin/helm"));
+    let mut c = Command::new(bin);
+    c.args(["--kube-context", CONTEXT, "upgrade", "ksit-exporter"])
+        .arg(repo("charts/ksit-exporter"))
+        .args([
+            "--namespace",
+            WEBHOOK_NS,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "300s",
+        ]);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    ok(
+        c.output().expect("running helm"),
+        &format!("helm upgrade {sets:?}"),
+    );
+}
+
+/// The manager's pod made again through the (upgraded) webhook, and ready.
+fn reinject_manager() -> Value {
+    ok(
+        kubectl(&[
+            "-n",
+            WEBHOOK_NS,
+            "rollout",
+            "status",
+            "deployment/ksit-webhook",
+            "--timeout=300s",
+        ]),
+        "the webhook rolled out",
+    );
+    ok(
+        kubectl(&[
+            "-n",
+            KSIT_NS,
+            "rollout",
+            "restart",
+            "deployment/ksit-controller-manager",
+        ]),
+        "rollout restart",
+    );
+    ok(
+        kubectl(&[
+            "-n",
+            KSIT_NS,
+            "rollout",
+            "status",
+            "deployment/ksit-controller-manager",
+            "--timeout=300s",
+        ]),
+        "the manager rolled out",
+    );
+    ready_manager_pod()
+}
+
+/// The chart's metricsSecurity on a real kubelet and a real prometheus-operator: the sidecar
+/// serves HTTPS from a Secret and checks callers with the API server; the operator-made
+/// Prometheus scrapes it through the chart's ServiceMonitor (scheme https, the Secret's CA, its
+/// own token, the metrics-reader grant); a caller without a token gets a 401; the probes pass
+/// over HTTPS. Then back to plain HTTP, as the other checks expect.
+#[test]
+#[ignore = "needs the kind cluster: make test-kind"]
+fn the_charts_servicemonitor_scrapes_the_sidecar_over_https_with_the_check_on() {
+    cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("ksit-monitor.{KSIT_NS}.svc");
+    ksit_exporter::webhook::certs::issue(dir.path(), &[name], 2).expect("a serving pair");
+    let file = |f: &str| format!("--from-file={f}={}", dir.path().join(f).display());
+    let secret = ok(
+        kubectl(&[
+            "-n",
+            KSIT_NS,
+            "create",
+            "secret",
+            "generic",
+            "ksit-exporter-metrics-tls",
+            "--type=kubernetes.io/tls",
+            &file("tls.crt"),
+            &file("tls.key"),
+            &file("ca.crt"),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ]),
+        "the Secret",
+    );
+    ok(
+        kubectl_stdin(&["apply", "-f", "-"], &secret),
+        "kubectl apply the Secret",
+    );
+    let started = Instant::now();
+    helm_upgrade(&[
+        "metricsSecurity.tlsSecret=ksit-exporter-metrics-tls",
+        "metricsSecurity.auth=kubernetes",
+        "metricsSecurity.readers[0].name=prometheus",
+        "metricsSecurity.readers[0].namespace=monitoring",
+    ]);
+    let pod = reinject_manager();
+    let sidecar = spec_of(&pod, "initContainers", SIDECAR);
+    assert_eq!(
+        sidecar["readinessProbe"]["httpGet"]["scheme"], "HTTPS",
+        "{sidecar}"
+    );
+    assert_eq!(
+        status_of(&pod, "initContainerStatuses", SIDECAR)["ready"],
+        true
+    );
+    let name_of_pod = pod_name(&pod);
+    // Through the API server's pod proxy, which sends no token of the caller's: a 401.
+    let proxied = raw(&format!(
+        "/api/v1/namespaces/{KSIT_NS}/pods/https:{name_of_pod}:8080/proxy/metrics"
+    ));
+    assert!(
+        proxied
+            .as_ref()
+            .is_err_and(|e| e.contains("Unauthorized") || e.contains("401")),
+        "{proxied:?}"
+    );
+    assert_eq!(
+        raw(&format!(
+            "/api/v1/namespaces/{KSIT_NS}/pods/https:{name_of_pod}:8080/proxy/healthz"
+        ))
+        .as_deref(),
+        Ok("ok\n")
+    );
+    let target = until(
+        "an up https target of the pod",
+        Duration::from_secs(240),
+        || {
+            let targets = up_targets()?;
+            targets
+                .iter()
+                .find(|t| {
+                    t["labels"]["pod"] == name_of_pod.as_str()
+                        && t["scrapeUrl"]
+                            .as_str()
+                            .is_some_and(|u| u.starts_with("https://"))
+                })
+                .cloned()
+                .ok_or_else(|| format!("{targets:?}"))
+        },
+    );
+    until(
+        "ksit_cluster_status from the https target",
+        Duration::from_secs(120),
+        || {
+            let got = prom_query(&format!("ksit_cluster_status{{pod=\"{name_of_pod}\"}}"))?;
+            if got.is_empty() {
+                Err("none yet".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    eprintln!(
+        "kind: https scrape of {} up {:.1}s after the upgrade",
+        target["scrapeUrl"],
+        started.elapsed().as_secs_f64()
+    );
+
+    helm_upgrade(&[
+        "metricsSecurity.tlsSecret=",
+        "metricsSecurity.auth=none",
+        "metricsSecurity.readers=null",
+    ]);
+    let pod = reinject_manager();
+    let plain = pod_name(&pod);
+    until("the plain target back", Duration::from_secs(240), || {
+        let targets = up_targets()?;
+        targets
+            .iter()
+            .find(|t| {
+                t["labels"]["pod"] == plain.as_str()
+                    && t["scrapeUrl"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with("http://"))
+            })
+            .map(|_| ())
+            .ok_or_else(|| format!("{targets:?}"))
+    });
+    let _ = kubectl(&[
+        "-n",
+        KSIT_NS,
+        "delete",
+        "secret",
+        "ksit-exporter-metrics-tls",
+    ]);
+}
