@@ -15,11 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use common::exporter::logged_line;
-use common::proc::Proc;
 use common::prometheus::{query, query_range};
 use common::{
-    ControlPlane, Exporter, Scrape, check, control_plane, eventually, free_port, repo_path,
-    test_namespace,
+    ControlPlane, Exporter, Scrape, check, control_plane, eventually, free_port, test_namespace,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -445,19 +443,8 @@ async fn prometheus_scrapes_through_a_certificate_rotation() {
             "static_configs": [{ "targets": [exporter.addr.to_string()] }],
         }],
     });
-    let config_path = dir.path().join("prometheus.yml");
-    std::fs::write(&config_path, config.to_string()).expect("writing");
-    let prom = format!("127.0.0.1:{}", free_port());
-    let prometheus = Proc::spawn(
-        Command::new(cp.bin_dir.join("prometheus"))
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={prom}")),
-        repo_path("target").join(format!("metrics-tls-prometheus-{}.log", std::process::id())),
-    );
+    let (prometheus, prom) =
+        common::prometheus::start(&cp, &config, dir.path(), "metrics-tls-prometheus");
     eventually(Duration::from_secs(60), "an up HTTPS target", || async {
         let up = query(&prom, "up{job=\"ksit\"} == 1").await?;
         if up.len() == 1 {

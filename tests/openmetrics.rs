@@ -295,19 +295,8 @@ async fn openmetrics_is_what_independent_readers_read_as_the_text_format() {
         "global": { "scrape_interval": "1s", "scrape_timeout": "1s" },
         "scrape_configs": [job("om", "OpenMetricsText1.0.0"), job("text", "PrometheusText0.0.4")],
     });
-    let config_path = data.path().join("prometheus.yml");
-    std::fs::write(&config_path, config.to_string()).expect("writing the config");
-    let prom = format!("127.0.0.1:{}", free_port());
-    let prometheus = Proc::spawn(
-        Command::new(cp.bin_dir.join("prometheus"))
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                data.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={prom}")),
-        target.join(format!("openmetrics-prometheus-{}.log", std::process::id())),
-    );
+    let (prometheus, prom) =
+        common::prometheus::start(&cp, &config, data.path(), "openmetrics-prometheus");
     eventually(Duration::from_secs(60), "both jobs scraped", || async {
         let got = query(&prom, "count by (job) (legacy_untyped)").await?;
         if got.len() == 2 {

@@ -62,15 +62,7 @@ const TLS_SECRET: Var<Option<String>> = Var {
     default: "",
     help: "a kubernetes.io/tls Secret in the pod's namespace (tls.crt, tls.key; cert-manager's): mounted into the sidecar, which then serves its port over HTTPS only (KSIT_TLS_CERT_FILE), its probes with scheme HTTPS",
     empty: Empty::Default,
-    parse: |v| {
-        if v.is_empty() {
-            Ok(None)
-        } else if crate::config::is_dns_subdomain(v) {
-            Ok(Some(v.to_string()))
-        } else {
-            Err("a Secret name (a DNS-1123 subdomain)".to_string())
-        }
-    },
+    parse: secret_name,
     show: crate::env::show_optional,
 };
 
@@ -92,17 +84,20 @@ const ITS_KUBECONFIG_SECRET: Var<Option<String>> = Var {
     default: "",
     help: "a Secret in the pod's namespace holding a kubeconfig for KubeStellar's ITS: mounted into the sidecar, which then reads ManagedClusters from the ITS (KSIT_ITS_KUBECONFIG)",
     empty: Empty::Default,
-    parse: |v| {
-        if v.is_empty() {
-            Ok(None)
-        } else if crate::config::is_dns_subdomain(v) {
-            Ok(Some(v.to_string()))
-        } else {
-            Err("a Secret name (a DNS-1123 subdomain)".to_string())
-        }
-    },
+    parse: secret_name,
     show: crate::env::show_optional,
 };
+
+/// A Secret's name, or none when empty.
+fn secret_name(v: &str) -> Result<Option<String>, String> {
+    if v.is_empty() {
+        Ok(None)
+    } else if crate::config::is_dns_subdomain(v) {
+        Ok(Some(v.to_string()))
+    } else {
+        Err("a Secret name (a DNS-1123 subdomain)".to_string())
+    }
+}
 
 const ITS_KUBECONFIG_KEY: Var<String> = Var {
     name: "KSIT_SIDECAR_ITS_KUBECONFIG_KEY",

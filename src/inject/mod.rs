@@ -15,7 +15,7 @@ mod template;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume};
 
 pub use config::{DEFAULT_IMAGE, InjectorConfig, SidecarMode, VARIABLES};
 pub use decision::SkipReason;
@@ -160,30 +160,14 @@ fn with_sidecar(
         );
     }
     if let Some(secret) = &cfg.its_secret {
-        let volumes = spec.volumes.get_or_insert_with(Vec::new);
-        if volumes.iter().any(|v| v.name == template::ITS_VOLUME) {
-            return Err(Skip::refused(
-                SkipReason::NameConflict,
-                format!(
-                    "the pod already has a volume named {}, which the sidecar's ITS kubeconfig needs",
-                    template::ITS_VOLUME
-                ),
-            ));
-        }
-        volumes.push(template::its_volume(secret));
+        add_volume(&mut spec, template::its_volume(secret), "ITS kubeconfig")?;
     }
     if let Some(secret) = &cfg.tls_secret {
-        let volumes = spec.volumes.get_or_insert_with(Vec::new);
-        if volumes.iter().any(|v| v.name == template::TLS_VOLUME) {
-            return Err(Skip::refused(
-                SkipReason::NameConflict,
-                format!(
-                    "the pod already has a volume named {}, which the sidecar's serving certificate needs",
-                    template::TLS_VOLUME
-                ),
-            ));
-        }
-        volumes.push(template::tls_volume(secret));
+        add_volume(
+            &mut spec,
+            template::tls_volume(secret),
+            "serving certificate",
+        )?;
     }
     let mut new = pod.clone();
     match mode {
@@ -218,6 +202,23 @@ fn with_sidecar(
 
 fn get<'a>(map: &'a Option<BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
     map.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Adds a volume the sidecar mounts (its `what`); a pod that already has a volume of that name
+/// is refused rather than silently given the sidecar's.
+fn add_volume(spec: &mut PodSpec, volume: Volume, what: &str) -> Result<(), Skip> {
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    if volumes.iter().any(|v| v.name == volume.name) {
+        return Err(Skip::refused(
+            SkipReason::NameConflict,
+            format!(
+                "the pod already has a volume named {}, which the sidecar's {what} needs",
+                volume.name
+            ),
+        ));
+    }
+    volumes.push(volume);
+    Ok(())
 }
 
 fn with_annotation(mut pod: Pod, key: &str, value: String) -> Pod {

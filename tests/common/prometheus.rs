@@ -1,9 +1,33 @@
 //! A test's Prometheus server: the shipped scrape config pointed at the test API server, and
 //! queries over its HTTP API.
 
+use std::path::Path;
+use std::process::Command;
+
 use serde_json::{Value, json};
 
-use super::{ControlPlane, http, repo_path};
+use super::proc::Proc;
+use super::{ControlPlane, free_port, http, repo_path};
+
+/// A Prometheus of the control plane's build with `config` (JSON is YAML), its data in `data`,
+/// its log in `target/<log>-<pid>.log`, listening on a free loopback port: the process and
+/// that `host:port`.
+pub fn start(cp: &ControlPlane, config: &Value, data: &Path, log: &str) -> (Proc, String) {
+    let config_path = data.join("prometheus.yml");
+    std::fs::write(&config_path, config.to_string()).expect("writing the Prometheus config");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let proc = Proc::spawn(
+        Command::new(cp.bin_dir.join("prometheus"))
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}")),
+        repo_path("target").join(format!("{log}-{}.log", std::process::id())),
+    );
+    (proc, addr)
+}
 
 /// The shipped scrape config (manifests/monitoring/common/prometheus-scrape-config.yaml) as a
 /// Prometheus config, pointed at the test API server and limited to `namespace`, because other
