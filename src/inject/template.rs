@@ -69,7 +69,7 @@ fn http_probe(path: &str) -> Probe {
 }
 
 /// The pod volume and the sidecar's mount of the ITS kubeconfig Secret.
-pub(super) const ITS_VOLUME: &str = "ksit-its-kubeconfig";
+pub const ITS_VOLUME: &str = "ksit-its-kubeconfig";
 const ITS_MOUNT_DIR: &str = "/var/run/secrets/ksit.io/its";
 
 pub(super) fn its_volume(secret: &ItsSecret) -> Volume {
