@@ -8,6 +8,7 @@
 //! the sidecar container, `config` its variables; [`inject`] ties them.
 
 mod args;
+pub mod compact;
 pub mod config;
 mod decision;
 pub mod manifests;
