@@ -12,6 +12,8 @@ pub mod compact;
 pub mod config;
 mod decision;
 pub mod manifests;
+#[cfg(test)]
+pub(crate) mod random;
 mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
