@@ -11,6 +11,7 @@ mod args;
 pub mod compact;
 pub mod config;
 mod decision;
+pub mod doc;
 pub mod manifests;
 #[cfg(test)]
 pub(crate) mod random;
