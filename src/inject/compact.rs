@@ -118,8 +118,10 @@ struct Containers {
 /// Where the kept entries of a list were in the list as sent.
 #[derive(Default, Clone, Debug, PartialEq)]
 pub struct Positions {
-    at: Vec<usize>,
-    len: usize,
+    /// Each kept entry's index in the list as sent.
+    pub at: Vec<usize>,
+    /// The length of the list as sent.
+    pub len: usize,
 }
 
 impl Positions {
@@ -234,6 +236,16 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The positions of the pod spec's list `key`, if it is one read compactly.
+    pub fn list(&self, key: &str) -> Option<&Positions> {
+        match key {
+            "containers" => Some(&self.containers),
+            "initContainers" => self.init_containers.as_ref(),
+            "volumes" => self.volumes.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Maps the compact pod's list indices in `patch` to the pod's as sent. A diff compares
     /// arrays index by index and inject only appends to them, so the left-out entries, equal
     /// on both sides, would have added no operation and the kept ones keep their order.
@@ -249,12 +261,7 @@ impl Layout {
             };
             let mut tokens: Vec<Token> = path.tokens().collect();
             let list = match tokens.get(..2).map(|t| (t[0].decoded(), t[1].decoded())) {
-                Some((spec, list)) if spec == "spec" => match list.as_ref() {
-                    "containers" => Some(&self.containers),
-                    "initContainers" => self.init_containers.as_ref(),
-                    "volumes" => self.volumes.as_ref(),
-                    _ => None,
-                },
+                Some((spec, list)) if spec == "spec" => self.list(&list),
                 _ => None,
             };
             let index = tokens
