@@ -1,7 +1,8 @@
-//! The properties of the fuzz targets `admission_review`, `inject_manifests` and `kube_objects`
-//! (`fuzz/inputs.rs`) on stable under `cargo test`: over their corpora (the AdmissionReviews in
-//! `fuzz/corpus/admission_review`, the injector's golden inputs in `tests/testdata/inject`, the
-//! objects in `fuzz/corpus/kube_objects`) and a
+//! The properties of the fuzz targets `admission_review`, `inject_manifests`, `kube_objects` and
+//! `compact_pod` (`fuzz/inputs.rs`) on stable under `cargo test`: over their corpora (the
+//! AdmissionReviews in `fuzz/corpus/admission_review`, the injector's golden inputs in
+//! `tests/testdata/inject`, the objects in `fuzz/corpus/kube_objects`, the pods in
+//! `fuzz/corpus/compact_pod`) and a
 //! bounded number of seeded mutations of them, so CI needs no nightly. `make fuzz` runs them
 //! under libFuzzer for longer.
 
@@ -111,4 +112,10 @@ fn any_manifest_stream_is_injected_once_or_refused() {
 fn any_watched_object_renders_well_formed_series() {
     let corpus = files(&root().join("fuzz/corpus/kube_objects"), ".json");
     replay(corpus, 2000, 0xd1b5_4a32_d192_ed03, inputs::objects_hold);
+}
+
+#[test]
+fn any_pod_read_compactly_gets_the_whole_pods_answer() {
+    let corpus = files(&root().join("fuzz/corpus/compact_pod"), ".json");
+    replay(corpus, 300, 0x94d0_49bb_1331_11eb, inputs::compact_holds);
 }
