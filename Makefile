@@ -63,8 +63,9 @@ bench-compare: ## ksit-exporter beside kube-state-metrics and node_exporter at 1
 FUZZ_SECONDS ?= 60
 # Each target with its committed corpus; what a run finds goes to fuzz/corpus/TARGET.new.
 FUZZ_TARGETS := upstream_parse:fuzz/corpus/upstream_parse admission_review:fuzz/corpus/admission_review accept:fuzz/corpus/accept \
-	inject_manifests:tests/testdata/inject/manifests kube_objects:fuzz/corpus/kube_objects
-fuzz: ## fuzz the upstream parser, the admission handler, inject's reader, the watched objects' rendering and content negotiation, FUZZ_SECONDS (60) each, with cargo-fuzz on nightly; crashes land in fuzz/artifacts
+	inject_manifests:tests/testdata/inject/manifests kube_objects:fuzz/corpus/kube_objects \
+	compact_pod:fuzz/corpus/compact_pod
+fuzz: ## fuzz the upstream parser, the admission handler, inject's reader, the watched objects' rendering, the webhook's compact pod reading and content negotiation, FUZZ_SECONDS (60) each, with cargo-fuzz on nightly; crashes land in fuzz/artifacts
 	@cargo fuzz --version >/dev/null 2>&1 || { echo "make fuzz needs cargo-fuzz: cargo install cargo-fuzz"; exit 2; }
 	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 2; }
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -1,7 +1,13 @@
 //! What must hold for any AdmissionReview body, any manifest stream, any watched object and any
-//! `Accept` header: the properties of the fuzz targets `admission_review`, `inject_manifests`,
-//! `kube_objects` and `accept`, which `tests/fuzz_inputs.rs` also replays on stable over their
-//! corpora.
+//! `Accept` header and any pod the webhook reads compactly: the properties of the fuzz targets
+//! `admission_review`, `inject_manifests`, `kube_objects`, `accept` and `compact_pod`, which
+//! `tests/fuzz_inputs.rs` also replays on stable over their corpora.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
+use ksit_exporter::inject::{Outcome, inject};
 
 use ksit_exporter::inject::InjectorConfig;
 use ksit_exporter::inject::manifests::inject_manifests;
@@ -95,6 +101,87 @@ pub fn accept_holds(bytes: &[u8]) -> Result<(), String> {
     });
     if format == Format::OpenMetrics && !named {
         return Err(format!("OpenMetrics for {values:?}"));
+    }
+    Ok(())
+}
+
+/// Any pod the webhook reads compactly (only the containers inject's decision can depend on)
+/// gets the answer the whole pod gets: the same reason, warnings and patch as inject of the
+/// whole typed pod and a diff of the whole documents. Its corpus holds the dense shapes (many
+/// containers, managers, ports) whose cost the compact reading bounds.
+pub fn compact_holds(pod: &[u8]) -> Result<(), String> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(pod) else {
+        return Ok(());
+    };
+    let Ok(typed) = serde_json::from_value::<Pod>(value.clone()) else {
+        return Ok(());
+    };
+    let body = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "userInfo": {}, "object": value,
+        }
+    });
+    let cfg = config();
+    let answer = review(body.to_string(), Entry::Pod, &cfg);
+    if answer.status.as_u16() != 200 {
+        return Err(format!(
+            "a pod that reads typed got {}: {}",
+            answer.status, answer.detail
+        ));
+    }
+    let outcome = inject(&typed, &BTreeMap::new(), &cfg);
+    let (reason, warnings): (&str, Vec<String>) = match &outcome {
+        Outcome::Injected { warnings, .. } => ("none", warnings.clone()),
+        Outcome::Skipped {
+            reason,
+            detail,
+            pod,
+        } => (
+            reason.as_str(),
+            pod.iter().map(|_| format!("{reason}: {detail}")).collect(),
+        ),
+    };
+    if answer.reason != reason {
+        return Err(format!(
+            "reason {} where the whole pod's is {reason}",
+            answer.reason
+        ));
+    }
+    let sent: serde_json::Value =
+        serde_json::from_slice(&answer.body).map_err(|e| format!("not JSON: {e}"))?;
+    let response = &sent["response"];
+    let sent_warnings: Vec<String> = response
+        .get("warnings")
+        .and_then(|w| serde_json::from_value(w.clone()).ok())
+        .unwrap_or_default();
+    if sent_warnings != warnings {
+        return Err(format!(
+            "warnings {sent_warnings:?} where the whole pod's are {warnings:?}"
+        ));
+    }
+    let whole = outcome.pod().map(|new| {
+        let to_value = |p: &Pod| serde_json::to_value(p).expect("a pod converts to JSON");
+        json_patch::diff(&to_value(&typed), &to_value(new))
+    });
+    let patch = match response.get("patch").and_then(|p| p.as_str()) {
+        None => None,
+        Some(text) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| format!("the patch is not base64: {e}"))?;
+            Some(
+                serde_json::from_slice::<json_patch::Patch>(&raw)
+                    .map_err(|e| format!("the patch is not a JSONPatch: {e}"))?,
+            )
+        }
+    };
+    if patch != whole {
+        return Err(format!(
+            "patch {patch:?} where the whole pod's is {whole:?}"
+        ));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Issue 12's attacks against a ksit-exporter binary, on loopback; and docs/figures.md's "Faults".
+"""Issue 12's attacks and issue 28's dense reviews against a ksit-exporter binary, on loopback;
+and docs/figures.md's "Faults".
 
 Usage: faults.py PATH/TO/ksit-exporter RESULTS.json
        faults.py --figures docs/figures.md RESULTS.json
@@ -384,8 +385,29 @@ def attack_slow_reader(binary, workdir):
 # Webhook attacks.
 
 
-def review(size):
-    """An AdmissionReview of an opted-in manager pod padded by an annotation to `size` bytes."""
+# Issue 28's dense shapes: what one entry of each adds to the pod (`i` counts from 0), as
+# tests/webhook.rs `dense_review` builds them.
+SHAPES = {
+    "env": lambda pod, i: pod["spec"]["containers"][0].setdefault("env", []).append({"name": f"e{i}", "value": "v"}),
+    "volumes": lambda pod, i: (
+        pod["spec"].setdefault("volumes", []).append({"name": f"e{i}", "emptyDir": {}}),
+        pod["spec"]["containers"][0].setdefault("volumeMounts", []).append({"name": f"e{i}", "mountPath": "/"}),
+    ),
+    "labels": lambda pod, i: (
+        pod["metadata"]["labels"].__setitem__(f"e{i}", "v"),
+        pod["metadata"]["annotations"].__setitem__(f"e{i}", "v"),
+    ),
+    "containers": lambda pod, i: pod["spec"]["containers"].append({"name": f"e{i}"}),
+    "ports": lambda pod, i: pod["spec"]["containers"].append(
+        {"name": f"e{i}", "ports": [{"containerPort": 8082 + i % 50000}]}),
+    "managers": lambda pod, i: pod["spec"].setdefault("initContainers", []).append(
+        {"name": f"e{i}", "args": ["--metrics-addr=:8080"]}),
+}
+
+
+def review(size, shape=None):
+    """An AdmissionReview of an opted-in manager pod of `size` bytes: padded by an annotation,
+    or filled with many small entries of one of SHAPES (then a little under `size`)."""
     pod = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "large", "labels": {"ksit.io/inject": "true"},
@@ -408,8 +430,22 @@ def review(size):
             },
         }, separators=(",", ":"))
 
-    pod["metadata"]["annotations"]["example.com/padding"] = "x" * (size - len(text()))
-    return text().encode()
+    if shape is None:
+        pod["metadata"]["annotations"]["example.com/padding"] = "x" * (size - len(text()))
+        return text().encode()
+    # Grow in steps, measuring now and then: serializing every time would be quadratic.
+    i, step = 0, 1000
+    while True:
+        for _ in range(step):
+            SHAPES[shape](pod, i)
+            i += 1
+        length = len(text())
+        if length > size:
+            raise AssertionError("unreachable: the step is cut before the size")
+        left = size - length
+        if left < 64 * 1024:
+            return text().encode()
+        step = max(1, min(step, left // 80))
 
 
 def post_review(t, ca, body):
@@ -438,9 +474,9 @@ def post_review(t, ca, body):
     return line, time.monotonic() - t0
 
 
-def attack_reviews(binary, workdir, name, count):
+def attack_reviews(binary, workdir, name, count, shape=None):
     ca = os.path.join(workdir, "certs", "ca.crt")
-    body = review(REVIEW_MAX_BYTES - 1024)
+    body = review(REVIEW_MAX_BYTES - 1024, shape)
     t = Target(binary, workdir, name, webhook=True)
     post_review(t, ca, review(4096))  # one ordinary review first, so RSS before includes TLS set up
     before = memory_kib(t.proc.pid)[0]
@@ -505,6 +541,19 @@ ATTACKS = [
     ("webhook: one 3 MiB AdmissionReview", lambda b, w: attack_reviews(b, w, "review-1", 1)),
     ("webhook: twenty 3 MiB AdmissionReviews at once", lambda b, w: attack_reviews(b, w, "review-20", 20)),
     ("webhook: 2,000 plain-HTTP connections to the TLS port (failed handshakes)", attack_handshakes),
+    # Issue 28: memory bounded by the shape of the input, not only its bytes.
+    *[(f"webhook: one 3 MiB AdmissionReview, dense: {what}",
+       lambda b, w, shape=shape: attack_reviews(b, w, f"review-{shape}", 1, shape))
+      for shape, what in [
+          ("env", "~90,000 env entries"),
+          ("volumes", "~40,000 volumes and as many mounts"),
+          ("labels", "~100,000 labels and as many annotations"),
+          ("containers", "~150,000 tiny containers"),
+          ("ports", "~55,000 containers each declaring a port"),
+          ("managers", "~57,000 init containers each binding its metrics on 8080"),
+      ]],
+    ("webhook: twenty 3 MiB AdmissionReviews of ~150,000 tiny containers at once",
+     lambda b, w: attack_reviews(b, w, "review-containers-20", 20, "containers")),
 ]
 
 

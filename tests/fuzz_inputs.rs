@@ -1,8 +1,8 @@
-//! The properties of the fuzz targets `admission_review`, `inject_manifests`, `kube_objects` and
-//! `accept` (`fuzz/inputs.rs`) on stable under `cargo test`: over their corpora (the
-//! AdmissionReviews in `fuzz/corpus/admission_review`, the injector's golden inputs in
-//! `tests/testdata/inject`, the objects in `fuzz/corpus/kube_objects`, the Accept headers in
-//! `fuzz/corpus/accept`) and a
+//! The properties of the fuzz targets `admission_review`, `inject_manifests`, `kube_objects`,
+//! `accept` and `compact_pod` (`fuzz/inputs.rs`) on stable under `cargo test`: over their
+//! corpora (the AdmissionReviews in `fuzz/corpus/admission_review`, the injector's golden
+//! inputs in `tests/testdata/inject`, the objects in `fuzz/corpus/kube_objects`, the Accept
+//! headers in `fuzz/corpus/accept`, the pods in `fuzz/corpus/compact_pod`) and a
 //! bounded number of seeded mutations of them, so CI needs no nightly. `make fuzz` runs them
 //! under libFuzzer for longer.
 
@@ -122,4 +122,10 @@ fn any_watched_object_renders_well_formed_series() {
 fn any_accept_header_picks_a_format() {
     let corpus = files(&root().join("fuzz/corpus/accept"), ".txt");
     replay(corpus, 3000, 0x85eb_ca6b_c2b2_ae35, inputs::accept_holds);
+}
+
+#[test]
+fn any_pod_read_compactly_gets_the_whole_pods_answer() {
+    let corpus = files(&root().join("fuzz/corpus/compact_pod"), ".json");
+    replay(corpus, 300, 0x94d0_49bb_1331_11eb, inputs::compact_holds);
 }

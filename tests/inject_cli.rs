@@ -161,3 +161,143 @@ fn annotations_the_sidecar_cannot_start_with_are_reported_not_injected() {
         "{report}"
     );
 }
+
+/// A Pod manifest of about `size` bytes of YAML whose bulk is dense: `shape` names what fills
+/// it, as in tests/webhook.rs (`env`, `volumes`, `labels`, `containers`, `ports`, `managers`),
+/// or `strings`: one long annotation.
+fn dense_manifest(shape: &str, size: usize) -> String {
+    use serde_json::{Value, json};
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "large", "labels": {"ksit.io/inject": "true"}, "annotations": {}},
+        "spec": {"containers": [{"name": "manager", "image": "ghcr.io/kubestellar/ksit:0.1.0",
+            "args": ["--metrics-bind-address=:8080", "--health-probe-bind-address=:8081"]}]},
+    });
+    let push = |list: &mut Value, entry: Value| match list.as_array_mut() {
+        Some(items) => items.push(entry),
+        None => *list = json!([entry]),
+    };
+    let (mut i, mut len) = (0, 0);
+    while len < size {
+        let e = format!("e{i}");
+        len += match shape {
+            "env" => {
+                push(
+                    &mut pod["spec"]["containers"][0]["env"],
+                    json!({"name": e, "value": "v"}),
+                );
+                24 + e.len()
+            }
+            "volumes" => {
+                push(
+                    &mut pod["spec"]["volumes"],
+                    json!({"name": e, "emptyDir": {}}),
+                );
+                push(
+                    &mut pod["spec"]["containers"][0]["volumeMounts"],
+                    json!({"name": e, "mountPath": "/"}),
+                );
+                46 + 2 * e.len()
+            }
+            "labels" => {
+                pod["metadata"]["labels"][&e] = json!("v");
+                pod["metadata"]["annotations"][&e] = json!("v");
+                16 + 2 * e.len()
+            }
+            "containers" => {
+                push(&mut pod["spec"]["containers"], json!({"name": e}));
+                10 + e.len()
+            }
+            "ports" => {
+                push(
+                    &mut pod["spec"]["containers"],
+                    json!({"name": e, "ports": [{"containerPort": 8082 + i % 50_000}]}),
+                );
+                38 + e.len()
+            }
+            "managers" => {
+                push(
+                    &mut pod["spec"]["initContainers"],
+                    json!({"name": e, "args": ["--metrics-addr=:8080"]}),
+                );
+                38 + e.len()
+            }
+            _ => {
+                pod["metadata"]["annotations"]["example.com/padding"] = json!("x".repeat(size));
+                size
+            }
+        };
+        i += 1;
+    }
+    serde_saphyr::to_string(&pod).expect("YAML")
+}
+
+/// Runs `inject -f -` on `stdin` and returns its exit status and its peak RSS, read from
+/// /proc while it runs (VmHWM only grows, so any reading after the peak is the peak).
+fn inject_peak(stdin: String) -> (std::process::ExitStatus, u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"))
+        .args(["inject", "-f", "-", "--image", IMAGE])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let writer = std::thread::spawn(move || input.write_all(stdin.as_bytes()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file)
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().strip_suffix("kB"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kb * 1024);
+        }
+        if let Some(status) = child.try_wait().expect("the child can be waited on") {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let _ = writer.join();
+    (status, peak)
+}
+
+/// `inject` reads a dense manifest (hundreds of thousands of tiny containers, env entries,
+/// volumes, ports or managers) under 48 MiB peak RSS (the debug binary's): templates are read
+/// compactly and documents held as `Doc`s. At 1 MiB each is injected; at 3 MiB most pass the
+/// YAML reader's node budget (250,000) and are refused, still under the bound. Not `labels`
+/// at 3 MiB: the YAML reader remembers each key of a mapping to refuse a repeated one, about
+/// 30 MiB for 120,000 keys, and that shape peaks near 64 MiB (docs/figures.md).
+#[test]
+fn dense_manifests_stay_under_48_mib() {
+    const MIB: u64 = 1024 * 1024;
+    let shapes = [
+        "env",
+        "volumes",
+        "labels",
+        "containers",
+        "ports",
+        "managers",
+        "strings",
+    ];
+    for (size, shapes) in [(1 << 20, &shapes[..]), (3 << 20, &shapes[..])] {
+        for shape in shapes {
+            if size == 3 << 20 && *shape == "labels" {
+                continue;
+            }
+            let (status, peak) = inject_peak(dense_manifest(shape, size));
+            eprintln!("{shape} ({size} bytes): {status}, peak RSS {peak} bytes");
+            if size == 1 << 20 {
+                assert!(status.success(), "{shape}: {status}");
+            }
+            assert!(
+                peak < 48 * MIB,
+                "{shape} ({size} bytes): peak RSS {peak} bytes"
+            );
+        }
+    }
+}

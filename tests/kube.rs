@@ -443,6 +443,77 @@ async fn many_objects_are_bounded_and_lint_clean() {
     assert_promtool_clean(&promtool, &s.text);
 }
 
+/// Hostile objects near the API server's size limit: an Integration whose `spec.config` holds
+/// 50,000 entries (no series reads it) is exported as any other; an IntegrationTarget whose
+/// status holds 3,500 conditions (more values than the exporter keeps of what it reads) is
+/// left out, counted in ksit_exporter_kube_objects_skipped_total and logged; its neighbour is
+/// exported; the exporter's peak RSS (the debug binary's) stays under 48 MiB.
+#[tokio::test]
+async fn objects_too_large_to_read_are_skipped_and_counted() {
+    let Some(cp) = control_plane().await else {
+        return;
+    };
+    let ns = test_namespace(&cp, "kube-hostile", &[]).await;
+    let targets = dynamic(&cp, &ns.name, "IntegrationTarget", "integrationtargets");
+    let integrations = dynamic(&cp, &ns.name, "Integration", "integrations");
+    for (name, cluster) in [("big", "c-big"), ("ok", "c-ok")] {
+        create(
+            &targets,
+            json!({"apiVersion": "ksit.io/v1alpha1", "kind": "IntegrationTarget",
+                   "metadata": {"name": name}, "spec": {"clusterName": cluster}}),
+        )
+        .await;
+    }
+    let conditions: Vec<serde_json::Value> = (0..3_500)
+        .map(|i| {
+            json!({"type": format!("T{i}"), "status": "True", "reason": "R", "message": "",
+                   "lastTransitionTime": "2026-11-25T10:01:00Z"})
+        })
+        .collect();
+    patch_status(
+        &targets,
+        "big",
+        json!({"ready": true, "conditions": conditions}),
+    )
+    .await;
+    let config: serde_json::Map<String, serde_json::Value> =
+        (0..50_000).map(|i| (format!("k{i}"), json!("v"))).collect();
+    create(
+        &integrations,
+        json!({"apiVersion": "ksit.io/v1alpha1", "kind": "Integration", "metadata": {"name": "wide"},
+               "spec": {"type": "argocd", "config": config}}),
+    )
+    .await;
+
+    let e = exporter(&cp, &ns, &[("KSIT_CR_METRICS", "always")]).await;
+    let info = format!(
+        "ksit_integration_info{{enabled=\"true\",integration=\"wide\",namespace=\"{}\",type=\"argocd\"}}",
+        ns.name
+    );
+    let skipped = "ksit_exporter_kube_objects_skipped_total{kind=\"integrationtargets\",reason=\"too_large\"}";
+    let s = e
+        .scrape_until("the large target skipped, the others exported", |s| {
+            s.is(skipped, 1.0) && s.is(&info, 1.0) && s.has(&target_series(&ns.name, "ok", "c-ok"))
+        })
+        .await;
+    assert!(!s.has_label("target", "big"), "{s}");
+    s.assert(
+        "ksit_exporter_kube_objects{kind=\"integrationtargets\"}",
+        2.0,
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", e.child.id()))
+        .expect("the exporter's /proc status");
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024;
+    eprintln!("exporter peak RSS {peak} bytes");
+    assert!(peak < 48 * 1024 * 1024, "peak RSS {peak} bytes");
+}
+
 /// Property paths under `schema` (an OpenAPI v3 schema as JSON) that have no description.
 /// `metadata` is exempt: the API server describes it as ObjectMeta whatever the CRD says.
 fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {

@@ -634,7 +634,9 @@ async fn twenty_large_reviews_at_once_stay_under_48_mib() {
 
 /// An AdmissionReview of nearly the largest size whose bulk is dense: `shape` fills an
 /// opted-in manager pod with many small entries (`env`: env entries of one container,
-/// `volumes`: volumes and mounts, `labels`: labels and annotations).
+/// `volumes`: volumes and mounts, `labels`: labels and annotations, `containers`: tiny
+/// containers, `ports`: containers each declaring a port, `managers`: init containers each
+/// binding its metrics on 8080).
 fn dense_review(shape: &str, size: usize) -> String {
     let mut review: Value = serde_json::from_str(&large_review(8 * 1024)).unwrap();
     let pod = &mut review["request"]["object"];
@@ -655,6 +657,17 @@ fn dense_review(shape: &str, size: usize) -> String {
                     json!({"name": entry, "mountPath": "/"}),
                 )
             }
+            "containers" => push(&mut pod["spec"]["containers"], json!({"name": entry})),
+            // Each uses a port, as many as there are (a manager's metrics move past them).
+            "ports" => push(
+                &mut pod["spec"]["containers"],
+                json!({"name": entry, "ports": [{"containerPort": 8082 + i % 50_000}]}),
+            ),
+            // Each binds its metrics on 8080: the pod is refused, naming them all.
+            "managers" => push(
+                &mut pod["spec"]["initContainers"],
+                json!({"name": entry, "args": ["--metrics-addr=:8080"]}),
+            ),
             _ => {
                 pod["metadata"]["labels"][&entry] = json!("v");
                 pod["metadata"]["annotations"][&entry] = json!("v");
@@ -677,7 +690,7 @@ fn push(list: &mut Value, entry: Value) -> usize {
 }
 
 /// A review of nearly the largest size is cheap whatever its shape: tens of thousands of env
-/// entries, volumes or labels cost the webhook under 48 MiB peak RSS (the debug
+/// entries, volumes, labels or containers cost the webhook under 48 MiB peak RSS (the debug
 /// binary's), one review and then twenty at once, and each is answered.
 #[tokio::test]
 async fn dense_reviews_of_the_largest_size_stay_under_48_mib() {
@@ -685,7 +698,14 @@ async fn dense_reviews_of_the_largest_size_stay_under_48_mib() {
     let certs = tempfile::tempdir().unwrap();
     issue_certs(certs.path());
     let size = MAX_BODY_BYTES - 64 * 1024;
-    for shape in ["env", "volumes", "labels"] {
+    for shape in [
+        "env",
+        "volumes",
+        "labels",
+        "containers",
+        "ports",
+        "managers",
+    ] {
         let webhook = Webhook::start(certs.path()).await;
         let body = Arc::new(dense_review(shape, size));
         assert!(
@@ -712,6 +732,7 @@ async fn dense_reviews_of_the_largest_size_stay_under_48_mib() {
             }
             assert!(ok >= 1, "{shape}: no review of {reviews} answered 200");
             let peak = peak_rss(webhook.child.id());
+            eprintln!("{shape}: peak RSS {peak} bytes after {reviews} review(s)");
             assert!(
                 peak < 48 * MIB,
                 "{shape}: peak RSS {peak} bytes after {reviews} review(s) of {} bytes",

@@ -28,19 +28,28 @@ const LOCAL_HOSTS: &[&str] = &[
 /// ships it).
 pub(super) fn metrics_on_8080(spec: &PodSpec) -> Vec<String> {
     containers(spec)
-        .filter(|c| {
-            container_flag(c, METRICS_FLAGS)
-                .is_some_and(|(_, f)| listen_port(&f.value) == Some(METRICS_PORT))
-        })
+        .filter(|c| binds_metrics_on_8080(c))
         .map(|c| c.name.clone())
         .collect()
+}
+
+/// Whether this container is a manager binding its metrics on port 8080.
+pub(super) fn binds_metrics_on_8080(c: &Container) -> bool {
+    container_flag(c, METRICS_FLAGS)
+        .is_some_and(|(_, f)| listen_port(&f.value) == Some(METRICS_PORT))
 }
 
 /// The port of the first health-probe flag (KSIT's manager shape), if it names one.
 pub(super) fn health_port(spec: &PodSpec) -> Option<i32> {
     containers(spec)
-        .find_map(|c| container_flag(c, HEALTH_FLAGS).and_then(|(_, f)| listen_port(&f.value)))
+        .find_map(container_health_port)
         .filter(|port| *port != 0)
+}
+
+/// The port this container's health-probe flag names, if it has one: the first container with
+/// one decides [`health_port`].
+pub(super) fn container_health_port(c: &Container) -> Option<i32> {
+    container_flag(c, HEALTH_FLAGS).and_then(|(_, f)| listen_port(&f.value))
 }
 
 /// Which of a container's argument lists holds a flag.
@@ -138,16 +147,22 @@ pub(super) fn is_tcp(port: &ContainerPort) -> bool {
 }
 
 /// The first port from 8082 up that no container declares or binds.
-pub(super) fn free_port(spec: &PodSpec) -> Option<i32> {
-    let mut used: BTreeSet<i32> = containers(spec)
-        .flat_map(|c| {
-            let declared = c.ports.iter().flatten().map(|p| p.container_port);
-            declared.chain(bound_ports(c).map(|(port, _)| port))
-        })
-        .collect();
+/// `elided`: ports that containers left out of `spec` declare or bind ([`super::Elided`]).
+pub(super) fn free_port(spec: &PodSpec, elided: &BTreeSet<i32>) -> Option<i32> {
+    let mut used: BTreeSet<i32> = containers(spec).flat_map(used_ports).collect();
     used.insert(METRICS_PORT);
-    (TAKEOVER_FIRST_PORT..=i32::from(u16::MAX)).find(|p| !used.contains(p))
+    (TAKEOVER_FIRST_PORT..=i32::from(u16::MAX)).find(|p| !used.contains(p) && !elided.contains(p))
 }
+
+/// The ports a container declares or binds; [`free_port`] looks only from
+/// [`TAKEOVER_FIRST_PORT`] up, so the others matter to no one else.
+pub(super) fn used_ports(c: &Container) -> impl Iterator<Item = i32> + '_ {
+    let declared = c.ports.iter().flatten().map(|p| p.container_port);
+    declared.chain(bound_ports(c).map(|(port, _)| port))
+}
+
+/// The ports [`free_port`] can pick.
+pub(super) const TAKEOVER_PORTS: std::ops::RangeInclusive<i32> = TAKEOVER_FIRST_PORT..=65535;
 
 /// Moves the manager's metrics to loopback `port` and drops its declaration of port 8080, which
 /// now belongs to the sidecar (a Service's `targetPort: metrics` then reaches the merged metrics).

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::args::{bound_ports, is_tcp};
@@ -257,43 +257,46 @@ pub(super) fn metrics_owner(managers: &[String], takeover: bool) -> Result<Optio
 
 /// Anything left that would clash with the sidecar's port 8080 or its port name `metrics`.
 pub(super) fn find_conflict(spec: &PodSpec) -> Option<(SkipReason, String)> {
-    for c in containers(spec) {
-        let name = &c.name;
-        for port in c.ports.iter().flatten() {
-            if port.container_port == METRICS_PORT && is_tcp(port) {
-                return Some((
-                    SkipReason::PortConflict,
-                    format!("container {name} declares containerPort {METRICS_PORT}"),
-                ));
-            }
-            if port.name.as_deref() == Some(METRICS_PORT_NAME) {
-                return Some((
-                    SkipReason::NameConflict,
-                    format!(
-                        "container {name} declares a port named {METRICS_PORT_NAME} ({})",
-                        port.container_port
-                    ),
-                ));
-            }
-        }
-        if let Some((_, arg)) = bound_ports(c).find(|(port, _)| *port == METRICS_PORT) {
+    containers(spec).find_map(container_conflict)
+}
+
+/// What of this container alone would clash with the sidecar's port or port name.
+pub(super) fn container_conflict(c: &Container) -> Option<(SkipReason, String)> {
+    let name = &c.name;
+    for port in c.ports.iter().flatten() {
+        if port.container_port == METRICS_PORT && is_tcp(port) {
             return Some((
                 SkipReason::PortConflict,
-                format!("container {name} binds port {METRICS_PORT} ({arg:?})"),
+                format!("container {name} declares containerPort {METRICS_PORT}"),
             ));
         }
-        let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
-        let probe_ports = probes.into_iter().flatten().filter_map(|p| {
-            let http = p.http_get.as_ref().map(|h| &h.port);
-            http.or(p.tcp_socket.as_ref().map(|t| &t.port))
-        });
-        for port in probe_ports {
-            if *port == IntOrString::Int(METRICS_PORT) {
-                return Some((
-                    SkipReason::PortConflict,
-                    format!("container {name} has a probe on port {METRICS_PORT}"),
-                ));
-            }
+        if port.name.as_deref() == Some(METRICS_PORT_NAME) {
+            return Some((
+                SkipReason::NameConflict,
+                format!(
+                    "container {name} declares a port named {METRICS_PORT_NAME} ({})",
+                    port.container_port
+                ),
+            ));
+        }
+    }
+    if let Some((_, arg)) = bound_ports(c).find(|(port, _)| *port == METRICS_PORT) {
+        return Some((
+            SkipReason::PortConflict,
+            format!("container {name} binds port {METRICS_PORT} ({arg:?})"),
+        ));
+    }
+    let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+    let probe_ports = probes.into_iter().flatten().filter_map(|p| {
+        let http = p.http_get.as_ref().map(|h| &h.port);
+        http.or(p.tcp_socket.as_ref().map(|t| &t.port))
+    });
+    for port in probe_ports {
+        if *port == IntOrString::Int(METRICS_PORT) {
+            return Some((
+                SkipReason::PortConflict,
+                format!("container {name} has a probe on port {METRICS_PORT}"),
+            ));
         }
     }
     None

@@ -8,19 +8,23 @@
 //! the sidecar container, `config` its variables; [`inject`] ties them.
 
 mod args;
+pub mod compact;
 pub mod config;
 mod decision;
+pub mod doc;
 pub mod manifests;
+#[cfg(test)]
+pub(crate) mod random;
 mod template;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume};
 
 pub use config::{DEFAULT_IMAGE, InjectorConfig, SidecarMode, VARIABLES};
 pub use decision::SkipReason;
 use decision::{Plan, Skip};
-pub use template::ANNOTATION_ENV;
+pub use template::{ANNOTATION_ENV, ITS_VOLUME};
 
 /// Name of the injected container; also how an already injected pod is recognised.
 pub const SIDECAR_NAME: &str = "ksit-exporter";
@@ -81,7 +85,63 @@ pub fn inject(
     namespace_labels: &BTreeMap<String, String>,
     cfg: &InjectorConfig,
 ) -> Outcome {
-    match with_sidecar(pod, namespace_labels, cfg) {
+    inject_elided(pod, &Elided::default(), namespace_labels, cfg)
+}
+
+/// What a pod read compactly (the webhook's) leaves out of its containers that the decision
+/// still depends on, so that [`inject_elided`] of the compact pod decides as [`inject`] of the
+/// whole one. A container can be left out when [`Traits::of`] shows nothing the decision reads
+/// from it but the ports it uses, and no other container's outcome depends on its name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Elided {
+    /// Ports in the range a manager's metrics can be moved to that left-out containers declare
+    /// or bind.
+    pub ports: BTreeSet<i32>,
+    /// Every container binding its metrics on port 8080, in order (containers, then init
+    /// containers), when some of them were left out: only their names are then read.
+    pub managers: Option<Vec<String>>,
+}
+
+impl Elided {
+    /// Records the ports a left-out container uses.
+    pub fn add_ports(&mut self, c: &Container) {
+        self.ports
+            .extend(args::used_ports(c).filter(|p| args::TAKEOVER_PORTS.contains(p)));
+    }
+}
+
+/// What the decision reads from one container, besides the ports it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Traits {
+    /// Named as the sidecar: the first such container decides whether the pod has it.
+    pub sidecar_named: bool,
+    /// Binds its metrics on port 8080: a manager whose metrics the sidecar takes over.
+    pub manager: bool,
+    /// Would clash with the sidecar's port or port name: the first such container is refused.
+    pub conflict: bool,
+    /// Names a health-probe port: the first such container gives the sidecar's health URLs.
+    pub health: bool,
+}
+
+impl Traits {
+    pub fn of(c: &Container) -> Traits {
+        Traits {
+            sidecar_named: c.name == SIDECAR_NAME,
+            manager: args::binds_metrics_on_8080(c),
+            conflict: decision::container_conflict(c).is_some(),
+            health: args::container_health_port(c).is_some(),
+        }
+    }
+}
+
+/// [`inject`] of a pod some of whose containers were left out, as [`Elided`] says.
+pub fn inject_elided(
+    pod: &Pod,
+    elided: &Elided,
+    namespace_labels: &BTreeMap<String, String>,
+    cfg: &InjectorConfig,
+) -> Outcome {
+    match with_sidecar(pod, elided, namespace_labels, cfg) {
         Ok(outcome) => outcome,
         Err(Skip {
             reason,
@@ -103,6 +163,7 @@ pub fn inject(
 
 fn with_sidecar(
     pod: &Pod,
+    elided: &Elided,
     namespace_labels: &BTreeMap<String, String>,
     cfg: &InjectorConfig,
 ) -> Result<Outcome, Skip> {
@@ -113,9 +174,12 @@ fn with_sidecar(
     // free loopback port and let the sidecar serve them merged with its own.
     let mut defaults = BTreeMap::new();
     let mut status = format!("injected: {}", mode.as_str());
-    let managers = args::metrics_on_8080(&spec);
+    let managers = match &elided.managers {
+        Some(all) => all.clone(),
+        None => args::metrics_on_8080(&spec),
+    };
     if let Some(name) = decision::metrics_owner(&managers, takeover)? {
-        let port = args::free_port(&spec).ok_or_else(|| {
+        let port = args::free_port(&spec, &elided.ports).ok_or_else(|| {
             Skip::refused(
                 SkipReason::PortConflict,
                 format!("no free port to move the metrics of container {name} to"),

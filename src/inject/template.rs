@@ -87,7 +87,7 @@ pub(super) fn tls_volume(secret: &str) -> Volume {
 }
 
 /// The pod volume and the sidecar's mount of the ITS kubeconfig Secret.
-pub(super) const ITS_VOLUME: &str = "ksit-its-kubeconfig";
+pub const ITS_VOLUME: &str = "ksit-its-kubeconfig";
 const ITS_MOUNT_DIR: &str = "/var/run/secrets/ksit.io/its";
 
 pub(super) fn its_volume(secret: &ItsSecret) -> Volume {

@@ -7,7 +7,7 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::CONDITION_STATUSES;
-use super::object::Object;
+use super::object::{Fields, Object};
 use super::watch::{self, Gate, watch_all};
 use super::{Condition, first_of_each_type, ksit_resource, unix_seconds};
 use crate::labels;
@@ -118,6 +118,10 @@ fn yes() -> bool {
     true
 }
 
+impl Fields for Spec {
+    const FIELDS: &'static [&'static str] = &["type", "enabled"];
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ClusterStatus {
@@ -143,6 +147,17 @@ struct Status {
 
 /// An Integration as the collector reads it.
 type IntegrationObject = Object<Spec, Status>;
+
+impl Fields for Status {
+    const FIELDS: &'static [&'static str] = &[
+        "phase",
+        "conditions",
+        "clusterStatuses",
+        "lastReconcileTime",
+        "observedGeneration",
+        "message",
+    ];
+}
 
 pub async fn run(
     client: Client,

@@ -9,7 +9,7 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
-use super::object::Object;
+use super::object::{Fields, Object};
 use super::watch::{self, Gate, watch_all};
 use super::{Condition, first_of_each_type};
 use crate::metrics::Render;
@@ -28,6 +28,10 @@ struct Status {
 
 /// An ManagedCluster as the collector reads it.
 type ManagedCluster = Object<serde::de::IgnoredAny, Status>;
+
+impl Fields for Status {
+    const FIELDS: &'static [&'static str] = &["conditions"];
+}
 
 pub async fn run(
     client: Client,

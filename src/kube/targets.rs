@@ -6,7 +6,7 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
-use super::object::Object;
+use super::object::{Fields, Object};
 use super::watch::{self, Gate, watch_all};
 use super::{Condition, first_of_each_type, ksit_resource, unix_seconds};
 use crate::metrics::Render;
@@ -35,6 +35,14 @@ struct Status {
 
 /// An IntegrationTarget as the collector reads it.
 type IntegrationTarget = Object<Spec, Status>;
+
+impl Fields for Spec {
+    const FIELDS: &'static [&'static str] = &["clusterName"];
+}
+
+impl Fields for Status {
+    const FIELDS: &'static [&'static str] = &["ready", "conditions", "lastSyncTime", "message"];
+}
 
 pub async fn run(
     client: Client,

@@ -14,6 +14,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use super::object::{MAX_KEPT_VALUES, TooLarge};
 use crate::collector::{self, Collector};
 use crate::labels;
 use crate::metrics::{Counters, Family, Gauges, Objects, Registry, Render};
@@ -21,6 +22,11 @@ use crate::metrics::{Counters, Family, Gauges, Objects, Registry, Render};
 labels! {
     /// The plural of a watched kind: `integrationtargets`, `managedclusters`, ...
     pub struct Kind { kind }
+}
+
+labels! {
+    /// A watched kind and why an object of it was skipped (`too_large`).
+    pub struct Skipped { kind, reason }
 }
 
 pub const KUBE_UP: Family = Family {
@@ -35,6 +41,10 @@ pub const OBJECTS_DROPPED: Family = Family {
     name: "ksit_exporter_kube_objects_dropped_total",
     help: "Objects left out of the series because KSIT_MAX_OBJECTS was reached, counted once each.",
 };
+pub const OBJECTS_SKIPPED: Family = Family {
+    name: "ksit_exporter_kube_objects_skipped_total",
+    help: "Objects left out of the series because they could not be read within bounds (reason too_large: the fields the series read hold more values than the exporter keeps), counted once each.",
+};
 
 /// What every watch reports about itself.
 #[derive(Clone)]
@@ -45,6 +55,7 @@ pub struct Families {
     own_server: bool,
     objects: Gauges<Kind>,
     dropped: Counters<Kind>,
+    skipped: Counters<Skipped>,
     collectors: collector::Families,
 }
 
@@ -55,6 +66,7 @@ impl Families {
             own_server: true,
             objects: registry.gauges(OBJECTS),
             dropped: registry.counters(OBJECTS_DROPPED),
+            skipped: registry.counters(OBJECTS_SKIPPED),
             collectors,
         }
     }
@@ -117,7 +129,7 @@ pub trait ObjectFamilies {
 /// renders, or drops, the series of that object alone, under its UID; nothing keeps the objects
 /// themselves. Up to `max` objects are kept; the group is served only while the gate says this
 /// sidecar exports.
-pub async fn objects<K: Resource, F: ObjectFamilies>(
+pub async fn objects<K: Resource + TooLarge, F: ObjectFamilies>(
     name: &'static str,
     watches: Vec<Events<K>>,
     mut gate: Gate,
@@ -156,6 +168,12 @@ pub async fn objects<K: Resource, F: ObjectFamilies>(
                 match event {
                     // Sent before the list request, on every retry: it proves nothing yet.
                     watcher::Event::Init => kept.relist(watch),
+                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) if obj.too_large() => {
+                        tracker.ok();
+                        if let Some(key) = kept.skip(watch, &obj) {
+                            group.delete(&key);
+                        }
+                    }
                     watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
                         tracker.ok();
                         if let Some(key) = kept.admit(watch, &obj) {
@@ -199,6 +217,8 @@ struct Keys {
     kept: HashSet<Box<str>>,
     /// Left out at the cap, counted once each.
     dropped: HashSet<Box<str>>,
+    /// Left out as too large to read, counted once each.
+    skipped: HashSet<Box<str>>,
     /// Seen since the re-list began, while one is under way.
     listed: Option<HashSet<Box<str>>>,
 }
@@ -236,6 +256,7 @@ impl Kept {
         if let Some(listed) = &mut keys.listed {
             listed.insert(key.clone());
         }
+        keys.skipped.remove(&key);
         if keys.kept.contains(&key) {
             return Some(key);
         }
@@ -256,11 +277,44 @@ impl Kept {
         None
     }
 
+    /// Leaves out an object too large to read, counting and logging it once (until it is read
+    /// again): its key if it had series to remove, written when it was smaller.
+    fn skip(&mut self, watch: usize, obj: &impl Resource) -> Option<Box<str>> {
+        let key = key(obj);
+        let keys = self.keys(watch);
+        if let Some(listed) = &mut keys.listed {
+            listed.insert(key.clone());
+        }
+        let had = keys.kept.remove(&key);
+        let dropped = keys.dropped.remove(&key);
+        let new = keys.skipped.insert(key.clone());
+        if new {
+            self.families.skipped.inc(&Skipped {
+                kind: self.kind.kind.clone(),
+                reason: "too_large".to_string(),
+            });
+            tracing::warn!(
+                kind = %self.kind.kind,
+                namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+                name = obj.meta().name.as_deref().unwrap_or_default(),
+                max = MAX_KEPT_VALUES,
+                "the fields the series read of this object hold more values than the exporter keeps; it is not exported (ksit_exporter_kube_objects_skipped_total counts such objects)"
+            );
+        }
+        if had {
+            self.total -= 1;
+        }
+        if had || dropped || new {
+            self.count();
+        }
+        had.then_some(key)
+    }
+
     /// The object's key if it had series to remove.
     fn remove(&mut self, watch: usize, obj: &impl Resource) -> Option<Box<str>> {
         let key = key(obj);
         let keys = self.keys(watch);
-        let was_dropped = keys.dropped.remove(&key);
+        let was_dropped = keys.dropped.remove(&key) | keys.skipped.remove(&key);
         let removed = keys.kept.remove(&key);
         if removed {
             self.total -= 1;
@@ -280,17 +334,22 @@ impl Kept {
         let gone: Vec<Box<str>> = keys.kept.difference(&listed).cloned().collect();
         keys.kept.retain(|k| listed.contains(k));
         keys.dropped.retain(|k| listed.contains(k));
+        keys.skipped.retain(|k| listed.contains(k));
         self.total -= gone.len();
         self.count();
         gone
     }
 
-    /// Counts every object seen, kept or left out at the cap.
+    /// Counts every object seen, kept or left out (at the cap, or as too large).
     fn count(&mut self) {
         if self.total < self.max {
             self.warned = false;
         }
-        let dropped: usize = self.watches.iter().map(|k| k.dropped.len()).sum();
+        let dropped: usize = self
+            .watches
+            .iter()
+            .map(|k| k.dropped.len() + k.skipped.len())
+            .sum();
         let seen = (self.total + dropped) as f64;
         self.families.objects.set(&self.kind, seen);
     }
@@ -469,5 +528,38 @@ mod tests {
             Some(1.0),
             "the API server answered"
         );
+    }
+
+    /// An object too large to read is left out, its earlier series removed, counted and
+    /// logged once however often it changes, and exported again once it is small enough.
+    #[test]
+    fn a_too_large_object_is_skipped_counted_once_and_back_when_smaller() {
+        use super::super::object::Object;
+        let registry = Registry::new();
+        let families = Families::register(&registry, collector::Families::register(&registry));
+        let mut kept = Kept::new("integrations", 10, families.clone());
+        let mut obj = Object::<serde::de::IgnoredAny, serde::de::IgnoredAny>::default();
+        obj.metadata.uid = Some("u-1".into());
+        let skipped = || {
+            families.skipped.get(&Skipped {
+                kind: "integrations".into(),
+                reason: "too_large".into(),
+            })
+        };
+        let seen = || {
+            families.objects.get(&Kind {
+                kind: "integrations".into(),
+            })
+        };
+        assert!(kept.admit(0, &obj).is_some());
+        assert_eq!(kept.skip(0, &obj).as_deref(), Some("u-1"), "its series go");
+        assert_eq!(kept.skip(0, &obj), None);
+        assert_eq!(skipped(), 1, "counted once");
+        assert_eq!(seen(), Some(1.0), "still an object watched");
+        assert!(kept.admit(0, &obj).is_some(), "read again once smaller");
+        assert_eq!(kept.skip(0, &obj).as_deref(), Some("u-1"));
+        assert_eq!(skipped(), 2);
+        assert_eq!(kept.remove(0, &obj), None);
+        assert_eq!(seen(), Some(0.0));
     }
 }
