@@ -178,11 +178,14 @@ pub fn text_vars(
     Ok(text)
 }
 
-/// One warning per `KSIT_*` variable that no table in `known` has, most likely a typo.
+/// One warning per `KSIT_*` variable that no table in `known` has, most likely a typo. The
+/// kubelet's service links are not: it gives every container `<SERVICE>_SERVICE_HOST`,
+/// `<SERVICE>_PORT_8080_TCP` and the like for each Service of the namespace, and the sidecar's
+/// own Service is `ksit-monitor` (`KSIT_MONITOR_*`).
 pub fn unknown_variables(vars: &[(String, String)], known: &[&[Doc]]) -> Vec<String> {
     vars.iter()
         .map(|(name, _)| name)
-        .filter(|name| name.starts_with("KSIT_"))
+        .filter(|name| name.starts_with("KSIT_") && !is_service_link(name))
         .filter(|name| !known.iter().flat_map(|t| t.iter()).any(|d| d.0 == *name))
         .map(|name| {
             format!(
@@ -190,6 +193,36 @@ pub fn unknown_variables(vars: &[(String, String)], known: &[&[Doc]]) -> Vec<Str
             )
         })
         .collect()
+}
+
+/// Whether `name` is one of the variables the kubelet writes for a Service (Kubernetes'
+/// `envvars.FromServices`): `X_SERVICE_HOST`, `X_SERVICE_PORT`, `X_SERVICE_PORT_NAME`,
+/// `X_PORT`, `X_PORT_8080_TCP` and its `_PROTO`, `_PORT` and `_ADDR`.
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") || name.ends_with("_SERVICE_PORT") {
+        return true;
+    }
+    if name.contains("_SERVICE_PORT_") {
+        return true;
+    }
+    let Some((_, rest)) = name.rsplit_once("_PORT") else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    // `_8080_TCP`, then optionally `_PROTO`, `_PORT` or `_ADDR`.
+    let mut parts = rest.trim_start_matches('_').split('_');
+    let port = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let proto = parts
+        .next()
+        .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+    let tail = parts
+        .next()
+        .is_none_or(|p| matches!(p, "PROTO" | "PORT" | "ADDR"));
+    port && proto && tail && parts.next().is_none()
 }
 
 /// A variables table as `--help` prints it.
@@ -399,5 +432,40 @@ mod tests {
         let warnings = unknown_variables(&vars, &[&[], &[WORD.doc()]]);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("KSIT_T_WROD"));
+    }
+
+    /// What the kubelet gives a container for the Service ksit-monitor (seen in the kind
+    /// suite: seven warnings at every start) is not a typo.
+    #[test]
+    fn the_kubelets_service_links_are_not_unknown_variables() {
+        let links = [
+            "KSIT_MONITOR_SERVICE_HOST",
+            "KSIT_MONITOR_SERVICE_PORT",
+            "KSIT_MONITOR_SERVICE_PORT_METRICS",
+            "KSIT_MONITOR_PORT",
+            "KSIT_MONITOR_PORT_8080_TCP",
+            "KSIT_MONITOR_PORT_8080_TCP_PROTO",
+            "KSIT_MONITOR_PORT_8080_TCP_PORT",
+            "KSIT_MONITOR_PORT_8080_TCP_ADDR",
+        ];
+        let typos = [
+            "KSIT_LISTEN_PORT",
+            "KSIT_PORTS",
+            "KSIT_PORT_X_TCP",
+            "KSIT_X_PORT_80_TCP_HOST",
+        ];
+        let vars: Vec<(String, String)> = links
+            .iter()
+            .chain(&typos)
+            .map(|k| (k.to_string(), "1".to_string()))
+            .collect();
+        let warnings = unknown_variables(&vars, &[&[]]);
+        assert_eq!(warnings.len(), typos.len() - 1, "{warnings:?}");
+        for typo in ["KSIT_PORTS", "KSIT_PORT_X_TCP", "KSIT_X_PORT_80_TCP_HOST"] {
+            assert!(
+                warnings.iter().any(|w| w.contains(typo)),
+                "{typo}: {warnings:?}"
+            );
+        }
     }
 }

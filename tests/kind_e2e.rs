@@ -1003,6 +1003,9 @@ fn the_charts_servicemonitor_scrapes_the_sidecar_over_https_with_the_check_on() 
         kubectl_stdin(&["apply", "-f", "-"], &secret),
         "kubectl apply the Secret",
     );
+    // Back to plain HTTP however this ends, so that a failure here does not fail the checks
+    // after it.
+    let plain_again = PlainAgain;
     let started = Instant::now();
     helm_upgrade(&[
         "metricsSecurity.tlsSecret=ksit-exporter-metrics-tls",
@@ -1073,31 +1076,40 @@ fn the_charts_servicemonitor_scrapes_the_sidecar_over_https_with_the_check_on() 
         started.elapsed().as_secs_f64()
     );
 
-    helm_upgrade(&[
-        "metricsSecurity.tlsSecret=",
-        "metricsSecurity.auth=none",
-        "metricsSecurity.readers=null",
-    ]);
-    let pod = reinject_manager();
-    let plain = pod_name(&pod);
-    until("the plain target back", Duration::from_secs(240), || {
-        let targets = up_targets()?;
-        targets
-            .iter()
-            .find(|t| {
-                t["labels"]["pod"] == plain.as_str()
-                    && t["scrapeUrl"]
-                        .as_str()
-                        .is_some_and(|u| u.starts_with("http://"))
-            })
-            .map(|_| ())
-            .ok_or_else(|| format!("{targets:?}"))
-    });
-    let _ = kubectl(&[
-        "-n",
-        KSIT_NS,
-        "delete",
-        "secret",
-        "ksit-exporter-metrics-tls",
-    ]);
+    drop(plain_again);
+}
+
+/// Puts the release back to a plain-HTTP sidecar and waits for its target, on drop.
+struct PlainAgain;
+
+impl Drop for PlainAgain {
+    fn drop(&mut self) {
+        helm_upgrade(&[
+            "metricsSecurity.tlsSecret=",
+            "metricsSecurity.auth=none",
+            "metricsSecurity.readers=null",
+        ]);
+        let pod = reinject_manager();
+        let plain = pod_name(&pod);
+        until("the plain target back", Duration::from_secs(240), || {
+            let targets = up_targets()?;
+            targets
+                .iter()
+                .find(|t| {
+                    t["labels"]["pod"] == plain.as_str()
+                        && t["scrapeUrl"]
+                            .as_str()
+                            .is_some_and(|u| u.starts_with("http://"))
+                })
+                .map(|_| ())
+                .ok_or_else(|| format!("{targets:?}"))
+        });
+        let _ = kubectl(&[
+            "-n",
+            KSIT_NS,
+            "delete",
+            "secret",
+            "ksit-exporter-metrics-tls",
+        ]);
+    }
 }
