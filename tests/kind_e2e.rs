@@ -216,9 +216,9 @@ fn webhook_metrics(pod: &str) -> Result<String, String> {
     ))
 }
 
-/// A server-side dry run of a plain pod in the injected namespace: whether the webhook added
-/// the sidecar (the API server runs admission on dry runs, the webhook says sideEffects None).
-fn dry_run_admission_injects() -> Result<(), String> {
+/// A server-side dry run of a plain pod in the injected namespace: the sidecar the webhook
+/// added (the API server runs admission on dry runs, the webhook says sideEffects None).
+fn dry_run_sidecar() -> Result<Value, String> {
     let pod = format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"generateName":"kind-e2e-","namespace":"{KSIT_NS}"}},
         "spec":{{"securityContext":{{"runAsNonRoot":true,"seccompProfile":{{"type":"RuntimeDefault"}}}},
@@ -233,18 +233,26 @@ fn dry_run_admission_injects() -> Result<(), String> {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let names: Vec<&str> = ["initContainers", "containers"]
+    let containers: Vec<&Value> = ["initContainers", "containers"]
         .iter()
         .flat_map(|k| v["spec"][k].as_array().into_iter().flatten())
-        .filter_map(|c| c["name"].as_str())
         .collect();
-    if names.contains(&SIDECAR) {
-        Ok(())
-    } else {
-        Err(format!(
-            "admitted without the sidecar: containers {names:?}"
-        ))
-    }
+    containers
+        .iter()
+        .find(|c| c["name"] == SIDECAR)
+        .map(|c| (*c).clone())
+        .ok_or_else(|| {
+            let names: Vec<&str> = containers
+                .iter()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            format!("admitted without the sidecar: containers {names:?}")
+        })
+}
+
+/// Whether the webhook adds the sidecar to a plain pod now.
+fn dry_run_admission_injects() -> Result<(), String> {
+    dry_run_sidecar().map(|_| ())
 }
 
 #[test]
@@ -931,8 +939,11 @@ fn helm_upgrade(sets: &[&str]) {
     );
 }
 
-/// The manager's pod made again through the (upgraded) webhook, and ready.
-fn reinject_manager() -> Value {
+/// The manager's pod made again through the upgraded webhook, ready, its sidecar probed over
+/// HTTPS when `https`. The webhook's Service may send admissions to its old pod for a moment
+/// after the rollout (and with failurePolicy Ignore a pod is then created without the sidecar),
+/// so the restart waits until a dry run gets the new sidecar.
+fn reinject_manager(https: bool) -> Value {
     ok(
         kubectl(&[
             "-n",
@@ -943,6 +954,20 @@ fn reinject_manager() -> Value {
             "--timeout=300s",
         ]),
         "the webhook rolled out",
+    );
+    let scheme = if https { "HTTPS" } else { "HTTP" };
+    let probed = |c: &Value| c["readinessProbe"]["httpGet"]["scheme"] == scheme;
+    until(
+        "the new webhook injecting",
+        Duration::from_secs(120),
+        || {
+            let sidecar = dry_run_sidecar()?;
+            if probed(&sidecar) {
+                Ok(())
+            } else {
+                Err(format!("the old sidecar: {sidecar}"))
+            }
+        },
     );
     ok(
         kubectl(&[
@@ -965,7 +990,23 @@ fn reinject_manager() -> Value {
         ]),
         "the manager rolled out",
     );
-    ready_manager_pod()
+    until(
+        "the manager's new pod with the new sidecar",
+        Duration::from_secs(240),
+        || {
+            let pod = ready_manager_pod();
+            let has = pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == SIDECAR && probed(c));
+            if has {
+                Ok(pod)
+            } else {
+                Err(pod["spec"].to_string())
+            }
+        },
+    )
 }
 
 /// The chart's metricsSecurity on a real kubelet and a real prometheus-operator: the sidecar
@@ -1013,7 +1054,7 @@ fn the_charts_servicemonitor_scrapes_the_sidecar_over_https_with_the_check_on() 
         "metricsSecurity.readers[0].name=prometheus",
         "metricsSecurity.readers[0].namespace=monitoring",
     ]);
-    let pod = reinject_manager();
+    let pod = reinject_manager(true);
     let sidecar = spec_of(&pod, "initContainers", SIDECAR);
     assert_eq!(
         sidecar["readinessProbe"]["httpGet"]["scheme"], "HTTPS",
@@ -1024,14 +1065,15 @@ fn the_charts_servicemonitor_scrapes_the_sidecar_over_https_with_the_check_on() 
         true
     );
     let name_of_pod = pod_name(&pod);
-    // Through the API server's pod proxy, which sends no token of the caller's: a 401.
+    // Through the API server's pod proxy, which sends no token of the caller's: a 401, which
+    // kubectl reports as its own "must be logged in".
     let proxied = raw(&format!(
         "/api/v1/namespaces/{KSIT_NS}/pods/https:{name_of_pod}:8080/proxy/metrics"
     ));
     assert!(
         proxied
             .as_ref()
-            .is_err_and(|e| e.contains("Unauthorized") || e.contains("401")),
+            .is_err_and(|e| e.contains("asked for the client to provide credentials")),
         "{proxied:?}"
     );
     assert_eq!(
@@ -1089,7 +1131,7 @@ impl Drop for PlainAgain {
             "metricsSecurity.auth=none",
             "metricsSecurity.readers=null",
         ]);
-        let pod = reinject_manager();
+        let pod = reinject_manager(false);
         let plain = pod_name(&pod);
         until("the plain target back", Duration::from_secs(240), || {
             let targets = up_targets()?;
