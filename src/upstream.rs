@@ -427,7 +427,7 @@ controller_runtime_reconcile_total{controller="integration",result="success"} 6
 process_open_fds 12
 # HELP workqueue_depth Current depth of workqueue
 # TYPE workqueue_depth gauge
-workqueue_depth{controller="integration",name="integration"} 0
+workqueue_depth{name="integration"} 0
 untyped_without_comments 3
 "#;
 
@@ -501,10 +501,7 @@ untyped_without_comments 3
                 "untyped_without_comments"
             ]
         );
-        assert!(
-            text(&r)
-                .contains("workqueue_depth{controller=\"integration\",name=\"integration\"} 0\n")
-        );
+        assert!(text(&r).contains("workqueue_depth{name=\"integration\"} 0\n"));
         assert!(text(&r).ends_with("untyped_without_comments 3\n"));
         assert_reparses(&r);
     }

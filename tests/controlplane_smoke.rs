@@ -397,3 +397,74 @@ async fn every_manifest_passes_server_side_dry_run() {
         );
     }
 }
+
+/// Upstream's InvalidSecret: a target whose Secret `<clusterName>-kubeconfig` has no
+/// `kubeconfig` key is not ready and never requeued, and Secrets are not watched, so adding the
+/// key changes nothing until the target itself changes (no predicates: any update, an
+/// annotation included, reconciles it).
+#[tokio::test]
+async fn a_secret_without_a_kubeconfig_key_is_never_requeued() {
+    let Some(cp) = common::control_plane().await else {
+        return;
+    };
+    let ns = common::test_namespace(&cp, "smoke-invalid-secret", &[]).await;
+    cp.apply_yaml(
+        &ns.name,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: edge-kubeconfig}\nstringData: {config: x}\n---\n\
+         apiVersion: ksit.io/v1alpha1\nkind: IntegrationTarget\nmetadata: {name: edge}\nspec: {clusterName: edge}\n",
+    );
+    // Requeues of a second: a requeued target would be reconciled many times below.
+    let _manager = common::start_manager_with(
+        &cp,
+        &[&ns.name],
+        &["--target-ready-requeue=1s", "--target-failing-requeue=1s"],
+    )
+    .await;
+    let targets = ksit_api(&cp, &ns.name, "IntegrationTarget");
+    let invalid = status_when(&targets, "edge", |s| {
+        ready_condition(s)["reason"] == "InvalidSecret"
+    })
+    .await;
+    assert_eq!(invalid["message"], "Secret missing 'kubeconfig' key");
+    assert!(invalid.get("ready").is_none(), "{invalid}");
+    assert!(invalid.get("lastSyncTime").is_none(), "{invalid}");
+
+    common::check(
+        cp.kubectl(&[
+            "-n",
+            &ns.name,
+            "patch",
+            "secret",
+            "edge-kubeconfig",
+            "--type=merge",
+            "-p",
+            r#"{"stringData":{"kubeconfig":"x"}}"#,
+        ]),
+        "adding the kubeconfig key",
+    );
+    // Five requeue periods: still InvalidSecret, so it was neither requeued nor woken by the
+    // Secret.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let obj = targets.get("edge").await.expect("the target");
+    let still = obj.data["status"].clone();
+    assert_eq!(
+        ready_condition(&still)["reason"],
+        "InvalidSecret",
+        "requeued or woken by the Secret: {still}"
+    );
+
+    // An update of the target reconciles it, and the key is there now.
+    common::check(
+        cp.kubectl(&[
+            "-n",
+            &ns.name,
+            "annotate",
+            "integrationtarget",
+            "edge",
+            "touched=1",
+        ]),
+        "annotating the target",
+    );
+    let ready = status_when(&targets, "edge", |s| s["ready"] == true).await;
+    assert_eq!(ready_condition(&ready)["reason"], "ClusterReady");
+}

@@ -509,6 +509,12 @@ async fn every_panel_and_alert_against_a_live_exporter() {
     );
     let step = grafana.interval();
     let mut checked = 0;
+    // Every query as Prometheus runs it, for the label check below.
+    let mut queries: Vec<String> = shipped
+        .iter()
+        .chain(rules_with(&rules, "record").iter())
+        .filter_map(|r| r["expr"].as_str().map(str::to_string))
+        .collect();
     for panel in panels(&dashboard) {
         let title = panel["title"].as_str().unwrap_or("(untitled)");
         if panel["type"] == "row" {
@@ -533,6 +539,7 @@ async fn every_panel_and_alert_against_a_live_exporter() {
                     continue;
                 }
             };
+            queries.push(promql.clone());
             let mut legend = legend_labels(t["legendFormat"].as_str().unwrap_or_default());
             legend.retain(|l| l != "cluster");
             let mut answers = vec![(Run::Instant, query(prom, &promql).await)];
@@ -549,12 +556,36 @@ async fn every_panel_and_alert_against_a_live_exporter() {
             checked += 1;
         }
     }
+    // The manager's own label sets (controller-runtime v0.16.3, as upstream), and every label
+    // a query names on a family that comes from them.
+    let upstream = manager_label_sets(&manager.metrics_addr).await;
+    let target_labels = target_label_names(prom).await;
+    let mut label_checks = 0;
+    for promql in &queries {
+        let tree = parse(prom, promql).await;
+        for (family, label) in labels_used(&tree) {
+            let Some(source) = upstream_source(&family) else {
+                continue;
+            };
+            label_checks += 1;
+            let carried = upstream.get(source).cloned().unwrap_or_default();
+            if !carried.contains(&label) && !target_labels.contains(&label) && label != "cluster" {
+                failures.push(format!(
+                    "`{promql}` uses label {label} on {family}, but the manager's {source} carries only {carried:?} \
+                     (and the scrape adds {target_labels:?})"
+                ));
+            }
+        }
+    }
     assert!(
         failures.is_empty(),
         "{} failures:\n{}{}",
         failures.len(),
         failures.join("\n"),
         logs()
+    );
+    eprintln!(
+        "dashboard_e2e: {label_checks} labels on upstream-derived families checked against the manager's /metrics"
     );
     eprintln!(
         "dashboard_e2e: {checked} panel queries answered; {} alerts fired as expected, {} stayed quiet",
@@ -565,6 +596,184 @@ async fn every_panel_and_alert_against_a_live_exporter() {
                 .filter(|e| matches!(e, Expect::Fire(_)))
                 .count()
     );
+}
+
+/// The family of the manager's /metrics a family a query reads comes from: upstream families
+/// pass through under their own names, and the exporter turns controller-runtime's reconcile
+/// families into `ksit_reconcile_*` (src/upstream.rs), labels kept.
+fn upstream_source(family: &str) -> Option<&str> {
+    match family {
+        "ksit_reconcile_total" => Some("controller_runtime_reconcile_total"),
+        "ksit_reconcile_duration_seconds_bucket" => {
+            Some("controller_runtime_reconcile_time_seconds_bucket")
+        }
+        "ksit_reconcile_duration_seconds_sum" => {
+            Some("controller_runtime_reconcile_time_seconds_sum")
+        }
+        "ksit_reconcile_duration_seconds_count" => {
+            Some("controller_runtime_reconcile_time_seconds_count")
+        }
+        f if f.starts_with("workqueue_")
+            || f.starts_with("controller_runtime_")
+            || f.starts_with("leader_election_") =>
+        {
+            Some(f)
+        }
+        _ => None,
+    }
+}
+
+/// Every (family, label) a query's syntax tree names: the matchers of each selector, and the
+/// `by`/`without` labels of each aggregation over it.
+fn labels_used(tree: &Value) -> Vec<(String, String)> {
+    // Prometheus's tree writes `x{...}[5m]` as one matrixSelector with the name and matchers.
+    fn is_selector(node: &Value) -> bool {
+        node["type"] == "vectorSelector" || node["type"] == "matrixSelector"
+    }
+    fn selectors(node: &Value, out: &mut Vec<String>) {
+        if is_selector(node)
+            && let Some(name) = node["name"].as_str()
+        {
+            out.push(name.to_string());
+        }
+        match node {
+            Value::Object(m) => m.values().for_each(|v| selectors(v, out)),
+            Value::Array(a) => a.iter().for_each(|v| selectors(v, out)),
+            _ => {}
+        }
+    }
+    fn walk(node: &Value, out: &mut Vec<(String, String)>) {
+        if is_selector(node)
+            && let Some(name) = node["name"].as_str()
+        {
+            for m in node["matchers"].as_array().into_iter().flatten() {
+                if let Some(label) = m["name"].as_str().filter(|l| *l != "__name__") {
+                    out.push((name.to_string(), label.to_string()));
+                }
+            }
+        }
+        if node["type"] == "aggregation" {
+            let mut under = Vec::new();
+            selectors(&node["expr"], &mut under);
+            for label in node["grouping"].as_array().into_iter().flatten() {
+                for family in &under {
+                    out.push((
+                        family.clone(),
+                        label.as_str().unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+        }
+        match node {
+            Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree, &mut out);
+    out
+}
+
+/// The label names of every series family on the manager's /metrics, by sample name; and the
+/// label sets controller-runtime v0.16.3 gives them, asserted: `workqueue_*` carry `name` and
+/// nothing else (v0.19 added `controller`), `controller_runtime_reconcile_total` carries
+/// `controller` and `result`, for upstream's two controllers.
+async fn manager_label_sets(
+    metrics_addr: &str,
+) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let reply = common::http::get(metrics_addr, "/metrics").await;
+    let text = reply.text();
+    let mut sets: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut controllers = std::collections::BTreeSet::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name, labels) = match line.split_once('{') {
+            Some((n, rest)) => (n, rest.rsplit_once('}').map_or("", |(l, _)| l)),
+            None => (line.split(' ').next().unwrap_or_default(), ""),
+        };
+        let set = sets.entry(name.to_string()).or_default();
+        // Label values here have no `,` or `"` escaped inside (controller and queue names).
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (label, value) = pair.split_once('=').expect("label=value");
+            set.insert(label.to_string());
+            if name.starts_with("controller_runtime_reconcile_total") && label == "controller" {
+                controllers.insert(value.trim_matches('"').to_string());
+            }
+        }
+    }
+    let workqueue: Vec<_> = sets
+        .keys()
+        .filter(|n| n.starts_with("workqueue_"))
+        .collect();
+    assert!(
+        !workqueue.is_empty(),
+        "no workqueue_* on the manager's /metrics:\n{text}"
+    );
+    for name in workqueue {
+        let labels: Vec<&str> = sets[name]
+            .iter()
+            .map(String::as_str)
+            .filter(|l| *l != "le")
+            .collect();
+        assert_eq!(
+            labels,
+            ["name"],
+            "{name}: controller-runtime v0.16.3 labels workqueue_* by name only"
+        );
+    }
+    let reconcile: Vec<&str> = sets["controller_runtime_reconcile_total"]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        reconcile,
+        ["controller", "result"],
+        "controller_runtime_reconcile_total"
+    );
+    assert_eq!(
+        controllers.into_iter().collect::<Vec<_>>(),
+        ["integration", "integrationtarget"],
+        "upstream's controller names"
+    );
+    sets
+}
+
+/// The labels a scrape adds to every series of the exporter's target (job, instance,
+/// namespace, pod, ...), as its `up` series carries them.
+async fn target_label_names(prom: &str) -> std::collections::BTreeSet<String> {
+    let up = query(prom, "up").await.unwrap_or_else(|e| panic!("{e}"));
+    up.iter()
+        .flat_map(|s| s["metric"].as_object().into_iter().flatten())
+        .map(|(k, _)| k.clone())
+        .filter(|k| k != "__name__")
+        .collect()
+}
+
+#[test]
+fn a_query_s_labels_are_found_in_its_syntax_tree() {
+    let tree = json!({"type": "aggregation", "op": "sum", "grouping": ["controller"],
+        "expr": {"type": "call", "args": [{"type": "matrixSelector", "name": "workqueue_depth",
+            "matchers": [{"name": "name", "type": "=", "value": "x"},
+                         {"name": "__name__", "type": "=", "value": "workqueue_depth"}]}]}});
+    assert_eq!(
+        labels_used(&tree),
+        [
+            ("workqueue_depth".to_string(), "controller".to_string()),
+            ("workqueue_depth".to_string(), "name".to_string())
+        ]
+    );
+    assert_eq!(
+        upstream_source("ksit_reconcile_total"),
+        Some("controller_runtime_reconcile_total")
+    );
+    assert_eq!(
+        upstream_source("workqueue_adds_total"),
+        Some("workqueue_adds_total")
+    );
+    assert_eq!(upstream_source("ksit_cluster_status"), None);
 }
 
 #[test]

@@ -38,6 +38,7 @@ use common::{
     Cleanup, ControlPlane, check, control_plane, eventually, free_port, http, netns, test_namespace,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Endpoints, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
@@ -69,27 +70,33 @@ struct Layout {
     name: &'static str,
     deployment: &'static str,
     service_account: &'static str,
+    /// The Deployment's replicas, as the layout ships them.
+    replicas: u32,
 }
 
 const KUBEBUILDER: Layout = Layout {
     name: "kubebuilder",
     deployment: "ksit-controller-manager",
     service_account: "ksit-controller",
+    replicas: 1,
 };
 const KUSTOMIZE_DEV: Layout = Layout {
     name: "kustomize-dev",
     deployment: "dev-ksit-controller-manager",
     service_account: "dev-ksit-controller",
+    replicas: 1,
 };
 const KUSTOMIZE_PROD: Layout = Layout {
     name: "kustomize-prod",
     deployment: "prod-ksit-controller-manager",
     service_account: "prod-ksit-controller",
+    replicas: 3,
 };
 const HELM: Layout = Layout {
     name: "helm",
     deployment: "ksit-controller-manager",
     service_account: "ksit-controller-manager",
+    replicas: 1,
 };
 
 /// How the sidecar gets into the pod (README, "Install").
@@ -103,7 +110,8 @@ enum Way {
     Inject,
 }
 
-// Each test has its own network slot (tests/common/netns.rs), so they can run at once.
+// Each test has its own network slot (tests/common/netns.rs), so they can run at once; a
+// layout with more replicas takes EXTRA_SLOTS[slot] for the others.
 #[tokio::test]
 async fn kubebuilder_config_with_the_webhook() {
     run(KUBEBUILDER, Way::Webhook, 0).await;
@@ -142,6 +150,16 @@ async fn kustomize_prod_with_the_sidecar_component() {
 #[tokio::test]
 async fn helm_chart_with_inject() {
     run(HELM, Way::Inject, 7).await;
+}
+
+/// The slots of the replicas after the first, by the test's slot (only prod has any).
+fn extra_slots(slot: u32, replicas: u32) -> Vec<u32> {
+    let first = match slot {
+        2 => 8,
+        6 => 10,
+        _ => return Vec::new(),
+    };
+    (first..first + replicas.saturating_sub(1).min(2)).collect()
 }
 
 /// A child process killed on drop, with its log file.
@@ -1012,4 +1030,251 @@ async fn run(layout: Layout, way: Way, slot: u32) {
         started.elapsed().as_secs_f64(),
         series.len()
     );
+    if layout.replicas == 1 {
+        return;
+    }
+
+    // Every replica of the layout, each pod played as the first was: exactly one sidecar, the
+    // one beside the Lease holder, exports the leader-gated series (KSIT_CR_METRICS=leader, the
+    // default); when that pod goes, another replica's manager takes the Lease and its sidecar
+    // starts exporting them.
+    assert_eq!(
+        env.get("KSIT_CR_METRICS")
+            .map(String::as_str)
+            .unwrap_or("leader"),
+        "leader"
+    );
+    let mut replicas = vec![Replica {
+        pod: pod_name.clone(),
+        ip: netns.ns_ip.clone(),
+        procs: Some((manager, exporter)),
+    }];
+    let mut extra = Vec::new();
+    for extra_slot in extra_slots(slot, layout.replicas) {
+        let ns_net = netns::create_or_skip("198.51.100", extra_slot)
+            .unwrap_or_else(|| panic!("no network namespace for slot {extra_slot}"));
+        let played: Vec<String> = replicas.iter().map(|r| r.pod.clone()).collect();
+        let next = eventually(WAIT, "another injected replica", || async {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .find(|n| !played.contains(n))
+                .ok_or_else(|| format!("only {played:?} so far"))
+        })
+        .await;
+        let played =
+            play_replica(&cp, &ns.name, &next, &ns_net, layout.service_account, &tag).await;
+        replicas.push(played.0);
+        extra.push((ns_net, played.1, played.2));
+    }
+    assert_eq!(
+        replicas.len() as u32,
+        layout.replicas,
+        "every replica played"
+    );
+
+    let leases = Api::<Lease>::namespaced(cp.client.clone(), &ns.name);
+    let first = eventually(WAIT, "exactly one sidecar exporting as leader", || async {
+        one_leader(&replicas, &leases).await
+    })
+    .await;
+    eprintln!(
+        "{}: {} replicas, leader {first} (the Lease's holder), its sidecar alone exports ksit_cluster_status",
+        layout.name,
+        replicas.len()
+    );
+
+    // The leader's pod goes: its processes die with it (no Lease release), and it is deleted.
+    let gone = Instant::now();
+    let leader = replicas
+        .iter_mut()
+        .find(|r| r.pod == first)
+        .expect("the leader is a played replica");
+    leader.procs = None;
+    check(
+        cp.kubectl(&[
+            "-n",
+            &ns.name,
+            "delete",
+            "pod",
+            &first,
+            "--grace-period=0",
+            "--force",
+        ]),
+        "deleting the leader's pod",
+    );
+    replicas.retain(|r| r.pod != first);
+    let second = eventually(
+        Duration::from_secs(90),
+        "another replica exporting as leader",
+        || async { one_leader(&replicas, &leases).await },
+    )
+    .await;
+    assert_ne!(second, first, "the Lease moved");
+    eprintln!(
+        "{}: handoff from {first} to {second} in {:.1}s (controller-runtime's 15 s Lease duration, unreleased)",
+        layout.name,
+        gone.elapsed().as_secs_f64()
+    );
+    drop(extra);
+}
+
+/// One played replica: its pod, its IP, and the manager and sidecar processes (dropped when
+/// the pod goes).
+struct Replica {
+    pod: String,
+    ip: String,
+    procs: Option<(Proc, Proc)>,
+}
+
+/// Plays one more replica as the test played the first: bind it, report it running and ready at
+/// the namespace's address, and run the stand-in manager and the sidecar in it.
+async fn play_replica(
+    cp: &ControlPlane,
+    namespace: &str,
+    pod_name: &str,
+    ns_net: &netns::NetNs,
+    service_account: &str,
+    tag: &str,
+) -> (Replica, netns::Relay, tempfile::TempDir) {
+    let target = common::repo_path("target");
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": pod_name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+    });
+    check(
+        cp.kubectl_stdin(
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/{namespace}/pods/{pod_name}/binding"),
+                "-f",
+                "-",
+            ],
+            &binding.to_string(),
+        ),
+        "binding the pod",
+    );
+    let pod_status = json!({"status": {
+        "phase": "Running",
+        "podIP": ns_net.ns_ip,
+        "podIPs": [{"ip": ns_net.ns_ip}],
+        "hostIP": ns_net.host_ip,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "True"},
+        ],
+    }});
+    check(
+        cp.kubectl(&[
+            "-n",
+            namespace,
+            "patch",
+            "pod",
+            pod_name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &pod_status.to_string(),
+        ]),
+        "writing the pod's status",
+    );
+    let api_port = port_of(&cp.server_url);
+    let relay = netns::start_relay(ns_net, &[(api_port, api_port)]).await;
+    let pods = Api::<Pod>::namespaced(cp.client.clone(), namespace);
+    let bound = pods.get(pod_name).await.expect("the bound pod");
+    let manager_args = bound
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.containers.iter().find(|c| c.name == "manager"))
+        .and_then(|c| c.args.clone())
+        .expect("the manager container has arguments");
+    let manager = Proc::spawn(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns_net.name,
+                "unshare",
+                "--uts",
+                "sh",
+                "-c",
+            ])
+            .arg(r#"hostname "$0" && exec "$@""#)
+            .arg(pod_name)
+            .arg(cp.bin_dir.join("ksit-manager"))
+            .args(&manager_args)
+            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            .arg(format!("--namespaces={namespace}"))
+            .arg(format!("--leader-election-namespace={namespace}")),
+        target.join(format!("layouts-e2e-manager-{tag}-{pod_name}.log")),
+    );
+    let home = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = service_account_kubeconfig(cp, namespace, service_account, home.path());
+    let env: BTreeMap<String, String> = sidecar_env(&bound).into_iter().collect();
+    let exporter = Proc::spawn(
+        Command::new("ip")
+            .args(["netns", "exec", &ns_net.name, BIN])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &kubeconfig)
+            .envs(&env),
+        target.join(format!("layouts-e2e-exporter-{tag}-{pod_name}.log")),
+    );
+    (
+        Replica {
+            pod: pod_name.to_string(),
+            ip: ns_net.ns_ip.clone(),
+            procs: Some((manager, exporter)),
+        },
+        relay,
+        home,
+    )
+}
+
+/// The pod whose sidecar exports as leader, if exactly one does and it is the Lease holder's:
+/// its sidecar says `ksit_component_leader 1` and serves `ksit_cluster_status`; every other
+/// replica's says 0 and serves none.
+async fn one_leader(replicas: &[Replica], leases: &Api<Lease>) -> Result<String, String> {
+    let mut leaders = Vec::new();
+    let mut seen = Vec::new();
+    for r in replicas {
+        let reply = http::try_request(format!("{}:8080", r.ip), "GET", "/metrics", &[]).await?;
+        let text = reply.text();
+        let leader = text.lines().any(|l| l == "ksit_component_leader 1");
+        let follower = text.lines().any(|l| l == "ksit_component_leader 0");
+        let exports = text.lines().any(|l| l.starts_with("ksit_cluster_status{"));
+        seen.push(format!(
+            "{}: leader {leader}, follower {follower}, exports {exports}",
+            r.pod
+        ));
+        match (leader, follower, exports) {
+            (true, false, true) => leaders.push(r.pod.clone()),
+            (false, true, false) => {}
+            _ => return Err(format!("not settled: {seen:?}")),
+        }
+    }
+    let [leader] = leaders.as_slice() else {
+        return Err(format!("{} leaders: {seen:?}", leaders.len()));
+    };
+    let lease = leases.get("ksit.io").await.map_err(|e| e.to_string())?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    if holder.starts_with(&format!("{leader}_")) {
+        Ok(leader.clone())
+    } else {
+        Err(format!(
+            "the Lease is held by {holder:?}, not {leader}: {seen:?}"
+        ))
+    }
 }

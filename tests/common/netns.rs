@@ -38,8 +38,9 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Namespaces one test process may hold at once.
-pub const SLOTS: u32 = 8;
+/// Namespaces one test process may hold at once (tests/layouts_e2e.rs: one per test, and two
+/// more for each prod layout's other replicas).
+pub const SLOTS: u32 = 16;
 
 impl NetNs {
     /// A namespace with a /30 in `net` (a /24 prefix such as `192.0.2`) that no other live

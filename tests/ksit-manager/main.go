@@ -1,11 +1,17 @@
 // Command ksit-manager is a test stand-in for the KSIT controller-manager.
 //
-// By default it behaves as docs/upstream.md, "The manager", describes: the same status fields, reasons and requeue periods, the ksit.io
-// finalizer (whose update turns `enabled: false` back into true), no observedGeneration on
-// the disabled and auto-install-failure paths, no status.clusterStatuses, no ksit_*
-// families on /metrics, all namespaces watched and the leader Lease in the namespace of its
-// service account. Cluster connectivity is simulated: a target is ready unless it carries
-// the annotation test.ksit.io/ready: "false", and auto-install always fails on a cluster.
+// By default it behaves as docs/upstream.md, "The manager", describes: upstream's
+// controller-runtime (v0.16.3, so /metrics has upstream's label sets: workqueue_* carry
+// `name` only), reconcilers with no predicates (every update, status writes included,
+// triggers a reconcile), the same status fields, reasons and fixed requeue periods (30 s,
+// 60 s, 30 s), the ksit.io finalizer (whose update turns `enabled: false` back into true), no
+// observedGeneration on the disabled and auto-install-failure paths, no
+// status.clusterStatuses, no ksit_* families on /metrics, all namespaces watched and the
+// leader Lease in the namespace of its service account. A target whose Secret
+// `<clusterName>-kubeconfig` exists without a `kubeconfig` key is InvalidSecret and never
+// requeued, as upstream. Cluster connectivity is simulated: with no such Secret (upstream
+// would say SecretNotFound), or with one that has the key, a target is ready unless it
+// carries the annotation test.ksit.io/ready: "false"; auto-install always fails on a cluster.
 //
 // Deviations from upstream exist only behind flags, so a test that wants one names it:
 // --namespaces and --leader-election-namespace (tests run outside a pod, several managers
@@ -20,21 +26,21 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 )
 
 const (
@@ -163,28 +169,21 @@ func newObject(gvk schema.GroupVersionKind) *unstructured.Unstructured {
 	return u
 }
 
-// deleting passes the update that marks an object for deletion, so the finalizer is
-// removed at once even should that update not change the generation.
-var deleting = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-	return e.ObjectNew.GetDeletionTimestamp() != nil
-}}
-
 func setup(mgr ctrl.Manager, p periods, writeClusterStatuses bool) error {
 	c := mgr.GetClient()
-	// Status writes change resourceVersion but not generation; filtering on generation
-	// keeps a controller from re-triggering itself, so it reconciles on changes and at the
-	// requeue periods. The readiness annotation is metadata, so targets also react to it.
+	// As upstream (pkg/controller/reconciler.go, SetupWithManager): For() alone, no
+	// predicates, no Owns or Watches. Every update, a status write included, triggers a
+	// reconcile; a write that changes nothing (lastSyncTime has one-second precision) makes
+	// no event, which is what ends the loop.
 	if err := ctrl.NewControllerManagedBy(mgr).
-		For(newObject(targetGVK), builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Complete(&targetReconciler{client: c, periods: p}); err != nil {
+		For(newObject(targetGVK)).
+		Complete(&targetReconciler{client: c, secrets: mgr.GetAPIReader(), periods: p}); err != nil {
 		return err
 	}
 	// Like upstream, Integrations do not watch targets: a target's change shows at the
 	// next requeue.
 	return ctrl.NewControllerManagedBy(mgr).
-		For(newObject(integrationGVK), builder.WithPredicates(predicate.Or[client.Object](
-			predicate.GenerationChangedPredicate{}, deleting))).
+		For(newObject(integrationGVK)).
 		Complete(&integrationReconciler{client: c, periods: p, writeClusterStatuses: writeClusterStatuses})
 }
 
@@ -209,7 +208,25 @@ func writeStatus(ctx context.Context, c client.Client, u *unstructured.Unstructu
 
 type targetReconciler struct {
 	client client.Client
+	// Secrets are read uncached (one GET per reconcile, needing only `get`), so the
+	// stand-in does not list and watch every Secret it may read as upstream's cache does.
+	secrets client.Reader
 	periods
+}
+
+// secretHasKubeconfig reports whether Secret <cluster>-kubeconfig in namespace exists, and
+// if so whether it has the key `kubeconfig`.
+func (r *targetReconciler) secretHasKubeconfig(ctx context.Context, namespace, cluster string) (exists, hasKey bool, err error) {
+	secret := &corev1.Secret{}
+	err = r.secrets.Get(ctx, types.NamespacedName{Namespace: namespace, Name: cluster + "-kubeconfig"}, secret)
+	if apierrors.IsNotFound(err) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	_, hasKey = secret.Data["kubeconfig"]
+	return true, hasKey, nil
 }
 
 // flapping reports whether the current --flap-interval slot is a failing one, and how
@@ -233,6 +250,21 @@ func (r *targetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, err
 	}
 	cluster, _, _ := unstructured.NestedString(obj.Object, "spec", "clusterName")
+	exists, hasKey, err := r.secretHasKubeconfig(ctx, obj.GetNamespace(), cluster)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if exists && !hasKey {
+		// Upstream's InvalidSecret: status written (its error ignored), no requeue. Only an
+		// update of the target brings it back; Secrets are not watched.
+		st.Ready, st.Message = false, "Secret missing 'kubeconfig' key"
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionFalse,
+			Reason: "InvalidSecret", Message: st.Message})
+		if werr := writeStatus(ctx, r.client, obj, &st); werr != nil {
+			ctrl.LoggerFrom(ctx).Error(werr, "writing InvalidSecret status")
+		}
+		return ctrl.Result{}, nil
+	}
 	now := time.Now()
 	flapDown, untilToggle := r.flapping(now)
 
