@@ -26,6 +26,15 @@ pub enum CrMetrics {
     Leader,
     Always,
     Never,
+    /// Each replica's sidecar exports its share of the objects (see [`crate::kube::shard`]).
+    Sharded,
+}
+
+/// This sidecar's shard when set by hand (`KSIT_SHARD=INDEX/TOTAL`): `index` < `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub total: u32,
 }
 
 /// Who may read `/metrics` and the status page.
@@ -68,6 +77,7 @@ pub struct Config {
     pub watch_namespaces: Namespaces,
     pub leader_lease: String,
     pub cr_metrics: CrMetrics,
+    pub shard: Option<Shard>,
     pub ocm_clusters: bool,
     pub its_kubeconfig: Option<PathBuf>,
     pub max_objects: usize,
@@ -96,6 +106,7 @@ pub const VARIABLES: &[Doc] = &[
     WATCH_NAMESPACES.doc(),
     LEADER_LEASE.doc(),
     CR_METRICS.doc(),
+    SHARD.doc(),
     OCM_CLUSTERS.doc(),
     ITS_KUBECONFIG.doc(),
     MAX_OBJECTS.doc(),
@@ -136,6 +147,7 @@ impl Config {
             watch_namespaces: env.read(&WATCH_NAMESPACES)?,
             leader_lease: env.read(&LEADER_LEASE)?,
             cr_metrics: env.read(&CR_METRICS)?,
+            shard: env.read(&SHARD)?,
             ocm_clusters: env.read(&OCM_CLUSTERS)?,
             its_kubeconfig: env.read(&ITS_KUBECONFIG)?,
             max_objects: env.read(&MAX_OBJECTS)?,
@@ -169,6 +181,30 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if config.cr_metrics == CrMetrics::Sharded {
+            if config.shard.is_none()
+                && (config.pod_name.is_none() || config.pod_namespace.is_none())
+            {
+                // The shards come from the workload's pods, found through this one.
+                return Err(ConfigError::Missing {
+                    var: if config.pod_name.is_none() {
+                        POD_NAME.name
+                    } else {
+                        POD_NAMESPACE.name
+                    },
+                    expected: format!(
+                        "this pod's identity from the downward API ({}=sharded without {} finds the shards from the workload's pods)",
+                        CR_METRICS.name, SHARD.name
+                    ),
+                });
+            }
+        } else if let Some(shard) = &config.shard {
+            return Err(ConfigError::invalid(
+                SHARD.name,
+                &show_shard(&Some(*shard)),
+                format!("unset unless {}=sharded", CR_METRICS.name),
+            ));
         }
         if config.probe_timeout > config.probe_interval {
             // Blame the one the user set: an interval of 10ms is what is wrong when the timeout
@@ -406,16 +442,56 @@ const CR_METRICS_WORDS: &[(&str, CrMetrics)] = &[
     ("leader", CrMetrics::Leader),
     ("always", CrMetrics::Always),
     ("never", CrMetrics::Never),
+    ("sharded", CrMetrics::Sharded),
 ];
 
 const CR_METRICS: Var<CrMetrics> = Var {
     name: "KSIT_CR_METRICS",
     default: "leader",
-    help: "who exports Integration and IntegrationTarget series (and ManagedCluster series, when on): `leader` (only the lease holder's sidecar), `always` or `never`",
+    help: "who exports Integration and IntegrationTarget series (and ManagedCluster series, when on): `leader` (only the lease holder's sidecar), `always`, `never`, or `sharded` (each replica's sidecar its share of the objects)",
     empty: Empty::Default,
     parse: |v| env::choose(v, CR_METRICS_WORDS),
     show: |v| env::word_of(v, CR_METRICS_WORDS),
 };
+
+const SHARD: Var<Option<Shard>> = Var {
+    name: "KSIT_SHARD",
+    default: "",
+    help: "with KSIT_CR_METRICS=sharded, this sidecar's shard as `INDEX/TOTAL` (e.g. `0/3`), as kube-state-metrics' --shard and --total-shards; unset: the shards are the workload's Running pods",
+    empty: Empty::Default,
+    parse: parse_shard,
+    show: show_shard,
+};
+
+fn parse_shard(v: &str) -> Result<Option<Shard>, String> {
+    const EXPECTED: &str = "INDEX/TOTAL, two whole numbers with INDEX below TOTAL, e.g. 0/3";
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let (index, total) = v.split_once('/').ok_or(EXPECTED)?;
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match (number(index), number(total)) {
+        (Some(index), Some(total)) if index < total && total <= MAX_SHARDS => {
+            Ok(Some(Shard { index, total }))
+        }
+        (Some(_), Some(total)) if total > MAX_SHARDS => {
+            Err(format!("INDEX/TOTAL with TOTAL at most {MAX_SHARDS}"))
+        }
+        _ => Err(EXPECTED.to_string()),
+    }
+}
+
+fn show_shard(v: &Option<Shard>) -> String {
+    v.map(|s| format!("{}/{}", s.index, s.total))
+        .unwrap_or_default()
+}
+
+/// More shards than this would each hold a handful of objects: a mistake, not a fleet.
+const MAX_SHARDS: u32 = 1000;
 
 /// Both files or neither; the error names the one missing.
 fn tls_files(
@@ -767,6 +843,13 @@ mod tests {
             ("KSIT_KUBERNETES", "maybe"),
             ("KSIT_WATCH_NAMESPACES", "ksit-system,Bad_NS"),
             ("KSIT_CR_METRICS", "sometimes"),
+            ("KSIT_SHARD", "0/0"),
+            ("KSIT_SHARD", "3/3"),
+            ("KSIT_SHARD", "a/b"),
+            ("KSIT_SHARD", "1"),
+            ("KSIT_SHARD", "+1/3"),
+            ("KSIT_SHARD", "0/1001"),
+            ("KSIT_SHARD", "0/3/1"),
             ("KSIT_OCM_CLUSTERS", "yes"),
             ("KSIT_ITS_KUBECONFIG", "/nonexistent/its-kubeconfig"),
             ("KSIT_ITS_KUBECONFIG", "/proc/self/status"),
@@ -808,6 +891,32 @@ mod tests {
             assert!(line.starts_with(&format!("{var}=")), "{line}");
             assert!(!line.contains('\n'), "one line: {line}");
         }
+    }
+
+    #[test]
+    fn shards_by_hand_or_from_the_pods_identity() {
+        let c = load(&[("KSIT_CR_METRICS", "sharded"), ("KSIT_SHARD", "2/3")])
+            .expect("by hand")
+            .config;
+        assert_eq!(c.shard, Some(Shard { index: 2, total: 3 }));
+        let e = load(&[("KSIT_CR_METRICS", "sharded")]).expect_err("no identity");
+        assert_eq!(e.var(), "POD_NAME");
+        let e = load(&[("KSIT_CR_METRICS", "sharded"), ("POD_NAME", "p")]).expect_err("no ns");
+        assert_eq!(e.var(), "POD_NAMESPACE");
+        let c = load(&[
+            ("KSIT_CR_METRICS", "sharded"),
+            ("POD_NAME", "p"),
+            ("POD_NAMESPACE", "ns"),
+        ])
+        .expect("from the pods")
+        .config;
+        assert_eq!((c.cr_metrics, c.shard), (CrMetrics::Sharded, None));
+        let e = load(&[("KSIT_CR_METRICS", "leader"), ("KSIT_SHARD", "0/3")])
+            .expect_err("a shard without sharding");
+        assert_eq!(
+            e.to_string(),
+            r#"KSIT_SHARD="0/3" is invalid: unset unless KSIT_CR_METRICS=sharded"#
+        );
     }
 
     #[test]
@@ -936,7 +1045,8 @@ mod tests {
             ("KSIT_PROBE_INTERVAL", "5s"),
             ("KSIT_LOG_FORMAT", "json"),
             ("KSIT_WATCH_NAMESPACES", "a, b"),
-            ("KSIT_CR_METRICS", "always"),
+            ("KSIT_CR_METRICS", "sharded"),
+            ("KSIT_SHARD", "1/4"),
             ("KSIT_OCM_CLUSTERS", "true"),
             ("POD_NAME", "p"),
         ];

@@ -109,6 +109,12 @@ impl<L: Labels> Gauges<L> {
         }
     }
 
+    /// Removes every series of the family (an info family before its one series is replaced).
+    pub fn clear(&self) {
+        self.vec.reset();
+        self.changes.bump();
+    }
+
     /// The value of one series, if it exists (for tests and for callers that compare).
     pub fn get(&self, labels: &L) -> Option<f64> {
         let values = labels.values();

@@ -8,7 +8,8 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::PodStatus;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::core::Selector;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource};
 use prometheus::proto::{Counter, Metric, MetricType};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::series::Series;
+use super::shard::Peers;
 use super::watch::{self as watches, by_name};
 use crate::labels;
 use crate::metrics::{Family, Gauges, Mirror, Registry, label};
@@ -135,11 +137,14 @@ enum Workload {
     StatefulSet(String),
 }
 
+/// Follows the pod and its workload; `peers` learns who the workload's replicas are (for
+/// sharding).
 pub async fn run(
     client: Client,
     target: Target,
     families: Families,
     watch_families: watches::Families,
+    peers: watch::Sender<Peers>,
 ) {
     let (workload_tx, workload_rx) = watch::channel(None);
     tokio::join!(
@@ -148,16 +153,22 @@ pub async fn run(
             &target,
             workload_tx,
             &families,
-            watch_families.clone()
+            watch_families.clone(),
+            &peers,
         ),
         workload(
             client,
             &target.namespace,
             workload_rx,
             &families,
-            watch_families
+            watch_families,
+            &peers,
         ),
     );
+}
+
+fn tell(peers: &watch::Sender<Peers>, now: Peers) {
+    peers.send_if_modified(|p| std::mem::replace(p, now.clone()) != now);
 }
 
 /// The component's pod as its series read it: identity, labels, owner, node and status. Its
@@ -242,6 +253,7 @@ async fn pod(
     workload_tx: watch::Sender<Option<Workload>>,
     families: &Families,
     watch_families: watches::Families,
+    peers: &watch::Sender<Peers>,
 ) {
     let api: Api<Pod> = Api::namespaced(client.clone(), &t.namespace);
     let rs_api: Api<ReplicaSet> = Api::namespaced(client, &t.namespace);
@@ -274,6 +286,9 @@ async fn pod(
             *w = workload.clone();
             changed
         });
+        if pod.is_some() && workload.is_none() {
+            tell(peers, Peers::Alone);
+        }
         write_pod(&mut series, families, t, pod.as_deref(), workload.as_ref());
     }
 }
@@ -384,6 +399,7 @@ async fn workload(
     mut target: watch::Receiver<Option<Workload>>,
     families: &Families,
     watch_families: watches::Families,
+    peers: &watch::Sender<Peers>,
 ) {
     let mut series = Series::default();
     loop {
@@ -393,11 +409,17 @@ async fn workload(
             match &current {
                 Some(Workload::Deployment(name)) => {
                     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                    follow_replicas(api, name, w, &mut series, families, deployment_replicas).await
+                    let read: Read<Deployment> = (deployment_replicas, |d| {
+                        d.spec.as_ref().map(|s| s.selector.clone())
+                    });
+                    follow_replicas(api, name, w, &mut series, families, read, peers).await
                 }
                 Some(Workload::StatefulSet(name)) => {
                     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-                    follow_replicas(api, name, w, &mut series, families, statefulset_replicas).await
+                    let read: Read<StatefulSet> = (statefulset_replicas, |s| {
+                        s.spec.as_ref().map(|s| s.selector.clone())
+                    });
+                    follow_replicas(api, name, w, &mut series, families, read, peers).await
                 }
                 None => {
                     write_replicas(&mut series, families, None);
@@ -411,6 +433,9 @@ async fn workload(
         }
     }
 }
+
+/// How a workload's replica counts and pod selector are read.
+type Read<K> = (fn(&K) -> Replicas, fn(&K) -> Option<LabelSelector>);
 
 /// (desired, ready, available, updated) as a workload's spec and status give them.
 type Replicas = (Option<i32>, Option<i32>, Option<i32>, Option<i32>);
@@ -447,14 +472,16 @@ fn replica_counts((desired, ready, available, updated): Replicas) -> [i32; 4] {
     ]
 }
 
-/// Watches one Deployment or StatefulSet by name and writes its replica counts.
+/// Watches one Deployment or StatefulSet by name, writes its replica counts and tells `peers`
+/// its pod selector.
 async fn follow_replicas<K>(
     api: Api<K>,
     name: &str,
     watch_families: watches::Families,
     series: &mut Series,
     families: &Families,
-    counts: fn(&K) -> Replicas,
+    (counts, selector): Read<K>,
+    peers: &watch::Sender<Peers>,
 ) where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -468,12 +495,21 @@ async fn follow_replicas<K>(
     let stream = reflector(writer, watcher(api, by_name(name)).default_backoff());
     let mut changes = std::pin::pin!(watches::changes("workload", stream, watch_families));
     while changes.next().await.is_some() {
-        let found = store
-            .state()
-            .into_iter()
-            .next()
-            .map(|w| replica_counts(counts(&w)));
+        let workload = store.state().into_iter().next();
+        let found = workload.as_deref().map(|w| replica_counts(counts(w)));
         write_replicas(series, families, found);
+        match workload
+            .as_deref()
+            .and_then(selector)
+            .map(Selector::try_from)
+        {
+            Some(Ok(s)) => tell(peers, Peers::Selected(s)),
+            Some(Err(e)) => {
+                tracing::warn!(workload = name, error = %e, "cannot read the workload's pod selector; this pod is the only shard");
+                tell(peers, Peers::Alone);
+            }
+            None => {}
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::cluster::CONDITION_STATUSES;
 use super::object::{Fields, Object};
-use super::watch::{self, Gate, watch_all};
+use super::watch::{self, Export, watch_all};
 use super::{Condition, first_of_each_type, ksit_resource, unix_seconds};
 use crate::labels;
 use crate::metrics::Render;
@@ -162,16 +162,14 @@ impl Fields for Status {
 pub async fn run(
     client: Client,
     namespaces: Option<Vec<String>>,
-    gate: Gate,
-    max: usize,
+    export: Export,
     families: Families,
     watch_families: watch::Families,
 ) {
     watch::objects(
         NAME,
         watch_all(&client, &ksit_resource("Integration", NAME), &namespaces),
-        gate,
-        max,
+        export,
         (families, watch_families),
         write,
     )

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod object;
 pub mod ocm;
 pub mod series;
+pub mod shard;
 pub mod targets;
 pub mod watch;
 
@@ -39,6 +40,7 @@ pub struct Settings {
     pub namespaces: Namespaces,
     pub leader_lease: String,
     pub cr_metrics: CrMetrics,
+    pub shard: Option<crate::config::Shard>,
     pub ocm_clusters: bool,
     /// Where ManagedClusters are read from instead of the sidecar's own API server.
     pub its_kubeconfig: Option<std::path::PathBuf>,
@@ -55,6 +57,7 @@ impl From<&Config> for Settings {
             namespaces: c.watch_namespaces.clone(),
             leader_lease: c.leader_lease.clone(),
             cr_metrics: c.cr_metrics,
+            shard: c.shard,
             ocm_clusters: c.ocm_clusters || c.its_kubeconfig.is_some(),
             its_kubeconfig: c.its_kubeconfig.clone(),
             max_objects: c.max_objects,
@@ -89,11 +92,13 @@ pub struct Families {
     lease: lease::Families,
     clusters: cluster::Families,
     integrations: integrations::Families,
+    shard: shard::Families,
 }
 
 impl Families {
     pub fn register(registry: &Registry, collectors: collector::Families) -> Self {
         Self {
+            shard: shard::Families::register(registry),
             watch: watch::Families::register(registry, collectors),
             component: component::Families::register(registry),
             lease: lease::Families::register(registry),
@@ -129,6 +134,29 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     // Series every replica's sidecar would see alike come from the leader's alone.
     let gate = (cr_metrics == CrMetrics::Leader).then_some(leader_rx);
+    let (peers_tx, peers_rx) = tokio::sync::watch::channel(shard::Peers::Unknown);
+    let shards = match (cr_metrics, settings.shard, &identity) {
+        (CrMetrics::Sharded, Some(fixed), _) => Some(shard::fixed(fixed, &families.shard)),
+        (CrMetrics::Sharded, None, Some((pod, namespace))) => {
+            let (tx, rx) = tokio::sync::watch::channel(shard::Assignment::default());
+            tokio::spawn(shard::run(
+                client.clone(),
+                namespace.clone(),
+                pod.clone(),
+                peers_rx,
+                tx,
+                families.shard.clone(),
+                families.watch.clone(),
+            ));
+            Some(rx)
+        }
+        _ => None,
+    };
+    let export = watch::Export {
+        gate,
+        shards,
+        max: settings.max_objects,
+    };
     if let Some((pod, namespace)) = identity {
         tokio::spawn(lease::run(
             client.clone(),
@@ -149,6 +177,7 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
             },
             families.component.clone(),
             families.watch.clone(),
+            peers_tx,
         ));
     }
     if cr_metrics != CrMetrics::Never {
@@ -156,16 +185,14 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
         tokio::spawn(targets::run(
             client.clone(),
             namespaces.clone(),
-            gate.clone(),
-            settings.max_objects,
+            export.clone(),
             families.clusters.clone(),
             families.watch.clone(),
         ));
         tokio::spawn(integrations::run(
             client.clone(),
             namespaces,
-            gate.clone(),
-            settings.max_objects,
+            export.clone(),
             families.integrations.clone(),
             families.watch.clone(),
         ));
@@ -173,19 +200,12 @@ pub fn spawn(client: kube::Client, settings: Settings, families: Families) {
     if settings.ocm_clusters {
         match settings.its_kubeconfig {
             None => {
-                tokio::spawn(ocm::run(
-                    client,
-                    gate,
-                    settings.max_objects,
-                    families.clusters,
-                    families.watch,
-                ));
+                tokio::spawn(ocm::run(client, export, families.clusters, families.watch));
             }
             Some(path) => {
                 tokio::spawn(ocm::run_its(
                     path,
-                    gate,
-                    settings.max_objects,
+                    export,
                     families.clusters,
                     families.watch.other_server(),
                 ));

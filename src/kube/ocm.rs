@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
 use super::object::{Fields, Object};
-use super::watch::{self, Gate, watch_all};
+use super::watch::{self, Export, watch_all};
 use super::{Condition, first_of_each_type};
 use crate::metrics::Render;
 use crate::status::rows::{self, State};
@@ -35,8 +35,7 @@ impl Fields for Status {
 
 pub async fn run(
     client: Client,
-    gate: Gate,
-    max: usize,
+    export: Export,
     families: cluster::Families,
     watch_families: watch::Families,
 ) {
@@ -48,8 +47,7 @@ pub async fn run(
     watch::objects(
         NAME,
         watch_all(&client, &ar, &None),
-        gate,
-        max,
+        export,
         (families, watch_families),
         write,
     )
@@ -116,8 +114,7 @@ pub fn its_server(path: &Path) -> String {
 /// collector is down with the reason, and it tries again every 30 s.
 pub async fn run_its(
     path: PathBuf,
-    gate: Gate,
-    max: usize,
+    export: Export,
     families: cluster::Families,
     watch_families: watch::Families,
 ) {
@@ -131,7 +128,7 @@ pub async fn run_its(
             }
         }
     };
-    run(client, gate, max, families, watch_families).await;
+    run(client, export, families, watch_families).await;
 }
 
 /// What one ManagedCluster, given as JSON, serves as the only object of its kind.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::cluster::{self, Cluster};
 use super::object::{Fields, Object};
-use super::watch::{self, Gate, watch_all};
+use super::watch::{self, Export, watch_all};
 use super::{Condition, first_of_each_type, ksit_resource, unix_seconds};
 use crate::metrics::Render;
 use crate::status::rows::{self, State};
@@ -47,8 +47,7 @@ impl Fields for Status {
 pub async fn run(
     client: Client,
     namespaces: Option<Vec<String>>,
-    gate: Gate,
-    max: usize,
+    export: Export,
     families: cluster::Families,
     watch_families: watch::Families,
 ) {
@@ -59,8 +58,7 @@ pub async fn run(
             &ksit_resource("IntegrationTarget", NAME),
             &namespaces,
         ),
-        gate,
-        max,
+        export,
         (families, watch_families),
         write,
     )

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use futures::stream::{BoxStream, select_all};
+use futures::stream::{BoxStream, SelectAll, select_all};
 use futures::{Stream, StreamExt};
 use std::fmt::Debug;
 
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::object::{MAX_KEPT_VALUES, TooLarge};
+use super::shard::{Assignment, Shards};
 use crate::collector::{self, Collector};
 use crate::labels;
 use crate::metrics::{Counters, Family, Gauges, Objects, Registry, Render};
@@ -125,29 +126,53 @@ pub trait ObjectFamilies {
     fn objects(&self) -> &Objects;
 }
 
+/// Who exports a collector's objects, and how many it keeps.
+#[derive(Clone)]
+pub struct Export {
+    /// Exported only while this sidecar leads (`KSIT_CR_METRICS=leader`).
+    pub gate: Gate,
+    /// Only this sidecar's share is exported (`KSIT_CR_METRICS=sharded`).
+    pub shards: Shards,
+    pub max: usize,
+}
+
 /// Runs a collector of dynamic objects (one watch per namespace, or one over all): each event
 /// renders, or drops, the series of that object alone, under its UID; nothing keeps the objects
 /// themselves. Up to `max` objects are kept; the group is served only while the gate says this
-/// sidecar exports.
-pub async fn objects<K: Resource + TooLarge, F: ObjectFamilies>(
+/// sidecar exports. Sharded, only the objects of this sidecar's shard are rendered, and the
+/// watches are started again (a fresh list) when the shards change so that it may own objects
+/// it skipped before.
+pub async fn objects<K, F>(
     name: &'static str,
-    watches: Vec<Events<K>>,
-    mut gate: Gate,
-    max: usize,
+    source: Watches<K>,
+    export: Export,
     (families, watch_families): (F, Families),
     write: fn(&mut Render, &F, &K),
-) {
+) where
+    K: Resource<DynamicType = ApiResource>
+        + TooLarge
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static,
+    F: ObjectFamilies,
+{
+    let Export {
+        mut gate,
+        mut shards,
+        max,
+    } = export;
     let group = families.objects().clone();
     let exporting = |gate: &Gate| gate.as_ref().is_none_or(|g| *g.borrow());
     group.set_exported(exporting(&gate));
     let mut tracker = Tracker::new(name, watch_families.clone());
     let mut kept = Kept::new(name, max, watch_families);
-    let mut events = select_all(
-        watches
-            .into_iter()
-            .enumerate()
-            .map(|(i, watch)| watch.map(move |event| (i, event)).boxed()),
-    );
+    let mut listing = Listing::Stream;
+    let mut assignment = shards.as_mut().map(|s| s.borrow_and_update().clone());
+    // A sidecar that is no shard yet reads nothing.
+    let member = |a: &Option<Assignment>| a.as_ref().is_none_or(|a| a.is_member());
+    let mut events = member(&assignment).then(|| source.start(listing));
     loop {
         let leadership = async {
             match gate.as_mut() {
@@ -155,19 +180,42 @@ pub async fn objects<K: Resource + TooLarge, F: ObjectFamilies>(
                 None => std::future::pending().await,
             }
         };
+        let resharded = async {
+            match shards.as_mut() {
+                Some(s) => s.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let next = async {
+            match events.as_mut() {
+                Some(e) => e.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            item = events.next() => {
+            item = next => {
                 let Some((watch, item)) = item else { return };
                 let event = match item {
                     Ok(event) => event,
+                    Err(e) if listing == Listing::Stream && streaming_refused(&e) => {
+                        tracing::info!(collector = name, error = %e, "the API server does not stream lists (WatchList); listing in pages of {PAGE} instead");
+                        listing = Listing::Pages;
+                        events = Some(source.start(listing));
+                        continue;
+                    }
                     Err(e) => {
                         tracker.failed(&e);
                         continue;
                     }
                 };
+                let ours = |obj: &K| assignment.as_ref().is_none_or(|a| a.owns(&key(obj)));
                 match event {
                     // Sent before the list request, on every retry: it proves nothing yet.
                     watcher::Event::Init => kept.relist(watch),
+                    // Another shard's: nothing of it is kept (a re-list only forgets kept objects).
+                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) if !ours(&obj) => {
+                        tracker.ok();
+                    }
                     watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) if obj.too_large() => {
                         tracker.ok();
                         if let Some(key) = kept.skip(watch, &obj) {
@@ -197,7 +245,43 @@ pub async fn objects<K: Resource + TooLarge, F: ObjectFamilies>(
                 }
             }
             true = leadership => group.set_exported(exporting(&gate)),
+            true = resharded => {
+                let Some(new) = shards.as_mut().map(|s| s.borrow_and_update().clone()) else { continue };
+                for key in kept.disown(|key| !new.owns(key)) {
+                    group.delete(&key);
+                }
+                let old = assignment.replace(new.clone());
+                if !new.is_member() {
+                    events = None;
+                } else if events.is_none() || old.is_none_or(|old| new.gains_from(&old)) {
+                    events = Some(source.start(listing));
+                }
+            }
         }
+    }
+}
+
+/// How a watch reads what exists before it follows changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// A streaming list (WatchList: a watch that begins with every object, from the API
+    /// server's watch cache), so the first sync never holds a whole list.
+    Stream,
+    /// Where the API server refuses that: lists of [`PAGE`] objects.
+    Pages,
+}
+
+/// Objects per page of a paged list: what client-go's informers ask for.
+const PAGE: u32 = 500;
+
+/// An API server without streaming lists (WatchList off, as on Kubernetes 1.33, or older than
+/// 1.27) refuses `sendInitialEvents` as an invalid request.
+fn streaming_refused(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 422 || s.code == 400,
+        watcher::Error::WatchError(s) => s.code == 422 || s.code == 400,
+        _ => false,
     }
 }
 
@@ -246,6 +330,26 @@ impl Kept {
 
     fn relist(&mut self, watch: usize) {
         self.keys(watch).listed = Some(HashSet::new());
+    }
+
+    /// Forgets the objects `gone` says are no longer this sidecar's: the keys of those kept, to
+    /// remove their series.
+    fn disown(&mut self, gone: impl Fn(&str) -> bool) -> Vec<Box<str>> {
+        let mut removed = Vec::new();
+        for keys in &mut self.watches {
+            keys.kept.retain(|k| {
+                let keep = !gone(k);
+                if !keep {
+                    removed.push(k.clone());
+                }
+                keep
+            });
+            keys.dropped.retain(|k| !gone(k));
+            keys.skipped.retain(|k| !gone(k));
+        }
+        self.total -= removed.len();
+        self.count();
+        removed
     }
 
     /// The object's key if its series are to be written: it is kept already, or there is room.
@@ -463,39 +567,55 @@ pub fn by_name(name: &str) -> watcher::Config {
     watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
 
-/// One watch's events.
-pub type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+/// The watches of one kind: one per namespace (`None`: one over all).
+pub struct Watches<K> {
+    apis: Vec<Api<K>>,
+}
 
-/// One watch per namespace (`None`: one over all). The first list is one request served from
-/// the API server's watch cache, as client-go's informers make it, rather than pages of 500.
+/// One watch per namespace (`None`: one over all).
 pub fn watch_all<K>(
     client: &Client,
     ar: &ApiResource,
     namespaces: &Option<Vec<String>>,
-) -> Vec<Events<K>>
+) -> Watches<K>
 where
-    K: Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + 'static,
+    K: Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>,
 {
-    let apis: Vec<Api<K>> = match namespaces {
+    let apis = match namespaces {
         None => vec![Api::all_with(client.clone(), ar)],
         Some(list) => list
             .iter()
             .map(|ns| Api::namespaced_with(client.clone(), ns, ar))
             .collect(),
     };
-    let config = watcher::Config {
-        page_size: None,
-        ..watcher::Config::default().any_semantic()
-    };
-    apis.into_iter()
-        .map(|api| watcher(api, config.clone()).default_backoff().boxed())
-        .collect()
+    Watches { apis }
 }
+
+impl<K> Watches<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    /// Starts the watches afresh, each event tagged with its watch's index.
+    fn start(&self, listing: Listing) -> SelectAll<BoxStream<'static, (usize, WatchItem<K>)>> {
+        let config = match listing {
+            Listing::Stream => watcher::Config::default().streaming_lists(),
+            // From etcd, page by page: a list at any resourceVersion comes from the watch
+            // cache, which may ignore the page size and answer all at once.
+            Listing::Pages => watcher::Config {
+                page_size: Some(PAGE),
+                ..watcher::Config::default()
+            },
+        };
+        select_all(self.apis.iter().enumerate().map(|(i, api)| {
+            watcher(api.clone(), config.clone())
+                .default_backoff()
+                .map(move |event| (i, event))
+                .boxed()
+        }))
+    }
+}
+
+type WatchItem<K> = Result<watcher::Event<K>, watcher::Error>;
 
 #[cfg(test)]
 mod tests {

@@ -27,6 +27,8 @@ pub struct Notes {
     pub component: Option<Component>,
     /// `None` until the Lease was read (never, outside a pod).
     pub leader: Option<bool>,
+    /// With `KSIT_CR_METRICS=sharded`, which share of the objects this sidecar exports.
+    pub shard: Option<String>,
     /// In `KSIT_HEALTH_URLS` order.
     pub probes: Vec<Probe>,
     pub collectors: BTreeMap<String, CollectorNote>,
@@ -110,6 +112,10 @@ impl Board {
 
     pub fn set_leader(&self, leader: Option<bool>) {
         self.update(|n| n.leader = leader);
+    }
+
+    pub fn set_shard(&self, shard: Option<String>) {
+        self.update(|n| n.shard = shard);
     }
 
     /// Adds a probe, before it first runs; returns its index for [`Board::probed`].

@@ -243,6 +243,9 @@ fn component(out: &mut String, notes: &Notes) {
         None => "unknown (Lease not read)",
     };
     row(out, "leader", leader);
+    if let Some(shard) = &notes.shard {
+        row(out, "shard", shard);
+    }
     out.push_str("</table>");
 }
 
