@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use super::watch as watches;
 use crate::config::Shard;
 use crate::labels;
-use crate::metrics::{Counters, Family, Gauges, Registry};
+use crate::metrics::{Family, Gauges, Registry};
 use crate::status::Board;
 
 labels! {
@@ -44,25 +44,22 @@ pub const MEMBERS: Family = Family {
     name: "ksit_exporter_shard_members",
     help: "Members the objects are sharded over (KSIT_SHARD's TOTAL, or the workload's Running pods).",
 };
-pub const CHANGES: Family = Family {
-    name: "ksit_exporter_shard_changes_total",
-    help: "Changes of the shard members seen; each one moves objects between the sidecars.",
-};
 
 #[derive(Clone)]
 pub struct Families {
     info: Gauges<Info>,
     members: Gauges<()>,
-    changes: Counters<()>,
     board: Board,
 }
 
 impl Families {
     pub fn register(registry: &Registry) -> Self {
+        let members = registry.gauges(MEMBERS);
+        // Absent unless sharded.
+        members.remove(&());
         Self {
             info: registry.gauges(INFO),
-            members: registry.gauges(MEMBERS),
-            changes: registry.counters(CHANGES),
+            members,
             board: registry.board().clone(),
         }
     }
@@ -276,7 +273,6 @@ pub async fn run(
                 return false;
             }
             tracing::info!(from = %old.describe(), to = %a.describe(), "shard members changed");
-            families.changes.inc(&());
             *old = a;
             true
         });
