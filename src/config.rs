@@ -600,16 +600,17 @@ fn its_kubeconfig(v: &str) -> Result<Option<PathBuf>, String> {
 
 const MAX_OBJECTS: Var<usize> = Var {
     name: "KSIT_MAX_OBJECTS",
-    default: "5000",
-    help: "most objects of one kind exported (1 to 100000); the rest are counted as dropped",
+    default: "40000",
+    help: "most objects of one kind exported by this sidecar (1 to 1000000; with KSIT_CR_METRICS=sharded, of its shard); the rest are counted as dropped",
     empty: Empty::Default,
-    parse: |v| count(v, 1..=MAX_MAX_OBJECTS, "a whole number from 1 to 100000"),
+    parse: |v| count(v, 1..=MAX_MAX_OBJECTS, "a whole number from 1 to 1000000"),
     show: usize::to_string,
 };
 
-/// An object costs ~2.5 KiB (BENCHMARKS.md): 5,000 of a kind fit the sidecar's 64 MiB limit
-/// with room to spare, and 100,000 (~250 MiB) is past any limit a sidecar is given.
-const MAX_MAX_OBJECTS: usize = 100_000;
+/// An object costs ~1.2 KiB (docs/operations.md, "Sharding"): 40,000 fit the sidecar's 64 MiB
+/// limit, so 100,000 targets are exported whole by 3 sharded replicas at the default limits;
+/// a million (~1.2 GiB) is past any limit a sidecar is given.
+const MAX_MAX_OBJECTS: usize = 1_000_000;
 
 const SUBDOMAIN: &str = "a Kubernetes NAME name (a DNS-1123 subdomain: up to 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit)";
 
@@ -854,7 +855,7 @@ mod tests {
             ("KSIT_ITS_KUBECONFIG", "/nonexistent/its-kubeconfig"),
             ("KSIT_ITS_KUBECONFIG", "/proc/self/status"),
             ("KSIT_MAX_OBJECTS", "0"),
-            ("KSIT_MAX_OBJECTS", "100001"),
+            ("KSIT_MAX_OBJECTS", "1000001"),
             ("KSIT_UPSTREAM_MAX_BYTES", "18446744073709551615"),
             ("KSIT_UPSTREAM_MAX_BYTES", "67108865"),
             ("KSIT_PROBE_INTERVAL", "584542046090y"),

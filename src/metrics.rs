@@ -19,7 +19,7 @@ use prometheus::core::{Collector, Desc};
 
 use crate::status::Board;
 
-pub use objects::{Note, ObjectGauges, Objects, Part, Render};
+pub use objects::{Key, Note, ObjectGauges, Objects, Part, Render, key};
 pub use openmetrics::{Format, negotiate, qvalue};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
@@ -404,7 +404,7 @@ pub struct Registry {
     families: Mutex<BTreeMap<String, Vec<String>>>,
     changes: Changes,
     /// The last snapshot per [`Format`], and the change count it was made at.
-    cache: Mutex<[Option<Cached>; 2]>,
+    cache: Arc<Mutex<[Option<Cached>; 2]>>,
     /// Families rendered per object, group by group.
     groups: Mutex<Vec<Objects>>,
     /// Upstream families passed through, already stripped of names registered here: as text
@@ -527,7 +527,11 @@ impl Registry {
     /// A new group of families rendered per object; declare its families with
     /// [`Registry::object_gauges`].
     pub fn objects(&self) -> Objects {
-        let objects = Objects::new(self.changes.clone());
+        let cache = self.cache.clone();
+        let drop_cached = Arc::new(move || {
+            *cache.lock().unwrap_or_else(PoisonError::into_inner) = [None, None];
+        });
+        let objects = Objects::new(self.changes.clone(), drop_cached);
         self.groups
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -593,6 +597,8 @@ impl Registry {
         {
             return snap.clone();
         }
+        // The stale one goes first: it may share no block with the new one.
+        *cached = None;
         let snap = Arc::new(self.assemble(format));
         *cached = Some((changes, snap.clone()));
         snap

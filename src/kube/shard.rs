@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use super::watch as watches;
 use crate::config::Shard;
 use crate::labels;
-use crate::metrics::{Family, Gauges, Registry};
+use crate::metrics::{Family, Gauges, Key, Registry};
 use crate::status::Board;
 
 labels! {
@@ -109,12 +109,12 @@ impl Assignment {
         self.me.is_some()
     }
 
-    /// Whether the object `key` (its UID) is this sidecar's to export.
-    pub fn owns(&self, key: &str) -> bool {
+    /// Whether the object `key` (of its UID) is this sidecar's to export.
+    pub fn owns(&self, key: Key) -> bool {
         self.me.is_some() && self.winner(key) == self.me
     }
 
-    fn winner(&self, key: &str) -> Option<usize> {
+    fn winner(&self, key: Key) -> Option<usize> {
         // Ties (a 64-bit collision) go to the member first in name order, alike everywhere.
         let mut best: Option<(u64, usize)> = None;
         for (i, member) in self.members.iter().enumerate() {
@@ -156,13 +156,13 @@ impl Assignment {
     }
 }
 
-/// A member's score for an object. SipHash-1-3 with fixed keys is specified, so sidecars of
-/// different builds (a rolling upgrade) agree on it.
-fn score(member: &str, key: &str) -> u64 {
+/// A member's score for an object. SipHash-1-3 with fixed keys is specified (as is the key,
+/// a SipHash of the UID), so sidecars of different builds (a rolling upgrade) agree on it.
+fn score(member: &str, key: Key) -> u64 {
     let mut h = SipHasher13::new_with_keys(0x6b73_6974, 0x7368_6172_6473);
     h.write(member.as_bytes());
     h.write_u8(0xff);
-    h.write(key.as_bytes());
+    h.write(&key.to_le_bytes());
     h.finish()
 }
 
@@ -320,9 +320,9 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn keys(n: usize) -> Vec<String> {
+    fn keys(n: usize) -> Vec<Key> {
         (0..n)
-            .map(|i| format!("0b8e{i:04x}-6f1c-4e2a-9d1b-{i:012x}"))
+            .map(|i| crate::metrics::key(&format!("0b8e{i:04x}-6f1c-4e2a-9d1b-{i:012x}")))
             .collect()
     }
 
@@ -338,9 +338,9 @@ mod tests {
         let mut shares = [0usize; 3];
         for key in &all {
             let owners: Vec<usize> = (0..3)
-                .filter(|&i| members(&names, names[i]).owns(key))
+                .filter(|&i| members(&names, names[i]).owns(*key))
                 .collect();
-            assert_eq!(owners.len(), 1, "{key}: {owners:?}");
+            assert_eq!(owners.len(), 1, "{key:x}: {owners:?}");
             shares[owners[0]] += 1;
         }
         for s in shares {
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn a_member_coming_or_going_moves_only_its_share() {
         let all = keys(20_000);
-        let owner = |names: &[&str], key: &str| {
+        let owner = |names: &[&str], key: Key| {
             names
                 .iter()
                 .position(|&n| members(names, n).owns(key))
@@ -365,13 +365,13 @@ mod tests {
         let mut moved_going = 0usize;
         let mut moved_coming = 0usize;
         for key in &all {
-            let before = owner(&three, key);
-            let after = owner(&two, key);
+            let before = owner(&three, *key);
+            let after = owner(&two, *key);
             if before != after {
                 assert_eq!(before.as_deref(), Some("b"), "only b's objects move");
                 moved_going += 1;
             }
-            let after = owner(&four, key);
+            let after = owner(&four, *key);
             if before != after {
                 assert_eq!(after.as_deref(), Some("d"), "only to the new member");
                 moved_coming += 1;
@@ -393,19 +393,22 @@ mod tests {
         let all = keys(3_000);
         for key in &all {
             let owners = (0..4)
-                .filter(|&index| Assignment::fixed(Shard { index, total: 4 }).owns(key))
+                .filter(|&index| Assignment::fixed(Shard { index, total: 4 }).owns(*key))
                 .count();
             assert_eq!(owners, 1);
         }
         let one = Assignment::fixed(Shard { index: 0, total: 1 });
-        assert!(all.iter().all(|k| one.owns(k)), "one shard owns everything");
+        assert!(
+            all.iter().all(|&k| one.owns(k)),
+            "one shard owns everything"
+        );
     }
 
     #[test]
     fn a_sidecar_that_is_not_a_member_owns_nothing() {
         let a = members(&["a", "b"], "c");
-        assert!(keys(100).iter().all(|k| !a.owns(k)));
-        assert!(!Assignment::default().owns("x"));
+        assert!(keys(100).iter().all(|&k| !a.owns(k)));
+        assert!(!Assignment::default().owns(crate::metrics::key("x")));
     }
 
     #[test]

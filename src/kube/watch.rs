@@ -18,7 +18,7 @@ use super::object::{MAX_KEPT_VALUES, TooLarge};
 use super::shard::{Assignment, Shards};
 use crate::collector::{self, Collector};
 use crate::labels;
-use crate::metrics::{Counters, Family, Gauges, Objects, Registry, Render};
+use crate::metrics::{self, Counters, Family, Gauges, Key, Objects, Registry, Render};
 
 labels! {
     /// The plural of a watched kind: `integrationtargets`, `managedclusters`, ...
@@ -208,7 +208,7 @@ pub async fn objects<K, F>(
                         continue;
                     }
                 };
-                let ours = |obj: &K| assignment.as_ref().is_none_or(|a| a.owns(&key(obj)));
+                let ours = |obj: &K| assignment.as_ref().is_none_or(|a| a.owns(key(obj)));
                 match event {
                     // Sent before the list request, on every retry: it proves nothing yet.
                     watcher::Event::Init => kept.relist(watch),
@@ -219,7 +219,7 @@ pub async fn objects<K, F>(
                     watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) if obj.too_large() => {
                         tracker.ok();
                         if let Some(key) = kept.skip(watch, &obj) {
-                            group.delete(&key);
+                            group.delete_at(key);
                         }
                     }
                     watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
@@ -227,19 +227,19 @@ pub async fn objects<K, F>(
                         if let Some(key) = kept.admit(watch, &obj) {
                             let mut out = Render::default();
                             write(&mut out, &families, &obj);
-                            group.put(&key, out);
+                            group.put_at(key, out);
                         }
                     }
                     watcher::Event::Delete(obj) => {
                         tracker.ok();
                         if let Some(key) = kept.remove(watch, &obj) {
-                            group.delete(&key);
+                            group.delete_at(key);
                         }
                     }
                     watcher::Event::InitDone => {
                         tracker.ok();
                         for key in kept.relisted(watch) {
-                            group.delete(&key);
+                            group.delete_at(key);
                         }
                     }
                 }
@@ -248,7 +248,7 @@ pub async fn objects<K, F>(
             true = resharded => {
                 let Some(new) = shards.as_mut().map(|s| s.borrow_and_update().clone()) else { continue };
                 for key in kept.disown(|key| !new.owns(key)) {
-                    group.delete(&key);
+                    group.delete_at(key);
                 }
                 let old = assignment.replace(new.clone());
                 if !new.is_member() {
@@ -298,13 +298,13 @@ struct Kept {
 
 #[derive(Default)]
 struct Keys {
-    kept: HashSet<Box<str>>,
+    kept: HashSet<Key>,
     /// Left out at the cap, counted once each.
-    dropped: HashSet<Box<str>>,
+    dropped: HashSet<Key>,
     /// Left out as too large to read, counted once each.
-    skipped: HashSet<Box<str>>,
+    skipped: HashSet<Key>,
     /// Seen since the re-list began, while one is under way.
-    listed: Option<HashSet<Box<str>>>,
+    listed: Option<HashSet<Key>>,
 }
 
 impl Kept {
@@ -334,18 +334,18 @@ impl Kept {
 
     /// Forgets the objects `gone` says are no longer this sidecar's: the keys of those kept, to
     /// remove their series.
-    fn disown(&mut self, gone: impl Fn(&str) -> bool) -> Vec<Box<str>> {
+    fn disown(&mut self, gone: impl Fn(Key) -> bool) -> Vec<Key> {
         let mut removed = Vec::new();
         for keys in &mut self.watches {
-            keys.kept.retain(|k| {
+            keys.kept.retain(|&k| {
                 let keep = !gone(k);
                 if !keep {
-                    removed.push(k.clone());
+                    removed.push(k);
                 }
                 keep
             });
-            keys.dropped.retain(|k| !gone(k));
-            keys.skipped.retain(|k| !gone(k));
+            keys.dropped.retain(|&k| !gone(k));
+            keys.skipped.retain(|&k| !gone(k));
         }
         self.total -= removed.len();
         self.count();
@@ -353,19 +353,19 @@ impl Kept {
     }
 
     /// The object's key if its series are to be written: it is kept already, or there is room.
-    fn admit(&mut self, watch: usize, obj: &impl Resource) -> Option<Box<str>> {
+    fn admit(&mut self, watch: usize, obj: &impl Resource) -> Option<Key> {
         let key = key(obj);
         let (total, max) = (self.total, self.max);
         let keys = self.keys(watch);
         if let Some(listed) = &mut keys.listed {
-            listed.insert(key.clone());
+            listed.insert(key);
         }
         keys.skipped.remove(&key);
         if keys.kept.contains(&key) {
             return Some(key);
         }
         if total < max {
-            keys.kept.insert(key.clone());
+            keys.kept.insert(key);
             self.total += 1;
             self.count();
             return Some(key);
@@ -383,15 +383,15 @@ impl Kept {
 
     /// Leaves out an object too large to read, counting and logging it once (until it is read
     /// again): its key if it had series to remove, written when it was smaller.
-    fn skip(&mut self, watch: usize, obj: &impl Resource) -> Option<Box<str>> {
+    fn skip(&mut self, watch: usize, obj: &impl Resource) -> Option<Key> {
         let key = key(obj);
         let keys = self.keys(watch);
         if let Some(listed) = &mut keys.listed {
-            listed.insert(key.clone());
+            listed.insert(key);
         }
         let had = keys.kept.remove(&key);
         let dropped = keys.dropped.remove(&key);
-        let new = keys.skipped.insert(key.clone());
+        let new = keys.skipped.insert(key);
         if new {
             self.families.skipped.inc(&Skipped {
                 kind: self.kind.kind.clone(),
@@ -415,7 +415,7 @@ impl Kept {
     }
 
     /// The object's key if it had series to remove.
-    fn remove(&mut self, watch: usize, obj: &impl Resource) -> Option<Box<str>> {
+    fn remove(&mut self, watch: usize, obj: &impl Resource) -> Option<Key> {
         let key = key(obj);
         let keys = self.keys(watch);
         let was_dropped = keys.dropped.remove(&key) | keys.skipped.remove(&key);
@@ -430,12 +430,12 @@ impl Kept {
     }
 
     /// Ends a re-list: the keys of the objects it did not list again, now forgotten.
-    fn relisted(&mut self, watch: usize) -> Vec<Box<str>> {
+    fn relisted(&mut self, watch: usize) -> Vec<Key> {
         let keys = self.keys(watch);
         let Some(listed) = keys.listed.take() else {
             return Vec::new();
         };
-        let gone: Vec<Box<str>> = keys.kept.difference(&listed).cloned().collect();
+        let gone: Vec<Key> = keys.kept.difference(&listed).copied().collect();
         keys.kept.retain(|k| listed.contains(k));
         keys.dropped.retain(|k| listed.contains(k));
         keys.skipped.retain(|k| listed.contains(k));
@@ -459,11 +459,15 @@ impl Kept {
     }
 }
 
-/// An object's key in its group: its UID (a name can be reused by a new object).
-fn key(obj: &impl Resource) -> Box<str> {
+/// An object's key in its group: of its UID (a name can be reused by a new object).
+fn key(obj: &impl Resource) -> Key {
     match &obj.meta().uid {
-        Some(uid) => uid.as_str().into(),
-        None => format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()).into(),
+        Some(uid) => metrics::key(uid),
+        None => metrics::key(&format!(
+            "{}/{}",
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        )),
     }
 }
 
@@ -672,12 +676,16 @@ mod tests {
             })
         };
         assert!(kept.admit(0, &obj).is_some());
-        assert_eq!(kept.skip(0, &obj).as_deref(), Some("u-1"), "its series go");
+        assert_eq!(
+            kept.skip(0, &obj),
+            Some(metrics::key("u-1")),
+            "its series go"
+        );
         assert_eq!(kept.skip(0, &obj), None);
         assert_eq!(skipped(), 1, "counted once");
         assert_eq!(seen(), Some(1.0), "still an object watched");
         assert!(kept.admit(0, &obj).is_some(), "read again once smaller");
-        assert_eq!(kept.skip(0, &obj).as_deref(), Some("u-1"));
+        assert_eq!(kept.skip(0, &obj), Some(metrics::key("u-1")));
         assert_eq!(skipped(), 2);
         assert_eq!(kept.remove(0, &obj), None);
         assert_eq!(seen(), Some(0.0));

@@ -10,7 +10,7 @@
 //! scraper, reads them as one stream).
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::Hasher;
 use std::io::Write;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -97,13 +97,62 @@ impl<L> Clone for ObjectGauges<L> {
     }
 }
 
-/// What the status page shows of one object: its table row, rendered with the series (the
-/// object is not kept, so this is the page's only copy), and its rank: the page lists low ranks
-/// first and counts each.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the status page shows of one object: the fields of its table row, written with the
+/// series (the object is not kept, so this is the page's only copy), and its rank: the page
+/// lists low ranks first and counts each. The fields are kept joined, and the row's markup made
+/// only for the rows a page shows: at 100,000 objects the markup alone was 25 MB.
+#[derive(Clone)]
 pub struct Note {
     pub rank: u8,
-    pub row: Box<str>,
+    /// Separated by NUL, which no field holds (each becomes U+FFFD).
+    fields: Box<str>,
+    row: fn(&[&str]) -> String,
+}
+
+impl Note {
+    pub fn new(rank: u8, row: fn(&[&str]) -> String, fields: &[&str]) -> Self {
+        let mut joined = String::with_capacity(fields.iter().map(|f| f.len() + 1).sum());
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                joined.push('\0');
+            }
+            joined.extend(f.chars().map(|c| if c == '\0' { '\u{fffd}' } else { c }));
+        }
+        Self {
+            rank,
+            fields: joined.into(),
+            row,
+        }
+    }
+
+    /// The fields, joined: in the order the row shows them, so it sorts rows within a rank.
+    pub fn key(&self) -> &str {
+        &self.fields
+    }
+
+    /// The table row's markup.
+    pub fn row(&self) -> String {
+        let fields: Vec<&str> = self.fields.split('\0').collect();
+        (self.row)(&fields)
+    }
+}
+
+impl PartialEq for Note {
+    fn eq(&self, other: &Self) -> bool {
+        // The markup follows from the fields: a note of another kind has other fields.
+        self.rank == other.rank && self.fields == other.fields
+    }
+}
+
+impl Eq for Note {}
+
+impl std::fmt::Debug for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Note")
+            .field("rank", &self.rank)
+            .field("fields", &self.fields)
+            .finish()
+    }
 }
 
 /// One object's lines while they are written, per family, and its note.
@@ -209,10 +258,6 @@ struct Rendered {
 }
 
 impl Rendered {
-    fn same_series(&self, other: &Self) -> bool {
-        self.text == other.text && self.ends == other.ends
-    }
-
     fn family(&self, index: usize) -> &[u8] {
         let end = self
             .ends
@@ -229,30 +274,197 @@ impl Rendered {
     }
 }
 
-#[derive(Default)]
-struct Bucket {
-    objects: BTreeMap<Box<str>, Rendered>,
-    /// Per family, the concatenated lines of the objects; `None` once an object changed.
-    blocks: Option<Vec<Option<Part>>>,
+/// An object's key in its group: a 128-bit hash of its UID, so that 100,000 objects' keys cost
+/// 1.6 MB rather than a string each.
+pub type Key = u128;
+
+/// The key of an object named `name` (its UID).
+pub fn key(name: &str) -> Key {
+    use siphasher::sip128::{Hasher128, SipHasher13};
+    let mut h = SipHasher13::new();
+    h.write(name.as_bytes());
+    h.finish128().as_u128()
 }
 
+/// One family's lines of a bucket's objects, in key order, and where each object's begin
+/// (`starts[i]`; the last entry is the end), so that the lines are held once, in the block
+/// served, rather than once per object and again per block.
+#[derive(Default)]
+struct Block {
+    part: Option<Part>,
+    starts: Vec<u32>,
+}
+
+impl Block {
+    fn lines(&self, i: usize) -> &[u8] {
+        match &self.part {
+            Some(p) => &p.text()[self.starts[i] as usize..self.starts[i + 1] as usize],
+            None => &[],
+        }
+    }
+}
+
+/// A bucket's objects: their keys (sorted), notes and blocks, and the changes not yet folded
+/// into the blocks. A change is folded once the pending lines pass an eighth of the blocks'
+/// (so each line is copied a bounded number of times, and pending changes stay a small part of
+/// memory), or before the bucket is served.
+#[derive(Default)]
+struct Bucket {
+    keys: Vec<Key>,
+    notes: Vec<Option<Note>>,
+    blocks: Vec<Block>,
+    bytes: usize,
+    /// `None`: deleted.
+    pending: BTreeMap<Key, Option<Rendered>>,
+    pending_bytes: usize,
+}
+
+/// Pending lines below this are not worth a fold before a scrape asks for one.
+const FOLD_BYTES: usize = 16 * 1024;
+
 impl Bucket {
-    fn blocks(&mut self, families: usize) -> &[Option<Part>] {
-        let objects = &self.objects;
-        self.blocks.get_or_insert_with(|| {
-            (0..families)
-                .map(|i| {
-                    // Sized exactly: a block lives until one of its objects changes, and a
-                    // grown Vec's spare capacity would live with it.
-                    let len = objects.values().map(|r| r.family(i).len()).sum();
-                    let mut text = Vec::with_capacity(len);
-                    objects
-                        .values()
-                        .for_each(|r| text.extend_from_slice(r.family(i)));
-                    (len > 0).then(|| Part::block(Bytes::from(text)))
-                })
-                .collect()
-        })
+    fn position(&self, key: Key) -> Result<usize, usize> {
+        self.keys.binary_search(&key)
+    }
+
+    /// Whether the object is here (as folded or pending) with these very lines; `Some(note)`
+    /// (its current note) if so.
+    fn same_series(&self, key: Key, new: &Rendered) -> Option<Option<&Note>> {
+        if let Some(pending) = self.pending.get(&key) {
+            let old = pending.as_ref()?;
+            return (old.text == new.text && old.ends == new.ends).then_some(old.note.as_ref());
+        }
+        let i = self.position(key).ok()?;
+        let mut at = 0;
+        for (f, block) in self.blocks.iter().enumerate() {
+            let lines = block.lines(i);
+            if new.family(f) != lines {
+                return None;
+            }
+            at += lines.len();
+        }
+        (at == new.text.len()).then_some(self.notes[i].as_ref())
+    }
+
+    fn contains(&self, key: Key) -> bool {
+        match self.pending.get(&key) {
+            Some(p) => p.is_some(),
+            None => self.position(key).is_ok(),
+        }
+    }
+
+    fn set_note(&mut self, key: Key, note: Option<Note>) {
+        if let Some(Some(p)) = self.pending.get_mut(&key) {
+            p.note = note;
+        } else if let Ok(i) = self.position(key) {
+            self.notes[i] = note;
+        }
+    }
+
+    fn change(&mut self, key: Key, rendered: Option<Rendered>, families: usize) {
+        self.pending_bytes += rendered.as_ref().map_or(0, |r| r.text.len()) + 64;
+        self.pending.insert(key, rendered);
+        if self.pending_bytes > FOLD_BYTES.max(self.bytes / 8) {
+            self.fold(families);
+        }
+    }
+
+    /// Merges the pending changes into the keys, notes and blocks: each block made anew at its
+    /// exact size, since it lives until one of its objects changes.
+    fn fold(&mut self, families: usize) {
+        if self.pending.is_empty() && self.blocks.len() == families {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        // The new order: each old object, unless replaced or deleted, merged with the pending.
+        enum From {
+            Old(usize),
+            New(Rendered),
+        }
+        let mut order: Vec<(Key, From)> = Vec::with_capacity(self.keys.len() + pending.len());
+        let mut old = self.keys.iter().copied().enumerate().peekable();
+        for (key, change) in pending {
+            while let Some(&(i, k)) = old.peek() {
+                if k >= key {
+                    break;
+                }
+                order.push((k, From::Old(i)));
+                old.next();
+            }
+            if old.peek().is_some_and(|&(_, k)| k == key) {
+                old.next();
+            }
+            if let Some(r) = change {
+                order.push((key, From::New(r)));
+            }
+        }
+        order.extend(old.map(|(i, k)| (k, From::Old(i))));
+
+        let mut blocks = Vec::with_capacity(families);
+        let mut bytes = 0;
+        for f in 0..families {
+            let lines = |from: &From| -> usize {
+                match from {
+                    From::Old(i) => self.blocks.get(f).map_or(0, |b| b.lines(*i).len()),
+                    From::New(r) => r.family(f).len(),
+                }
+            };
+            let len: usize = order.iter().map(|(_, from)| lines(from)).sum();
+            let mut text = Vec::with_capacity(len);
+            let mut starts = Vec::with_capacity(order.len() + 1);
+            for (_, from) in &order {
+                starts
+                    .push(u32::try_from(text.len()).expect("a bucket's family is far below 4 GiB"));
+                match from {
+                    From::Old(i) => {
+                        if let Some(b) = self.blocks.get(f) {
+                            text.extend_from_slice(b.lines(*i));
+                        }
+                    }
+                    From::New(r) => text.extend_from_slice(r.family(f)),
+                }
+            }
+            starts.push(u32::try_from(text.len()).expect("a bucket's family is far below 4 GiB"));
+            bytes += text.len();
+            blocks.push(Block {
+                part: (!text.is_empty()).then(|| Part::block(Bytes::from(text))),
+                starts,
+            });
+        }
+        let mut notes = Vec::with_capacity(order.len());
+        let mut keys = Vec::with_capacity(order.len());
+        let mut old_notes = std::mem::take(&mut self.notes);
+        for (key, from) in order {
+            keys.push(key);
+            notes.push(match from {
+                From::Old(i) => old_notes[i].take(),
+                From::New(r) => r.note,
+            });
+        }
+        *self = Bucket {
+            keys,
+            notes,
+            blocks,
+            bytes,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+        };
+    }
+
+    fn notes(&self) -> impl Iterator<Item = &Note> {
+        let pending = self
+            .pending
+            .values()
+            .flatten()
+            .filter_map(|r| r.note.as_ref());
+        let folded = self
+            .keys
+            .iter()
+            .zip(&self.notes)
+            .filter(|(k, _)| !self.pending.contains_key(k))
+            .filter_map(|(_, n)| n.as_ref());
+        pending.chain(folded)
     }
 }
 
@@ -275,10 +487,12 @@ struct Group {
 pub struct Objects {
     group: Arc<Mutex<Group>>,
     changes: Changes,
+    /// Drops the registry's cached expositions.
+    drop_cached: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl Objects {
-    pub(super) fn new(changes: Changes) -> Self {
+    pub(super) fn new(changes: Changes, drop_cached: Arc<dyn Fn() + Send + Sync>) -> Self {
         let group = Group {
             headers: Vec::new(),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
@@ -290,6 +504,7 @@ impl Objects {
         Self {
             group: Arc::new(Mutex::new(group)),
             changes,
+            drop_cached,
         }
     }
 
@@ -320,38 +535,58 @@ impl Objects {
         }
     }
 
+    /// Replaces the series of the object named `name` with those of `render`.
+    pub fn put(&self, name: &str, render: Render) {
+        self.put_at(key(name), render);
+    }
+
     /// Replaces the series of the object `key` with those of `render`.
-    pub fn put(&self, key: &str, render: Render) {
+    pub fn put_at(&self, key: Key, render: Render) {
         let rendered = render.finish();
         let mut group = self.lock();
+        let families = group.headers.len();
         let bucket = &mut group.buckets[bucket_of(key)];
-        if let Some(old) = bucket.objects.get_mut(key)
-            && old.same_series(&rendered)
-        {
+        if let Some(note) = bucket.same_series(key, &rendered) {
             // Only the page's note may differ: the blocks stay as they are.
-            if old.note != rendered.note {
-                old.note = rendered.note;
+            if note != rendered.note.as_ref() {
+                bucket.set_note(key, rendered.note);
+                drop(group);
                 self.changes.bump();
             }
             return;
         }
-        let new = bucket.objects.insert(key.into(), rendered).is_none();
-        bucket.blocks = None;
+        let new = !bucket.contains(key);
+        bucket.change(key, Some(rendered), families);
         group.objects += usize::from(new);
         group.version += 1;
-        self.changes.bump();
+        drop(group);
+        self.changed();
+    }
+
+    /// Removes the series of the object named `name`, if it has any.
+    pub fn delete(&self, name: &str) {
+        self.delete_at(key(name));
     }
 
     /// Removes the series of the object `key`, if it has any.
-    pub fn delete(&self, key: &str) {
+    pub fn delete_at(&self, key: Key) {
         let mut group = self.lock();
+        let families = group.headers.len();
         let bucket = &mut group.buckets[bucket_of(key)];
-        if bucket.objects.remove(key).is_some() {
-            bucket.blocks = None;
+        if bucket.contains(key) {
+            bucket.change(key, None, families);
             group.objects -= 1;
             group.version += 1;
-            self.changes.bump();
+            drop(group);
+            self.changed();
         }
+    }
+
+    /// A change of the series: the registry's cached expositions go at once, so that they hold
+    /// no block that is being replaced (at 100,000 objects, a second copy of every line).
+    fn changed(&self) {
+        self.changes.bump();
+        (self.drop_cached)();
     }
 
     /// Whether the group's series are served (a sidecar that does not lead keeps them unserved).
@@ -371,11 +606,7 @@ impl Objects {
     /// Calls `f` with the notes of all objects, in no particular order.
     pub fn with_notes<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Note>) -> R) -> R {
         let group = self.lock();
-        let mut notes = group
-            .buckets
-            .iter()
-            .flat_map(|b| b.objects.values())
-            .filter_map(|r| r.note.as_ref());
+        let mut notes = group.buckets.iter().flat_map(Bucket::notes);
         f(&mut notes)
     }
 
@@ -397,9 +628,12 @@ impl Objects {
         let families = headers.len();
         let f = format.index();
         whole.resize_with(families, Default::default);
-        let blocks: Vec<&[Option<Part>]> = buckets.iter_mut().map(|b| b.blocks(families)).collect();
+        buckets.iter_mut().for_each(|b| b.fold(families));
         for (i, header) in headers.iter().map(|h| &h[f]).enumerate() {
-            let family: Vec<&Part> = blocks.iter().filter_map(|b| b[i].as_ref()).collect();
+            let family: Vec<&Part> = buckets
+                .iter()
+                .filter_map(|b| b.blocks.get(i).and_then(|b| b.part.as_ref()))
+                .collect();
             if family.is_empty() {
                 continue;
             }
@@ -426,11 +660,9 @@ impl Objects {
     }
 }
 
-/// A key's bucket; the hasher has fixed keys, so an object stays in its bucket.
-fn bucket_of(key: &str) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % BUCKETS as u64) as usize
+/// A key's bucket.
+fn bucket_of(key: Key) -> usize {
+    (key % BUCKETS as u128) as usize
 }
 
 #[cfg(test)]

@@ -117,9 +117,13 @@ impl Group {
             shown.push(note);
         }
         // Rows start with their kind, namespace and name, so this orders those within a rank.
-        shown.sort_unstable_by(|a, b| (a.rank, &a.row).cmp(&(b.rank, &b.row)));
+        shown.sort_unstable_by(|a, b| (a.rank, a.key()).cmp(&(b.rank, b.key())));
         Self {
-            rows: shown.iter().take(MAX_ROWS).map(|n| n.row.clone()).collect(),
+            rows: shown
+                .iter()
+                .take(MAX_ROWS)
+                .map(|n| n.row().into())
+                .collect(),
             counts,
             exported,
         }

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::html::{attr, cell, truncated};
+use super::html::{attr, cell, summary};
 use crate::metrics::Note;
 
 /// A cluster's ranks, and the names the summary counts them by: failing first.
@@ -57,29 +57,59 @@ pub struct Cluster<'a> {
 
 impl Cluster<'_> {
     pub fn note(&self) -> Note {
-        let mut row = String::with_capacity(256 + self.message.len().min(256));
-        row.push_str("<tr");
-        attr(&mut row, "data-kind", self.kind);
-        attr(&mut row, "data-namespace", self.namespace);
-        attr(&mut row, "data-name", self.name);
-        let state = self.state.name();
-        let _ = write!(
-            row,
-            " data-state=\"{state}\"><td class=\"{state}\">{state}</td>"
-        );
-        cell(&mut row, self.kind);
-        cell(&mut row, self.namespace);
-        cell(&mut row, self.name);
-        cell(&mut row, self.cluster_name);
-        message_cell(&mut row, self.reason);
-        message_cell(&mut row, self.message);
-        cell(&mut row, self.last_sync.as_deref().unwrap_or(""));
-        row.push_str("</tr>");
-        Note {
-            rank: rank(self.state.rank()),
-            row: row.into(),
-        }
+        let fields = [
+            self.kind,
+            self.namespace,
+            self.name,
+            self.state.name(),
+            self.cluster_name,
+            &summary(self.reason),
+            &summary(self.message),
+            self.last_sync.as_deref().unwrap_or(""),
+        ];
+        Note::new(rank(self.state.rank()), cluster_row, &fields)
     }
+}
+
+/// A cluster's row from its note's fields.
+fn cluster_row(f: &[&str]) -> String {
+    let [
+        kind,
+        namespace,
+        name,
+        state,
+        cluster_name,
+        reason,
+        message,
+        last_sync,
+    ] = fields(f);
+    let mut row = String::with_capacity(256 + message.len());
+    row.push_str("<tr");
+    attr(&mut row, "data-kind", kind);
+    attr(&mut row, "data-namespace", namespace);
+    attr(&mut row, "data-name", name);
+    let _ = write!(
+        row,
+        " data-state=\"{state}\"><td class=\"{state}\">{state}</td>"
+    );
+    for value in [
+        kind,
+        namespace,
+        name,
+        cluster_name,
+        reason,
+        message,
+        last_sync,
+    ] {
+        cell(&mut row, value);
+    }
+    row.push_str("</tr>");
+    row
+}
+
+/// A note's fields as the row wants them; a missing one (never, for a note made here) empty.
+fn fields<'a, const N: usize>(f: &[&'a str]) -> [&'a str; N] {
+    std::array::from_fn(|i| f.get(i).copied().unwrap_or(""))
 }
 
 /// One Integration.
@@ -99,31 +129,11 @@ pub struct Integration<'a> {
 impl Integration<'_> {
     pub fn note(&self) -> Note {
         let phase = self.phase.unwrap_or("");
-        let mut row = String::with_capacity(256 + self.message.len().min(256));
-        row.push_str("<tr");
-        attr(&mut row, "data-namespace", self.namespace);
-        attr(&mut row, "data-name", self.name);
-        attr(&mut row, "data-phase", phase);
-        row.push('>');
-        cell(&mut row, self.namespace);
-        cell(&mut row, self.name);
         let type_ = if self.enabled {
             self.type_.to_string()
         } else {
             format!("{} (disabled)", self.type_)
         };
-        cell(&mut row, &type_);
-        // Indexes into INTEGRATION_RANKS.
-        let (class, index) = match phase {
-            "Failed" => ("bad", 0),
-            "Initializing" => ("pending", 2),
-            "Running" => ("ok", 3),
-            "Succeeded" => ("ok", 4),
-            _ => ("unknown", 1),
-        };
-        let _ = write!(row, "<td class=\"{class}\">");
-        super::html::text(&mut row, if phase.is_empty() { "(none)" } else { phase });
-        row.push_str("</td>");
         let mut conditions = String::new();
         for (type_, status, reason) in &self.conditions {
             if !conditions.is_empty() {
@@ -134,30 +144,63 @@ impl Integration<'_> {
                 let _ = write!(conditions, " ({reason})");
             }
         }
-        message_cell(&mut row, &conditions);
-        message_cell(&mut row, self.message);
-        cell(&mut row, self.last_reconcile.as_deref().unwrap_or(""));
-        row.push_str("</tr>");
-        Note {
-            rank: rank(index),
-            row: row.into(),
-        }
+        let fields = [
+            self.namespace,
+            self.name,
+            &type_,
+            phase,
+            &summary(&conditions),
+            &summary(self.message),
+            self.last_reconcile.as_deref().unwrap_or(""),
+        ];
+        Note::new(rank(phase_class(phase).1), integration_row, &fields)
     }
+}
+
+/// The cell class of a phase, and its index into INTEGRATION_RANKS.
+fn phase_class(phase: &str) -> (&'static str, usize) {
+    match phase {
+        "Failed" => ("bad", 0),
+        "Initializing" => ("pending", 2),
+        "Running" => ("ok", 3),
+        "Succeeded" => ("ok", 4),
+        _ => ("unknown", 1),
+    }
+}
+
+/// An Integration's row from its note's fields.
+fn integration_row(f: &[&str]) -> String {
+    let [
+        namespace,
+        name,
+        type_,
+        phase,
+        conditions,
+        message,
+        last_reconcile,
+    ] = fields(f);
+    let mut row = String::with_capacity(256 + message.len());
+    row.push_str("<tr");
+    attr(&mut row, "data-namespace", namespace);
+    attr(&mut row, "data-name", name);
+    attr(&mut row, "data-phase", phase);
+    row.push('>');
+    cell(&mut row, namespace);
+    cell(&mut row, name);
+    cell(&mut row, type_);
+    let (class, _) = phase_class(phase);
+    let _ = write!(row, "<td class=\"{class}\">");
+    super::html::text(&mut row, if phase.is_empty() { "(none)" } else { phase });
+    row.push_str("</td>");
+    for value in [conditions, message, last_reconcile] {
+        cell(&mut row, value);
+    }
+    row.push_str("</tr>");
+    row
 }
 
 fn rank(index: usize) -> u8 {
     u8::try_from(index).expect("a handful of ranks")
-}
-
-/// A cell of text that may be long: cut at [`super::html::MAX_TEXT`] bytes, marked `…`.
-fn message_cell(row: &mut String, message: &str) {
-    let cut = truncated(message);
-    row.push_str("<td>");
-    super::html::text(row, cut);
-    if cut.len() < message.len() {
-        row.push('…');
-    }
-    row.push_str("</td>");
 }
 
 /// Unix seconds as RFC 3339.
@@ -186,7 +229,7 @@ mod tests {
         .note();
         assert_eq!(note.rank, 0);
         assert_eq!(
-            &*note.row,
+            &*note.row(),
             "<tr data-kind=\"IntegrationTarget\" data-namespace=\"ksit-system\" data-name=\"edge-1\" data-state=\"failing\">\
              <td class=\"failing\">failing</td><td>IntegrationTarget</td><td>ksit-system</td><td>edge-1</td><td>edge-cluster-1</td>\
              <td>SecretNotFound</td><td>secret edge-cluster-1-kubeconfig not found</td><td>2026-11-27T10:00:00Z</td></tr>"
@@ -208,7 +251,7 @@ mod tests {
         .note();
         assert_eq!(note.rank, 3);
         assert_eq!(
-            &*note.row,
+            &*note.row(),
             "<tr data-namespace=\"ns\" data-name=\"argo\" data-phase=\"Running\"><td>ns</td><td>argo</td>\
              <td>argocd (disabled)</td><td class=\"ok\">Running</td><td>Ready=True (Reconciled); Degraded=False</td>\
              <td></td><td></td></tr>"
@@ -225,12 +268,9 @@ mod tests {
         }
         .note();
         assert_eq!(none.rank, 1);
-        assert!(none.row.contains("data-phase=\"\""), "{}", none.row);
-        assert!(
-            none.row.contains("<td class=\"unknown\">(none)</td>"),
-            "{}",
-            none.row
-        );
+        let row = none.row();
+        assert!(row.contains("data-phase=\"\""), "{row}");
+        assert!(row.contains("<td class=\"unknown\">(none)</td>"), "{row}");
     }
 
     #[test]
@@ -247,8 +287,8 @@ mod tests {
             last_sync: None,
         }
         .note();
-        assert!(note.row.len() < 1024, "{}", note.row.len());
-        assert!(note.row.contains("x…</td>"));
+        assert!(note.row().len() < 1024, "{}", note.row().len());
+        assert!(note.row().contains("x…</td>"));
     }
 
     #[test]
