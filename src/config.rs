@@ -600,16 +600,16 @@ fn its_kubeconfig(v: &str) -> Result<Option<PathBuf>, String> {
 
 const MAX_OBJECTS: Var<usize> = Var {
     name: "KSIT_MAX_OBJECTS",
-    default: "40000",
+    default: "100000",
     help: "most objects of one kind exported by this sidecar (1 to 1000000; with KSIT_CR_METRICS=sharded, of its shard); the rest are counted as dropped",
     empty: Empty::Default,
     parse: |v| count(v, 1..=MAX_MAX_OBJECTS, "a whole number from 1 to 1000000"),
     show: usize::to_string,
 };
 
-/// An object costs ~1.2 KiB (docs/operations.md, "Sharding"): 40,000 fit the sidecar's 64 MiB
-/// limit, so 100,000 targets are exported whole by 3 sharded replicas at the default limits;
-/// a million (~1.2 GiB) is past any limit a sidecar is given.
+/// An object costs ~0.4 KiB (docs/operations.md, "Sharding"): 100,000 targets and 10,000
+/// Integrations peak at 57 MiB, inside the sidecar's 64 MiB limit; a million (~450 MiB) is past
+/// any limit a sidecar is given.
 const MAX_MAX_OBJECTS: usize = 1_000_000;
 
 const SUBDOMAIN: &str = "a Kubernetes NAME name (a DNS-1123 subdomain: up to 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit)";

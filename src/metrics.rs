@@ -324,9 +324,37 @@ fn served_from_start<L: Labels>(create: impl FnOnce()) {
 pub struct Snapshot {
     pub(crate) parts: Vec<Part>,
     /// The bodies as served, made once: small parts joined, so that a response is a few hundred
-    /// writes at most rather than one per part.
-    text: OnceLock<Vec<Bytes>>,
+    /// writes at most rather than one per part; packed parts stay packed until written.
+    text: OnceLock<Vec<Piece>>,
     gzip: OnceLock<Vec<Bytes>>,
+}
+
+/// A piece of a plain body: bytes, or a part held packed, unpacked only as it is written (so a
+/// scrape without gzip does not hold the whole exposition unpacked).
+#[derive(Clone)]
+pub enum Piece {
+    Ready(Bytes),
+    Packed(Part),
+}
+
+impl Piece {
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::Ready(b) => b.len(),
+            Piece::Packed(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> Bytes {
+        match self {
+            Piece::Ready(b) => b.clone(),
+            Piece::Packed(p) => p.text(),
+        }
+    }
 }
 
 impl Snapshot {
@@ -338,17 +366,31 @@ impl Snapshot {
         }
     }
 
-    /// The text, in chunks.
-    pub fn texts(&self) -> &[Bytes] {
-        self.text
-            .get_or_init(|| coalesce(self.parts.iter().map(|p| p.text().clone())))
+    /// The text, in pieces.
+    pub fn texts(&self) -> &[Piece] {
+        self.text.get_or_init(|| {
+            let mut pieces = Vec::new();
+            let mut plain = Vec::new();
+            for part in &self.parts {
+                if part.is_packed() {
+                    pieces.extend(coalesce(plain.drain(..)).into_iter().map(Piece::Ready));
+                    pieces.push(Piece::Packed(part.clone()));
+                } else {
+                    plain.push(part.text());
+                }
+            }
+            if !plain.is_empty() || pieces.is_empty() {
+                pieces.extend(coalesce(plain.into_iter()).into_iter().map(Piece::Ready));
+            }
+            pieces
+        })
     }
 
-    /// The whole text in one buffer (a copy when there are several chunks).
+    /// The whole text in one buffer (a copy when there are several pieces).
     pub fn text(&self) -> Bytes {
         match self.texts() {
-            [one] => one.clone(),
-            chunks => Bytes::from(chunks.concat()),
+            [Piece::Ready(one)] => one.clone(),
+            pieces => Bytes::from(pieces.iter().flat_map(|p| p.bytes()).collect::<Vec<u8>>()),
         }
     }
 
@@ -572,7 +614,7 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let unchanged = match &*current {
-            Some([part, _]) => *part.text() == text,
+            Some([part, _]) => part.text() == text,
             None => text.is_empty(),
         };
         if !unchanged {

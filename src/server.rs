@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::auth::{Authorizer, Verdict};
-use crate::metrics::{Counters, Family, Format, Registry};
+use crate::metrics::{Counters, Family, Format, Piece, Registry};
 
 /// A client must send a request's headers within this time. hyper arms the same timer while a
 /// kept-alive connection waits for its next request, so it also bounds idle connections.
@@ -117,7 +117,7 @@ impl State {
         if gzip {
             Chunks::new(snapshot.gzip().iter().cloned())
         } else {
-            Chunks::new(snapshot.texts().iter().cloned())
+            Chunks::pieces(snapshot.texts().iter().cloned())
         }
     }
 }
@@ -632,14 +632,19 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Chunks> {
 /// A response body of byte chunks sent in turn, so that /metrics serves the parts of a
 /// [`crate::metrics::Snapshot`] without first copying them into one buffer.
 pub struct Chunks {
-    chunks: std::collections::VecDeque<Bytes>,
+    chunks: std::collections::VecDeque<Piece>,
     remaining: u64,
 }
 
 impl Chunks {
     pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> Self {
-        let chunks: std::collections::VecDeque<Bytes> =
-            chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        Self::pieces(chunks.into_iter().map(Piece::Ready))
+    }
+
+    /// A body of pieces, the packed ones unpacked one at a time as they are written.
+    pub fn pieces(pieces: impl IntoIterator<Item = Piece>) -> Self {
+        let chunks: std::collections::VecDeque<Piece> =
+            pieces.into_iter().filter(|c| !c.is_empty()).collect();
         let remaining = chunks.iter().map(|c| c.len() as u64).sum();
         Self { chunks, remaining }
     }
@@ -659,7 +664,7 @@ impl Body for Chunks {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let next = self.chunks.pop_front();
+        let next = self.chunks.pop_front().map(|piece| piece.bytes());
         if let Some(chunk) = &next {
             self.remaining -= chunk.len() as u64;
         }

@@ -464,6 +464,49 @@ fn bad_configuration_exits_2_naming_the_variable() {
     assert!(err.contains("KSIT_PROBE_INTERVAL=\"soon\""), "{err}");
 }
 
+/// `KSIT_SHARD` as kube-state-metrics' `--shard`/`--total-shards` would refuse them, each on one
+/// line naming the variable and the value.
+#[test]
+fn a_bad_shard_exits_2_naming_it() {
+    for (shard, why) in [
+        (
+            "0/0",
+            "INDEX/TOTAL, two whole numbers with INDEX below TOTAL",
+        ),
+        (
+            "3/3",
+            "INDEX/TOTAL, two whole numbers with INDEX below TOTAL",
+        ),
+        (
+            "a/b",
+            "INDEX/TOTAL, two whole numbers with INDEX below TOTAL",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"))
+            .env_clear()
+            .env("KSIT_CR_METRICS", "sharded")
+            .env("KSIT_SHARD", shard)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{shard}");
+        let err = String::from_utf8(out.stderr).expect("utf8");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("KSIT_SHARD=\"{shard}\"")), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"))
+        .env_clear()
+        .env("KSIT_CR_METRICS", "sharded")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).expect("utf8");
+    assert!(
+        err.contains("POD_NAME"),
+        "no shard and no pod to find them from: {err}"
+    );
+}
+
 #[test]
 fn help_lists_every_variable_and_check_config_prints() {
     let out = Command::new(env!("CARGO_BIN_EXE_ksit-exporter"))

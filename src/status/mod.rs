@@ -614,5 +614,13 @@ mod tests {
         assert!(f.text().contains("new message"));
         f.registry.board().set_leader(Some(false));
         assert!(f.text().contains("<tr><th>leader</th><td>no</td></tr>"));
+        assert!(!f.text().contains("<th>shard</th>"), "not sharded");
+        f.registry
+            .board()
+            .set_shard(Some("shard 1 of 3 (a, b, c)".into()));
+        assert!(
+            f.text()
+                .contains("<tr><th>shard</th><td>shard 1 of 3 (a, b, c)</td></tr>")
+        );
     }
 }
