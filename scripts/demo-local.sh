@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The demo without a container engine: the test control plane (etcd + kube-apiserver on
 # loopback), the stand-in KSIT manager and the ksit-exporter beside it as local processes, a
-# Prometheus with the page's scrape config, and sample IntegrationTargets whose readiness
-# flips every few seconds. Prints the URLs and stays up until Ctrl-C; then stops everything it
-# started (the control plane too, unless it was already running).
+# Prometheus with the page's scrape config, and the sample IntegrationTargets: cluster1's
+# kubeconfig reaches the control plane, and --flap-interval (a stand-in deviation) reports it
+# failing every other few seconds; cluster2's names a closed port and stays failing. Prints the
+# URLs and stays up until Ctrl-C; then stops everything it started (the control plane too,
+# unless it was already running).
 #
 # Needs what `make test` needs (cargo, go, curl, openssl, python3), and npm: the Prometheus it
 # starts is built with its web UI (scripts/controlplane.sh build-ui, a few minutes the first
 # time, cached after). Variables:
 #   KSIT_DEMO_EXPORTER_PORT (8080), KSIT_DEMO_PROMETHEUS_PORT (9090): preferred ports; a free
 #     one is used when taken.
-#   KSIT_DEMO_FLAP (10s): how often the manager toggles every target between ready and not.
+#   KSIT_DEMO_FLAP (10s): how often the manager toggles a target whose cluster answers between
+#     ready and ConnectionFailed.
 #   PROMETHEUS: a Prometheus binary to use instead of the one built with its web UI (then npm is
 #     not needed), e.g. a release build.
 set -euo pipefail
@@ -106,6 +109,18 @@ health_port=$(port 8081)
 
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -n "$NAMESPACE" -k manifests/samples >/dev/null
+# The kubeconfig Secrets the sample targets name, which the manager tests as upstream's does (a
+# GET /version): cluster1's is this control plane's own (it answers), cluster2's a closed port.
+closed_kubeconfig='apiVersion: v1
+kind: Config
+clusters: [{name: closed, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: nobody, user: {}}]
+contexts: [{name: closed, context: {cluster: closed, user: nobody}}]
+current-context: closed'
+kubectl -n "$NAMESPACE" create secret generic cluster1-kubeconfig --from-file=kubeconfig="$KUBECONFIG" \
+	--dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n "$NAMESPACE" create secret generic cluster2-kubeconfig --from-literal=kubeconfig="$closed_kubeconfig" \
+	--dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # The ksit-monitor Service the page's scrape config keeps, with its (documentation) endpoint.
 kubectl apply -n "$NAMESPACE" -f - >/dev/null <<EOF
 apiVersion: v1
@@ -175,7 +190,7 @@ cat <<EOF
   kubectl                  KUBECONFIG=$KUBECONFIG kubectl -n $NAMESPACE get integrationtargets,integrations
   logs                     $DEMO/*.log
 
-  The manager flips every IntegrationTarget between ready and not every ${KSIT_DEMO_FLAP:-10s}.
+  The manager flips cluster1 between ready and not every ${KSIT_DEMO_FLAP:-10s}; cluster2 stays failing.
   Ctrl-C stops everything.
 
 EOF

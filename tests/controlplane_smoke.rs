@@ -43,19 +43,25 @@ async fn status_when(
     name: &str,
     ready: impl Fn(&Value) -> bool,
 ) -> Value {
-    common::eventually(
-        Duration::from_secs(15),
-        &format!("the wanted status of {name}"),
-        || async {
-            let obj = api.get(name).await.map_err(|e| e.to_string())?;
-            let status = obj.data.get("status").cloned().unwrap_or(Value::Null);
-            if ready(&status) {
-                Ok(status)
-            } else {
-                Err(status.to_string())
-            }
-        },
-    )
+    status_within(api, name, Duration::from_secs(15), ready).await
+}
+
+/// As [`status_when`], waiting up to `timeout`.
+async fn status_within(
+    api: &Api<DynamicObject>,
+    name: &str,
+    timeout: Duration,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    common::eventually(timeout, &format!("the wanted status of {name}"), || async {
+        let obj = api.get(name).await.map_err(|e| e.to_string())?;
+        let status = obj.data.get("status").cloned().unwrap_or(Value::Null);
+        if ready(&status) {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    })
     .await
 }
 
@@ -91,7 +97,7 @@ async fn the_stand_in_manager_behaves_like_upstream() {
     let a = common::test_namespace(&cp, "smoke-upstream-a", &[]).await;
     let b = common::test_namespace(&cp, "smoke-upstream-b", &[]).await;
     for ns in [&a, &b] {
-        cp.apply_path(&ns.name, "manifests/samples");
+        cp.apply_samples(&ns.name);
     }
     // cluster1 is ready, but the stand-in installs nothing anywhere: the auto-install fails.
     cp.apply_yaml(
@@ -115,6 +121,12 @@ async fn the_stand_in_manager_behaves_like_upstream() {
         })
         .await;
         assert_eq!(ready_condition(&failing)["reason"], "ConnectionFailed");
+        assert!(
+            failing["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Connection test failed: ")),
+            "{failing}"
+        );
         assert!(failing.get("ready").is_none(), "{failing}");
         assert!(failing.get("lastSyncTime").is_none(), "{failing}");
 
@@ -429,6 +441,8 @@ async fn a_secret_without_a_kubeconfig_key_is_never_requeued() {
     assert!(invalid.get("ready").is_none(), "{invalid}");
     assert!(invalid.get("lastSyncTime").is_none(), "{invalid}");
 
+    // A kubeconfig for this API server: once reconciled, the target is ready.
+    let patch = serde_json::json!({"stringData": {"kubeconfig": cp.kubeconfig_text()}});
     common::check(
         cp.kubectl(&[
             "-n",
@@ -438,7 +452,7 @@ async fn a_secret_without_a_kubeconfig_key_is_never_requeued() {
             "edge-kubeconfig",
             "--type=merge",
             "-p",
-            r#"{"stringData":{"kubeconfig":"x"}}"#,
+            &patch.to_string(),
         ]),
         "adding the kubeconfig key",
     );
@@ -467,4 +481,110 @@ async fn a_secret_without_a_kubeconfig_key_is_never_requeued() {
     );
     let ready = status_when(&targets, "edge", |s| s["ready"] == true).await;
     assert_eq!(ready_condition(&ready)["reason"], "ClusterReady");
+}
+
+/// Upstream's other IntegrationTarget paths, with a real connection test: no Secret is
+/// `SecretNotFound`, a kubeconfig that does not parse `RegistrationFailed`, one naming a closed
+/// port `ConnectionFailed` (each requeued after 30 s), one naming this API server `ClusterReady`.
+/// Secrets are not watched, so a Secret created or rewritten shows at the next reconcile: the
+/// three failing targets turn ready by their 30 s requeue without being touched, and the ready
+/// one fails at its next reconcile once its Secret names the closed port (the client is rebuilt
+/// when the kubeconfig changes).
+#[tokio::test]
+async fn targets_are_checked_against_the_cluster_their_secret_names() {
+    let Some(cp) = common::control_plane().await else {
+        return;
+    };
+    let ns = common::test_namespace(&cp, "smoke-connect", &[]).await;
+    let n = ns.name.as_str();
+    for name in ["lost", "garbled", "refused", "reachable"] {
+        cp.apply_yaml(
+            n,
+            &format!(
+                "apiVersion: ksit.io/v1alpha1\nkind: IntegrationTarget\nmetadata: {{name: {name}}}\nspec: {{clusterName: {name}}}\n"
+            ),
+        );
+    }
+    cp.put_kubeconfig_secret(n, "garbled", "clusters: [not a kubeconfig");
+    cp.put_kubeconfig_secret(n, "refused", &common::closed_port_kubeconfig());
+    cp.put_kubeconfig_secret(n, "reachable", &cp.kubeconfig_text());
+    // Upstream's 30 s for failing targets; a ready one requeued every second, so that its
+    // Secret's rewrite shows at once.
+    let _manager = common::start_manager_with(&cp, &[n], &["--target-ready-requeue=1s"]).await;
+    let targets = ksit_api(&cp, n, "IntegrationTarget");
+    let reason_is = |reason: &'static str| move |s: &Value| ready_condition(s)["reason"] == reason;
+    let message = |s: &Value| s["message"].as_str().unwrap_or_default().to_string();
+
+    let lost = status_when(&targets, "lost", reason_is("SecretNotFound")).await;
+    assert_eq!(
+        lost["message"],
+        "Kubeconfig secret lost-kubeconfig not found"
+    );
+    assert_eq!(ready_condition(&lost)["message"], lost["message"]);
+    let garbled = status_when(&targets, "garbled", reason_is("RegistrationFailed")).await;
+    assert!(
+        message(&garbled).starts_with("Failed to register cluster: failed to parse kubeconfig: "),
+        "{garbled}"
+    );
+    let refused = status_when(&targets, "refused", reason_is("ConnectionFailed")).await;
+    assert!(
+        message(&refused).starts_with("Connection test failed: failed to sync cluster: ")
+            && message(&refused).contains("127.0.0.1:1")
+            && message(&refused).contains("connection refused"),
+        "{refused}"
+    );
+    for status in [&lost, &garbled, &refused] {
+        assert_eq!(ready_condition(status)["status"], "False", "{status}");
+        assert_eq!(ready_condition(status)["message"], status["message"]);
+        assert!(status.get("ready").is_none(), "{status}");
+        assert!(status.get("lastSyncTime").is_none(), "{status}");
+    }
+    let reachable = status_when(&targets, "reachable", |s| s["ready"] == true).await;
+    assert_eq!(
+        reachable["message"],
+        "Target cluster is connected and ready"
+    );
+    assert_eq!(ready_condition(&reachable)["status"], "True");
+    assert_eq!(ready_condition(&reachable)["reason"], "ClusterReady");
+    assert_eq!(
+        ready_condition(&reachable)["message"],
+        "Successfully connected to target cluster"
+    );
+    assert!(reachable["lastSyncTime"].is_string(), "{reachable}");
+
+    // Every Secret now names the other server.
+    cp.put_kubeconfig_secret(n, "lost", &cp.kubeconfig_text());
+    cp.put_kubeconfig_secret(n, "garbled", &cp.kubeconfig_text());
+    cp.put_kubeconfig_secret(n, "refused", &cp.kubeconfig_text());
+    cp.put_kubeconfig_secret(n, "reachable", &common::closed_port_kubeconfig());
+    let rewritten = std::time::Instant::now();
+    let failed = status_when(&targets, "reachable", reason_is("ConnectionFailed")).await;
+    assert!(failed.get("ready").is_none(), "{failed}");
+    // Kept from when the cluster last answered, as upstream's status keeps it.
+    let synced = |s: &Value| s["lastSyncTime"].as_str().map(str::to_string);
+    assert!(
+        synced(&failed).is_some() && synced(&failed) >= synced(&reachable),
+        "{failed}"
+    );
+
+    // Not woken by their Secrets: still failing a few seconds on.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(rewritten.elapsed())).await;
+    for (name, reason) in [
+        ("lost", "SecretNotFound"),
+        ("garbled", "RegistrationFailed"),
+        ("refused", "ConnectionFailed"),
+    ] {
+        let status = targets.get(name).await.expect("the target").data["status"].clone();
+        assert_eq!(
+            ready_condition(&status)["reason"],
+            reason,
+            "{name}: {status}"
+        );
+    }
+    // Requeued after 30 s: ready by then, though only their Secrets changed.
+    let timeout = Duration::from_secs(35).saturating_sub(rewritten.elapsed());
+    for name in ["lost", "garbled", "refused"] {
+        let ready = status_within(&targets, name, timeout, |s| s["ready"] == true).await;
+        assert_eq!(ready_condition(&ready)["reason"], "ClusterReady", "{name}");
+    }
 }

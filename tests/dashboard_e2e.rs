@@ -140,7 +140,7 @@ async fn every_panel_and_alert_against_a_live_exporter() {
 
     // IntegrationTargets cluster1 (ready) and cluster2 (not), Integrations argocd (Running),
     // flux (Failed: it names cluster2) and prometheus (Failed: disabled).
-    cp.apply_path(&ns.name, "manifests/samples");
+    cp.apply_samples(&ns.name);
     // Short requeues, so reconciles keep coming within a rate window of seconds.
     let manager = common::start_manager_with(
         &cp,

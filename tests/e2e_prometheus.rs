@@ -134,7 +134,7 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
         return;
     };
     let ns = test_namespace(&cp, "e2e-prom", &[]).await;
-    cp.apply_path(&ns.name, "manifests/samples");
+    cp.apply_samples(&ns.name);
     // Short requeues, so reconciles keep coming while the test watches their count.
     let manager = common::start_manager_with(
         &cp,
@@ -251,7 +251,7 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
         "exactly one ksit target"
     );
 
-    // One series per IntegrationTarget: cluster1 ready, cluster2 annotated not ready.
+    // One series per IntegrationTarget: cluster1 ready, cluster2 not (its Secret names a closed port).
     let expected = |c2: &str| {
         vec![
             ("cluster1".into(), "1".into()),
@@ -283,19 +283,9 @@ async fn prometheus_scrapes_the_exporter_with_the_pages_scrape_config() {
     })
     .await;
 
-    // cluster2 recovers: the manager marks it ready, and Prometheus follows.
-    check(
-        cp.kubectl(&[
-            "-n",
-            &ns.name,
-            "annotate",
-            "--overwrite",
-            "integrationtarget",
-            "cluster2",
-            "test.ksit.io/ready=true",
-        ]),
-        "kubectl annotate",
-    );
+    // cluster2 recovers: its Secret now names this API server, the manager's next connection
+    // test (within the 2 s failing requeue) passes, and Prometheus follows.
+    cp.put_kubeconfig_secret(&ns.name, "cluster2", &cp.kubeconfig_text());
     poll("cluster2 ready in Prometheus", &logs, || async {
         let got = cluster_status(&prom).await;
         if got == expected("1") {

@@ -409,6 +409,57 @@ fn the_namespaces_enforce_pod_security_restricted_and_admit_the_sidecar_and_the_
     dry_run_admission_injects().expect("a restricted pod with the sidecar is admitted");
 }
 
+/// The demo's manager tests each sample target's cluster as upstream's does, against the API
+/// server its Secret (manifests/demo/cluster-kubeconfigs.yaml) names: cluster1's, this cluster's
+/// own through the kubernetes Service with the pod's service-account files, answers (so it is
+/// ClusterReady in the slots --flap-interval=60s leaves alone); cluster2's closed port refuses.
+#[test]
+#[ignore = "needs the kind cluster: make test-kind"]
+fn the_demo_manager_reaches_the_cluster_each_secret_names() {
+    cluster();
+    let reason = |target: &str| -> Result<(String, String), String> {
+        let t = json(&[
+            "-n",
+            KSIT_NS,
+            "get",
+            "integrationtarget",
+            target,
+            "-o",
+            "json",
+        ]);
+        let condition = t["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .ok_or_else(|| format!("no Ready condition: {}", t["status"]))?;
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        Ok((text(&condition["reason"]), text(&t["status"]["message"])))
+    };
+    // Two flap periods: a ready slot comes within one, its 30 s requeue at most after.
+    until("cluster1 ClusterReady", Duration::from_secs(150), || {
+        reason("cluster1").and_then(|(r, m)| {
+            if r == "ClusterReady" {
+                Ok(())
+            } else {
+                Err(format!("{r}: {m}"))
+            }
+        })
+    });
+    let (r, m) = until("cluster2 not ready", Duration::from_secs(60), || {
+        reason("cluster2").and_then(|rm| {
+            if rm.0.is_empty() {
+                Err("no reason".into())
+            } else {
+                Ok(rm)
+            }
+        })
+    });
+    assert_eq!(r, "ConnectionFailed", "{m}");
+    assert!(
+        m.contains("127.0.0.1:1") && m.contains("connection refused"),
+        "{m}"
+    );
+}
+
 #[test]
 #[ignore = "needs the kind cluster: make test-kind"]
 fn the_operator_made_prometheus_scrapes_the_sidecar_and_sees_a_status_flip() {

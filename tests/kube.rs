@@ -704,8 +704,9 @@ async fn crds_accept_what_upstream_accepts_and_describe_every_field() {
 /// The stand-in KSIT manager writes status as upstream's does; the exporter reports it, and
 /// reads the manager's controller-runtime metrics as its upstream. Upstream never writes
 /// status.clusterStatuses; this test asks the stand-in for them (--write-cluster-statuses) to
-/// follow `ksit_integration_cluster_connected` through a change, and for a short Integration
-/// requeue, since Integrations see their targets' readiness only when next reconciled.
+/// follow `ksit_integration_cluster_connected` through a change, and for short requeues: a
+/// ready target sees its rewritten Secret, and an Integration its targets' readiness, only when
+/// next reconciled.
 #[tokio::test]
 async fn follows_the_stand_in_manager() {
     let Some(cp) = control_plane().await else {
@@ -715,10 +716,14 @@ async fn follows_the_stand_in_manager() {
     let manager = common::start_manager_with(
         &cp,
         &[ns.name.as_str()],
-        &["--write-cluster-statuses", "--integration-requeue=1s"],
+        &[
+            "--write-cluster-statuses",
+            "--integration-requeue=1s",
+            "--target-ready-requeue=1s",
+        ],
     )
     .await;
-    cp.apply_path(&ns.name, "manifests/samples");
+    cp.apply_samples(&ns.name);
     let e = exporter(
         &cp,
         &ns,
@@ -759,16 +764,10 @@ async fn follows_the_stand_in_manager() {
         .await;
     let before = reconciles(&s);
 
-    // The manager sees the target fail and the integration that needs it follows.
-    let targets = dynamic(&cp, n, "IntegrationTarget", "integrationtargets");
-    targets
-        .patch(
-            "cluster1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"test.ksit.io/ready": "false"}}})),
-        )
-        .await
-        .expect("annotate");
+    // cluster1's Secret now names a closed port: the manager's next connection test fails (a
+    // ready target is reconciled again within about a second, each status write changing its
+    // lastSyncTime), and the integration that needs it follows.
+    cp.put_kubeconfig_secret(n, "cluster1", &common::closed_port_kubeconfig());
     e.scrape_until("failure reported", |s| {
         s.is(&target_series(n, "cluster1", "cluster1"), 0.0)
             && s.is(

@@ -796,7 +796,7 @@ async fn run(layout: Layout, way: Way, slot: u32) {
     // knows it sits beside the leader), with the arguments the injection left it. The binary is
     // the stand-in (upstream's cannot be built here); it is told where the API server and its
     // objects are, which upstream reads from the pod's service account.
-    cp.apply_path(&ns.name, "manifests/samples");
+    cp.apply_samples(&ns.name);
     let api_port = port_of(&cp.server_url);
     let _relay = netns::start_relay(&netns, &[(api_port, api_port)]).await;
     let bound = pods.get(&pod_name).await.expect("the bound pod");

@@ -95,6 +95,8 @@ async fn the_older_crd_set_installed_after_the_sidecar_started() {
         stderr.contains("autoInstall"),
         "no warning about spec.autoInstall: {stderr}"
     );
+    // cluster1 reaches this control plane's API server, so the manager makes it ready.
+    cp.put_sample_secrets(&ns.name);
     let _manager = start_manager(cp, &[&ns.name]).await;
     let status = |target: &str, cluster: &str| {
         format!(

@@ -124,7 +124,7 @@ async fn openmetrics_is_what_independent_readers_read_as_the_text_format() {
     };
     let target = repo_path("target");
     let ns = test_namespace(&cp, "openmetrics", &[]).await;
-    cp.apply_path(&ns.name, "manifests/samples");
+    cp.apply_samples(&ns.name);
     let _manager = common::start_manager(&cp, &[&ns.name]).await;
     let (_files, files) = file_server(
         "tests/testdata/openmetrics",

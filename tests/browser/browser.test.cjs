@@ -110,6 +110,18 @@ before(async () => {
   kubectl = (...args) => execFileSync(path.join(bin, "kubectl"), ["--kubeconfig", cp.KUBECONFIG, ...args], { encoding: "utf8" });
   kubectl("create", "namespace", NAMESPACE);
   kubectl("apply", "-n", NAMESPACE, "-k", path.join(ROOT, "manifests", "samples"));
+  // The kubeconfig Secrets the samples name, as tests/common's apply_samples makes them: the
+  // manager's connection test (a GET /version, as upstream's) passes against this control plane
+  // for cluster1 and is refused on port 1 for cluster2.
+  const closed = [
+    "apiVersion: v1", "kind: Config",
+    "clusters: [{name: closed, cluster: {server: 'https://127.0.0.1:1'}}]",
+    "users: [{name: nobody, user: {}}]",
+    "contexts: [{name: closed, context: {cluster: closed, user: nobody}}]",
+    "current-context: closed", "",
+  ].join("\n");
+  kubectl("-n", NAMESPACE, "create", "secret", "generic", "cluster1-kubeconfig", `--from-file=kubeconfig=${cp.KUBECONFIG}`);
+  kubectl("-n", NAMESPACE, "create", "secret", "generic", "cluster2-kubeconfig", `--from-literal=kubeconfig=${closed}`);
 
   const [exporterPort, promPort, mgrMetrics, mgrHealth] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
   const manager = start("ksit-manager", [
@@ -178,7 +190,7 @@ test("the status page shows the failing cluster as failing and the ready one as 
   });
   assert.equal(await page.title(), "ksit-exporter");
   // What a person reads, not only the attribute: exactly one state cell each, and the right one.
-  assert.equal(failing.state, "failing", `cluster2 (annotated not ready) row: ${failing.cells.join(" | ")}`);
+  assert.equal(failing.state, "failing", `cluster2 (its Secret names a closed port) row: ${failing.cells.join(" | ")}`);
   assert.ok(failing.cells.includes("failing") && !failing.cells.includes("ready"), `cluster2 shown as: ${failing.cells.join(" | ")}`);
   assert.equal(ready.state, "ready", `cluster1 row: ${ready.cells.join(" | ")}`);
   assert.ok(ready.cells.includes("ready") && !ready.cells.includes("failing"), `cluster1 shown as: ${ready.cells.join(" | ")}`);

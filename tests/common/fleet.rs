@@ -222,7 +222,7 @@ impl HostingCluster {
         let netns = netns::create_or_skip(net, slot)?;
         let target = repo_path("target");
         let tag = format!("{name}-{}", std::process::id());
-        cp.apply_path(namespace, "manifests/samples");
+        cp.apply_samples(namespace);
         // Short requeues, so reconciles keep coming within a rate window of seconds.
         let manager = super::start_manager_with(
             cp,

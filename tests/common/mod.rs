@@ -262,6 +262,56 @@ impl ControlPlane {
     }
 }
 
+/// A kubeconfig naming `https://127.0.0.1:1`: nothing serves port 1 on loopback here (nor in a
+/// pod), so the stand-in manager's connection test (upstream's GET /version) is refused at once
+/// and the target is `ConnectionFailed`.
+pub fn closed_port_kubeconfig() -> String {
+    "apiVersion: v1\nkind: Config\n\
+     clusters: [{name: closed, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+     users: [{name: nobody, user: {}}]\n\
+     contexts: [{name: closed, context: {cluster: closed, user: nobody}}]\n\
+     current-context: closed\n"
+        .to_string()
+}
+
+impl ControlPlane {
+    /// This control plane's admin kubeconfig, certificates inline: in a target's Secret it makes
+    /// the target ready, since the stand-in manager reaches this API server.
+    pub fn kubeconfig_text(&self) -> String {
+        std::fs::read_to_string(&self.kubeconfig)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.kubeconfig.display()))
+    }
+
+    /// Creates or rewrites Secret `<cluster>-kubeconfig` in `namespace` with key `kubeconfig`
+    /// holding `kubeconfig`, which upstream's reconciler (and the stand-in's) reads for every
+    /// IntegrationTarget with that clusterName. Secrets are not watched: a rewrite takes effect
+    /// at the target's next reconcile.
+    pub fn put_kubeconfig_secret(&self, namespace: &str, cluster: &str, kubeconfig: &str) {
+        // JSON is YAML, and quotes the kubeconfig whatever it holds.
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": format!("{cluster}-kubeconfig")},
+            "stringData": {"kubeconfig": kubeconfig},
+        });
+        self.apply_yaml(namespace, &secret.to_string());
+    }
+
+    /// manifests/samples in `namespace`, with the Secrets that make its targets what the samples
+    /// say: cluster1 reaching this API server (ready), cluster2 a closed port (ConnectionFailed).
+    pub fn apply_samples(&self, namespace: &str) {
+        self.put_sample_secrets(namespace);
+        self.apply_path(namespace, "manifests/samples");
+    }
+
+    /// The Secrets of [`ControlPlane::apply_samples`] alone, for a test that applies the samples
+    /// its own way.
+    pub fn put_sample_secrets(&self, namespace: &str) {
+        self.put_kubeconfig_secret(namespace, "cluster1", &self.kubeconfig_text());
+        self.put_kubeconfig_secret(namespace, "cluster2", &closed_port_kubeconfig());
+    }
+}
+
 /// Panics with stdout and stderr unless the command succeeded; returns stdout.
 pub fn check(out: Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

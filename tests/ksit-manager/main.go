@@ -7,19 +7,22 @@
 // 60 s, 30 s), the ksit.io finalizer (whose update turns `enabled: false` back into true), no
 // observedGeneration on the disabled and auto-install-failure paths, no
 // status.clusterStatuses, no ksit_* families on /metrics, all namespaces watched and the
-// leader Lease in the namespace of its service account. A target whose Secret
-// `<clusterName>-kubeconfig` exists without a `kubeconfig` key is InvalidSecret and never
-// requeued, as upstream. Cluster connectivity is simulated: with no such Secret (upstream
-// would say SecretNotFound), or with one that has the key, a target is ready unless it
-// carries the annotation test.ksit.io/ready: "false"; auto-install always fails on a cluster.
+// leader Lease in the namespace of its service account. An IntegrationTarget is checked as
+// upstream checks it: Secret `<clusterName>-kubeconfig` in its namespace (SecretNotFound),
+// its `kubeconfig` key (InvalidSecret, never requeued), a client built from those bytes
+// (RegistrationFailed) and a real GET /version on the API server it names
+// (ConnectionFailed), else ClusterReady. Auto-install always fails on a cluster.
 //
 // Deviations from upstream exist only behind flags, so a test that wants one names it:
 // --namespaces and --leader-election-namespace (tests run outside a pod, several managers
-// at once), the requeue periods, --flap-interval (demos) and --write-cluster-statuses.
+// at once), the requeue periods, --flap-interval (demos: forces ConnectionFailed every other
+// interval) and --write-cluster-statuses.
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -34,6 +37,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -43,11 +48,8 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 )
 
-const (
-	readyAnnotation = "test.ksit.io/ready"
-	// Upstream's finalizer on Integrations.
-	finalizer = "ksit.io/finalizer"
-)
+// Upstream's finalizer on Integrations.
+const finalizer = "ksit.io/finalizer"
 
 var (
 	integrationGVK = schema.GroupVersionKind{Group: "ksit.io", Version: "v1alpha1", Kind: "Integration"}
@@ -103,7 +105,8 @@ func main() {
 	flag.DurationVar(&p.integration, "integration-requeue", 30*time.Second, "requeue period of Integrations")
 	flag.DurationVar(&p.targetReady, "target-ready-requeue", 60*time.Second, "requeue period of ready IntegrationTargets")
 	flag.DurationVar(&p.targetFailing, "target-failing-requeue", 30*time.Second, "requeue period of failing IntegrationTargets")
-	flag.DurationVar(&p.flap, "flap-interval", 0, "if set, every interval toggles all targets between ready and failing (for demos)")
+	flag.DurationVar(&p.flap, "flap-interval", 0,
+		"not upstream (demos): if set, every other interval a target whose cluster answered is reported ConnectionFailed anyway")
 	flag.BoolVar(&writeClusterStatuses, "write-cluster-statuses", false,
 		"not upstream: also write status.clusterStatuses of Integrations (upstream's type has the field, its manager never writes it)")
 	zapOpts := zap.Options{Development: true}
@@ -177,7 +180,7 @@ func setup(mgr ctrl.Manager, p periods, writeClusterStatuses bool) error {
 	// no event, which is what ends the loop.
 	if err := ctrl.NewControllerManagedBy(mgr).
 		For(newObject(targetGVK)).
-		Complete(&targetReconciler{client: c, secrets: mgr.GetAPIReader(), periods: p}); err != nil {
+		Complete(&targetReconciler{client: c, secrets: mgr.GetAPIReader(), clusters: map[string]cachedCluster{}, periods: p}); err != nil {
 		return err
 	}
 	// Like upstream, Integrations do not watch targets: a target's change shows at the
@@ -211,22 +214,37 @@ type targetReconciler struct {
 	// Secrets are read uncached (one GET per reconcile, needing only `get`), so the
 	// stand-in does not list and watch every Secret it may read as upstream's cache does.
 	secrets client.Reader
+	// The registered clusters by "<namespace>/<clusterName>", as upstream's ClusterManager
+	// keys them. Only the target controller's one worker touches it, so it needs no lock.
+	clusters map[string]cachedCluster
 	periods
 }
 
-// secretHasKubeconfig reports whether Secret <cluster>-kubeconfig in namespace exists, and
-// if so whether it has the key `kubeconfig`.
-func (r *targetReconciler) secretHasKubeconfig(ctx context.Context, namespace, cluster string) (exists, hasKey bool, err error) {
-	secret := &corev1.Secret{}
-	err = r.secrets.Get(ctx, types.NamespacedName{Namespace: namespace, Name: cluster + "-kubeconfig"}, secret)
-	if apierrors.IsNotFound(err) {
-		return false, false, nil
+// cachedCluster is a registered cluster: the kubeconfig it was built from and its client.
+type cachedCluster struct {
+	kubeconfig []byte
+	clientset  kubernetes.Interface
+}
+
+// register is upstream's ClusterManager.AddCluster: a rest config and a clientset from the
+// kubeconfig bytes. Upstream rebuilds them on every reconcile; the result is the same when
+// the bytes are, so they are rebuilt only when the bytes change (a Secret rewritten to name
+// another server takes effect on the next reconcile). A failure leaves the entry as it was.
+func (r *targetReconciler) register(namespace, cluster string, kubeconfig []byte) (kubernetes.Interface, error) {
+	key := namespace + "/" + cluster
+	if c, ok := r.clusters[key]; ok && bytes.Equal(c.kubeconfig, kubeconfig) {
+		return c.clientset, nil
 	}
+	config, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
 	if err != nil {
-		return false, false, err
+		return nil, fmt.Errorf("failed to parse kubeconfig: %w", err)
 	}
-	_, hasKey = secret.Data["kubeconfig"]
-	return true, hasKey, nil
+	clientset, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return nil, fmt.Errorf("failed to create kubernetes client: %w", err)
+	}
+	r.clusters[key] = cachedCluster{kubeconfig: kubeconfig, clientset: clientset}
+	return clientset, nil
 }
 
 // flapping reports whether the current --flap-interval slot is a failing one, and how
@@ -240,9 +258,29 @@ func (p periods) flapping(now time.Time) (bool, time.Duration) {
 	return slot%2 == 1, next.Sub(now)
 }
 
+// notReady writes a failing status as upstream does on each failure path: ready false, the
+// message in .message and in the Ready condition, the write's error ignored.
+func (r *targetReconciler) notReady(ctx context.Context, obj *unstructured.Unstructured, st *targetStatus, reason, message string) {
+	ctrl.LoggerFrom(ctx).Info("target not ready", "reason", reason, "message", message)
+	st.Ready, st.Message = false, message
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionFalse,
+		Reason: reason, Message: message})
+	if err := writeStatus(ctx, r.client, obj, st); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "writing status", "reason", reason)
+	}
+}
+
+// Reconcile follows upstream's IntegrationTargetReconciler step by step; it sets no
+// observedGeneration on targets or their conditions, and lastSyncTime only when the cluster
+// answered.
 func (r *targetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	obj := newObject(targetGVK)
 	if err := r.client.Get(ctx, req.NamespacedName, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			// Upstream forgets the cluster under the target's name, not its clusterName
+			// (gone with the object); the same entry goes here.
+			delete(r.clusters, req.Namespace+"/"+req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	var st targetStatus
@@ -250,52 +288,54 @@ func (r *targetReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, err
 	}
 	cluster, _, _ := unstructured.NestedString(obj.Object, "spec", "clusterName")
-	exists, hasKey, err := r.secretHasKubeconfig(ctx, obj.GetNamespace(), cluster)
-	if err != nil {
-		return ctrl.Result{}, err
+	secretName := cluster + "-kubeconfig"
+	secret := &corev1.Secret{}
+	if err := r.secrets.Get(ctx, types.NamespacedName{Namespace: obj.GetNamespace(), Name: secretName}, secret); err != nil {
+		// Any error, not only NotFound, is SecretNotFound upstream.
+		ctrl.LoggerFrom(ctx).Error(err, "getting the kubeconfig Secret", "secret", secretName)
+		r.notReady(ctx, obj, &st, "SecretNotFound", fmt.Sprintf("Kubeconfig secret %s not found", secretName))
+		return ctrl.Result{RequeueAfter: r.targetFailing}, nil
 	}
-	if exists && !hasKey {
-		// Upstream's InvalidSecret: status written (its error ignored), no requeue. Only an
-		// update of the target brings it back; Secrets are not watched.
-		st.Ready, st.Message = false, "Secret missing 'kubeconfig' key"
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionFalse,
-			Reason: "InvalidSecret", Message: st.Message})
-		if werr := writeStatus(ctx, r.client, obj, &st); werr != nil {
-			ctrl.LoggerFrom(ctx).Error(werr, "writing InvalidSecret status")
-		}
+	kubeconfig, ok := secret.Data["kubeconfig"]
+	if !ok {
+		// Not requeued: only an update of the target brings it back; Secrets are not watched.
+		r.notReady(ctx, obj, &st, "InvalidSecret", "Secret missing 'kubeconfig' key")
 		return ctrl.Result{}, nil
+	}
+	clientset, err := r.register(obj.GetNamespace(), cluster, kubeconfig)
+	if err != nil {
+		r.notReady(ctx, obj, &st, "RegistrationFailed", fmt.Sprintf("Failed to register cluster: %v", err))
+		return ctrl.Result{RequeueAfter: r.targetFailing}, nil
 	}
 	now := time.Now()
 	flapDown, untilToggle := r.flapping(now)
-
-	// Upstream's messages; it sets no observedGeneration on targets or their conditions,
-	// and lastSyncTime only when the cluster answered.
-	cause := ""
+	// With --flap-interval, every result is requeued by the next toggle at the latest.
+	requeue := func(after time.Duration) ctrl.Result {
+		if untilToggle > 0 {
+			after = min(after, untilToggle)
+		}
+		return ctrl.Result{RequeueAfter: after}
+	}
+	// Upstream's SyncCluster: the cluster's version, read from its API server.
+	_, err = clientset.Discovery().ServerVersion()
 	switch {
-	case obj.GetAnnotations()[readyAnnotation] == "false":
-		cause = fmt.Sprintf("cluster %s does not answer (annotation %s is \"false\")", cluster, readyAnnotation)
+	case err != nil:
+		err = fmt.Errorf("failed to sync cluster: %w", err)
 	case flapDown:
-		cause = fmt.Sprintf("cluster %s does not answer (--flap-interval failing slot)", cluster)
+		err = errors.New("--flap-interval failing slot (a stand-in deviation: the cluster answered)")
 	}
-	after := r.targetReady
-	if cause == "" {
-		st.Ready, st.Message = true, "Target cluster is connected and ready"
-		st.LastSyncTime = &metav1.Time{Time: now}
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue,
-			Reason: "ClusterReady", Message: "Successfully connected to target cluster"})
-	} else {
-		st.Ready, st.Message = false, "Connection test failed: "+cause
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionFalse,
-			Reason: "ConnectionFailed", Message: st.Message})
-		after = r.targetFailing
+	if err != nil {
+		r.notReady(ctx, obj, &st, "ConnectionFailed", fmt.Sprintf("Connection test failed: %v", err))
+		return requeue(r.targetFailing), nil
 	}
+	st.Ready, st.Message = true, "Target cluster is connected and ready"
+	st.LastSyncTime = &metav1.Time{Time: now}
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue,
+		Reason: "ClusterReady", Message: "Successfully connected to target cluster"})
 	if err := writeStatus(ctx, r.client, obj, &st); err != nil {
 		return ctrl.Result{}, err
 	}
-	if untilToggle > 0 && untilToggle < after {
-		after = untilToggle
-	}
-	return ctrl.Result{RequeueAfter: after}, nil
+	return requeue(r.targetReady), nil
 }
 
 type integrationReconciler struct {
