@@ -371,7 +371,12 @@ impl Snapshot {
         self.text.get_or_init(|| {
             let mut pieces = Vec::new();
             let mut plain = Vec::new();
-            for part in &self.parts {
+            // A joined part is written member by member, its packed blocks as they are.
+            let members = self
+                .parts
+                .iter()
+                .flat_map(|p| p.members().unwrap_or(std::slice::from_ref(p)));
+            for part in members {
                 if part.is_packed() {
                     pieces.extend(coalesce(plain.drain(..)).into_iter().map(Piece::Ready));
                     pieces.push(Piece::Packed(part.clone()));
@@ -658,7 +663,9 @@ impl Registry {
             Format::OpenMetrics => openmetrics::encode(&families, &mut own),
         }
         let own = without_nul(own);
-        let mut parts = vec![Part::new(Bytes::from(own.into_boxed_slice()))];
+        // At the default level: it is re-compressed only after a change, and at 100 objects it is
+        // most of the body.
+        let mut parts = vec![Part::block(Bytes::from(own.into_boxed_slice()))];
         for group in self
             .groups
             .lock()
