@@ -54,7 +54,7 @@ faults: release ## issue 12's attacks on the release binary (~5 min; FAULTS_SETT
 	python3 scripts/faults.py target/release/ksit-exporter target/faults.json
 	python3 scripts/faults.py --figures docs/figures.md target/faults.json
 
-bench-compare: ## ksit-exporter beside kube-state-metrics and node_exporter at 100 to 10,000 IntegrationTargets (~20 min); writes BENCHMARKS.md
+bench-compare: ## ksit-exporter beside kube-state-metrics and node_exporter at 100 to 100,000 IntegrationTargets, sharded at 100,000 (~50 min); writes BENCHMARKS.md
 	@for p in prometheus-node-exporter wrk; do command -v $$p >/dev/null || { echo "make bench-compare needs Debian's $$p: apt-get install $$p"; exit 2; }; done
 	cargo build --locked --profile image --target x86_64-unknown-linux-musl --no-default-features
 	scripts/controlplane.sh build-bench
