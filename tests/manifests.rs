@@ -688,6 +688,27 @@ tests:
               description: >-
                 The 99th percentile of integration reconcile durations has been 9.908s
                 (above 5s) for 15 minutes.
+  # A target's series moves from one sidecar to another (a new leader, or a shard's replica
+  # gone) while its cluster is not ready: the alert fires five minutes after it went not
+  # ready, not five minutes after the move, and names no sidecar.
+  - interval: 1m
+    input_series:
+      - series: 'ksit_cluster_status{job="ksit",instance="10.0.0.1:8080",pod="mgr-0",namespace="ksit-system",target="c3",cluster_name="c3",source="integrationtarget"}'
+        values: '1 0 0 0 stale'
+      - series: 'ksit_cluster_status{job="ksit",instance="10.0.0.2:8080",pod="mgr-1",namespace="ksit-system",target="c3",cluster_name="c3",source="integrationtarget"}'
+        values: '_ _ _ _ 0x10'
+    alert_rule_test:
+      - { eval_time: 5m, alertname: KsitClusterNotReady }
+      - eval_time: 6m
+        alertname: KsitClusterNotReady
+        exp_alerts:
+          - exp_labels: { severity: warning, job: ksit, namespace: ksit-system, target: c3, cluster_name: c3, source: integrationtarget }
+            exp_annotations:
+              summary: Managed cluster c3 is not ready
+              description: >-
+                integrationtarget ksit-system/c3 has reported cluster c3 not ready for 5
+                minutes. `kubectl get integrationtarget c3 -n ksit-system -o yaml` shows its
+                conditions and their reasons.
   # A fleet: two hosting clusters' series in one store, told apart only by the external label
   # `cluster`, with the same managed cluster name in both. Each alert must stay per hosting
   # cluster, and a slow one must not be averaged away by a fast one.
