@@ -63,8 +63,8 @@ MD_OUT = os.path.join(ROOT, "BENCHMARKS.md")
 NAMESPACE = "ksit-bench"
 GROUP_PATH = "/apis/ksit.io/v1alpha1"
 SIZES = [int(n) for n in os.environ.get("BENCH_SIZES", "100 1000 5000 10000 100000").split()]
-# From this N on: one start per tool, then the sharded runs.
-LARGE = 50_000
+# From this N on: one start per tool, then the sharded runs (BENCH_LARGE: to smoke-test them).
+LARGE = int(os.environ.get("BENCH_LARGE", "50000"))
 # The "grown while watching" run, after the sizes up to it.
 GROWN = max([n for n in SIZES if n <= 10_000] or SIZES[:1])
 SHARDS = 3
@@ -1181,7 +1181,7 @@ def write_markdown(res, out=MD_OUT):
         "and the scrape load are the median of the starts; each start's figures are listed), and the last start is measured "
         f"further; from N = {LARGE:,} on, once, and then {SHARDS} of each run sharded and started together. "
         "While waiting for all objects, a poller scrapes every N/100,000 s (10 ms at least): at 100,000 "
-        "objects a plain body is ~90 MB, and parsing it here takes a good part of a second. Load is wrk with {CONNECTIONS} kept-alive connections asking for gzip for {SCRAPE_SECONDS} s "
+        f"objects a plain body is ~90 MB, and parsing it here takes a good part of a second. Load is wrk with {CONNECTIONS} kept-alive connections asking for gzip for {SCRAPE_SECONDS} s "
         "(one wrk thread, on the same 2 cores as the tool); CPU is the process's utime+stime from /proc/PID/stat (10 ms ticks); "
         f"status updates move lastSyncTime at {UPDATE_RATE}/s ({UPDATES} of them); a flip patches one "
         "target ready->failed (or back) and times until a back-to-back plain scrape shows it, so its "
