@@ -73,6 +73,60 @@ impl Doc {
     }
 }
 
+/// YAML 1.1's merge key, as kubectl's YAML reader (go-yaml) expands it.
+const MERGE_KEY: &str = "<<";
+
+/// The options documents are read with: the reader passes repeated keys and merge keys on to
+/// [`Doc`]'s visitor, which refuses the one and expands the other, so that the reader keeps no
+/// record of the keys it has seen (about 250 bytes a key: 30 MiB for a mapping of 120,000).
+pub fn read_options() -> serde_saphyr::options::Options {
+    let mut options = serde_saphyr::options::Options::default();
+    options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::PassThrough;
+    options.merge_keys = serde_saphyr::options::MergeKeyPolicy::AsOrdinary;
+    // kubectl reads YAML 1.1, where `defaultMode: 0644` is octal.
+    options.legacy_octal_numbers = true;
+    options
+}
+
+/// Adds to `entries` (sorted, each key once) the entries of the mappings a merge key named,
+/// as YAML 1.1 says: a key of the mapping itself wins over a merged one, and an earlier merged
+/// mapping over a later one.
+fn merge(entries: &mut Vec<(String, Doc)>, merged: Vec<Doc>) -> Result<(), String> {
+    let mut sources = Vec::new();
+    for value in merged {
+        match value {
+            Doc::Map(map) => sources.push(map),
+            Doc::Seq(items) => {
+                for item in items {
+                    match item {
+                        Doc::Map(map) => sources.push(map),
+                        _ => return Err(MERGE_ERROR.to_string()),
+                    }
+                }
+            }
+            _ => return Err(MERGE_ERROR.to_string()),
+        }
+    }
+    let mut extra: Vec<_> = sources.into_iter().flatten().collect();
+    // Stable, so of one key the earliest mapping's entry comes first and is kept.
+    extra.sort_by(|a, b| a.0.cmp(&b.0));
+    extra.dedup_by(|later, first| later.0 == first.0);
+    extra.retain(|(key, _)| find(entries, key).is_err());
+    // Both sorted: one pass, not an insert (and a shift) per merged key.
+    let own = std::mem::take(entries);
+    let mut own = own.into_iter().peekable();
+    let mut extra = extra.into_iter().peekable();
+    while let (Some(a), Some(b)) = (own.peek(), extra.peek()) {
+        let next = if a.0 < b.0 { own.next() } else { extra.next() };
+        entries.extend(next);
+    }
+    entries.extend(own);
+    entries.extend(extra);
+    Ok(())
+}
+
+const MERGE_ERROR: &str = "a merge key (<<) takes a mapping or a sequence of mappings";
+
 fn find(entries: &[(String, Doc)], key: &str) -> Result<usize, usize> {
     entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
 }
@@ -166,14 +220,25 @@ impl<'de> Deserialize<'de> for Doc {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
                 let mut entries: Vec<(String, Doc)> = Vec::new();
+                let mut merged = Vec::new();
                 while let Some((key, value)) = map.next_entry::<String, Doc>()? {
-                    entries.push((key, value));
+                    if key == MERGE_KEY {
+                        merged.push(value);
+                    } else {
+                        entries.push((key, value));
+                    }
                 }
-                // Sorted in place (a stable sort would take a buffer of half the entries):
-                // the YAML reader refuses a repeated key, so no two compare equal, and were
-                // one repeated, one of its values is kept, as in a BTreeMap.
+                // Sorted in place (a stable sort would take a buffer of half the entries).
                 entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                entries.dedup_by(|later, first| later.0 == first.0);
+                if let Some(pair) = entries.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+                    return Err(serde::de::Error::custom(format!(
+                        "the mapping key {:?} is repeated (a key may appear once in a mapping)",
+                        pair[0].0
+                    )));
+                }
+                if !merged.is_empty() {
+                    merge(&mut entries, merged).map_err(serde::de::Error::custom)?;
+                }
                 entries.shrink_to_fit();
                 Ok(Doc::Map(entries))
             }
@@ -202,5 +267,46 @@ mod tests {
             serde_json::to_string(&doc).expect("JSON"),
             serde_json::to_string(&value).expect("JSON")
         );
+    }
+
+    fn read(input: &str) -> Result<Doc, serde_saphyr::Error> {
+        serde_saphyr::from_str_with_options(input, read_options())
+    }
+
+    /// Merge keys expand as the YAML reader's own merging does: the mapping's keys win, then
+    /// the earlier of the merged mappings; nested, through aliases, in a sequence.
+    #[test]
+    fn merge_keys_expand_as_the_reader_would() {
+        let input = "base: &b {a: 1, b: 2, n: {x: 1}}\nmore: &m {b: 3, c: 4}\none: {<<: *b, a: 9}\nboth: {<<: [*m, *b], z: 0}\nnested: {k: {<<: *b, n: 2}}\n";
+        let ours = read(input).expect("valid YAML");
+        let theirs: Value = serde_saphyr::from_str(input).expect("valid YAML");
+        assert_eq!(ours, Doc::from(&theirs));
+        assert_eq!(
+            ours.get("both").and_then(|m| m.get("b")),
+            Some(&Doc::Number(3.into()))
+        );
+        for bad in ["a: {<<: 1}", "a: {<<: [{b: 1}, 2]}"] {
+            let err = read(bad).expect_err(bad).to_string();
+            assert!(err.contains("merge key"), "{bad}: {err}");
+        }
+    }
+
+    /// A repeated key is refused, naming the key, as the reader's own check did.
+    #[test]
+    fn a_repeated_key_is_refused_by_name() {
+        for input in ["a: 1\nb: 2\na: 3\n", "m: {x: 1, y: 2, x: 1}\n"] {
+            let err = read(input).expect_err(input).to_string();
+            let key = if input.starts_with('a') {
+                "\"a\""
+            } else {
+                "\"x\""
+            };
+            assert!(
+                err.contains("repeated") && err.contains(key),
+                "{input}: {err}"
+            );
+        }
+        // Not a repeat: an explicit key beside the same key merged in.
+        assert!(read("b: &b {x: 1}\nc: {<<: *b, x: 2}\n").is_ok());
     }
 }

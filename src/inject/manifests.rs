@@ -32,6 +32,16 @@ pub enum ManifestError {
         #[source]
         source: serde_saphyr::Error,
     },
+    /// The reader's limits keep a hostile file from exhausting memory; none is a YAML error.
+    #[error(
+        "document {index} is too large to read: {what} (at line {line}); \
+         split it into smaller documents"
+    )]
+    TooLarge {
+        index: usize,
+        what: String,
+        line: u64,
+    },
     #[error("{location}: not a valid pod template")]
     Template {
         location: String,
@@ -45,16 +55,11 @@ pub enum ManifestError {
 /// Injects the sidecar into every pod template of a YAML stream (Pods, Deployments, StatefulSets,
 /// DaemonSets, ReplicaSets, Jobs, CronJobs, also inside `List`s) and returns the new stream.
 pub fn inject_manifests(input: &str, cfg: &InjectorConfig) -> Result<Injected, ManifestError> {
-    let mut options = serde_saphyr::options::Options::default();
-    // kubectl reads YAML 1.1, where `defaultMode: 0644` is octal.
-    options.legacy_octal_numbers = true;
+    let options = super::doc::read_options();
     let mut reader = Cursor::new(input.as_bytes());
     let mut docs = Vec::new();
     for (i, doc) in serde_saphyr::read_with_options::<_, Doc>(&mut reader, options).enumerate() {
-        docs.push(doc.map_err(|source| ManifestError::Yaml {
-            index: i + 1,
-            source,
-        })?);
+        docs.push(doc.map_err(|source| read_error(i + 1, source))?);
     }
     let mut notes = Vec::new();
     for (i, doc) in docs.iter_mut().enumerate() {
@@ -64,6 +69,28 @@ pub fn inject_manifests(input: &str, cfg: &InjectorConfig) -> Result<Injected, M
         yaml: serde_saphyr::to_string_multiple(&docs)?,
         notes,
     })
+}
+
+fn read_error(index: usize, source: serde_saphyr::Error) -> ManifestError {
+    use serde_saphyr::budget::BudgetBreach;
+    let serde_saphyr::Error::Budget { breach, location } = &source else {
+        return ManifestError::Yaml { index, source };
+    };
+    let limits = serde_saphyr::Budget::default();
+    let what = match breach {
+        BudgetBreach::Nodes { .. } => format!(
+            "more than {} nodes (scalars, sequences and mappings)",
+            limits.max_nodes
+        ),
+        BudgetBreach::Depth { .. } => format!("nested deeper than {}", limits.max_depth),
+        BudgetBreach::Events { .. } => format!("more than {} YAML events", limits.max_events),
+        other => format!("past a limit of the YAML reader ({other:?})"),
+    };
+    ManifestError::TooLarge {
+        index,
+        what,
+        line: location.line(),
+    }
 }
 
 fn walk(
@@ -252,6 +279,24 @@ fn overlay_list(raw: &mut Vec<Doc>, before: &[Value], after: &[Value], positions
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A document past the reader's node limit is refused as too large, with the limit and
+    /// what to do, not as invalid YAML.
+    #[test]
+    fn a_document_past_the_node_limit_is_too_large_not_invalid() {
+        let cfg = InjectorConfig::from_vars([]).expect("defaults are valid");
+        let input = format!("kind: Pod\n---\nitems: [{}]\n", "1,".repeat(250_001));
+        let err = inject_manifests(&input, &cfg).expect_err("past the limit");
+        assert!(
+            matches!(err, ManifestError::TooLarge { index: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "document 2 is too large to read: more than 250000 nodes (scalars, sequences and \
+             mappings) (at line 3); split it into smaller documents"
+        );
+    }
 
     #[test]
     fn overlay_keeps_what_did_not_change() {

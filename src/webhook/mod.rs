@@ -82,12 +82,16 @@ pub async fn serve_tls(
     let budget = Arc::new(Semaphore::new(REVIEW_BUDGET_BYTES));
     let handle = move |req| {
         let (handler, budget) = (handler.clone(), budget.clone());
-        async move { handle(&handler, &budget, req).await }
+        async move { handle(handler, &budget, req).await }
     };
     server::serve_with(listener, shutdown, handshake, handle).await;
 }
 
-async fn handle(handler: &Handler, budget: &Semaphore, req: Request<Incoming>) -> Response<Chunks> {
+async fn handle(
+    handler: Arc<Handler>,
+    budget: &Semaphore,
+    req: Request<Incoming>,
+) -> Response<Chunks> {
     let start = Instant::now();
     if req.uri().path() == "/" && matches!(*req.method(), Method::GET | Method::HEAD) {
         let mut r = Response::new(Chunks::from(handler.page.body()));
@@ -119,7 +123,7 @@ async fn handle(handler: &Handler, budget: &Semaphore, req: Request<Incoming>) -
     let body = req.into_body();
     let answer = match reserve(budget, body.size_hint().exact()) {
         Ok(_permit) => match read_body(body, MAX_BODY_BYTES).await {
-            Ok(body) => admission::review(body, entry, &handler.injector),
+            Ok(body) => review(&handler, body, entry).await,
             Err(answer) => answer,
         },
         Err(answer) => {
@@ -151,6 +155,29 @@ async fn handle(handler: &Handler, budget: &Semaphore, req: Request<Incoming>) -
         HeaderValue::from_static(answer.content_type),
     );
     r
+}
+
+/// Reviews of this many bytes or more run on a blocking thread.
+const INLINE_REVIEW_BYTES: usize = 64 * 1024;
+
+/// Reviews `body`. One of up to 3 MiB of dense JSON takes a good part of a second (a debug
+/// build: seconds), which on the one-thread runtime would hold every other connection and
+/// /healthz with it: so a large one runs on a blocking thread (the review budget keeps them
+/// few), a small one here, where a thread's hop would cost more than the review.
+async fn review(handler: &Arc<Handler>, body: Bytes, entry: Entry) -> Answer {
+    if body.len() < INLINE_REVIEW_BYTES {
+        return admission::review(body, entry, &handler.injector);
+    }
+    let handler = handler.clone();
+    tokio::task::spawn_blocking(move || admission::review(body, entry, &handler.injector))
+        .await
+        .unwrap_or_else(|e| {
+            Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the review failed: {e}; the pod is created without the sidecar (failurePolicy Ignore)"),
+            )
+        })
 }
 
 /// The `reason` of a review refused for [`REVIEW_BUDGET_BYTES`].
