@@ -1034,7 +1034,7 @@ def targets_section(res):
             all(v <= 8192 for v in per_obj.values()),
         ),
         (
-            f"memory per object at most 8 KiB, started with no targets and grown to N={hi} while watching (no initial LIST of N)",
+            f"memory per object at most 8 KiB, started with no targets and grown to N={g['n'] if g else hi} while watching (no initial LIST of N)",
             grown_text,
             grown_ok,
         ),
